@@ -1,0 +1,140 @@
+//! Rounding modes and fixed-scale rounding.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rust_decimal::{Decimal, RoundingStrategy};
+
+use crate::MoneyError;
+use crate::int::MAX_SCALE;
+
+/// How to round a value that falls between two representable ones.
+///
+/// Every rounding in Spark names its mode; [`Rounding::HalfEven`] (banker's
+/// rounding) is the default because it does not drift: over many ties it rounds
+/// up as often as down.
+///
+/// | mode | 2.5 | -2.5 | 2.4 | -2.6 |
+/// |---|---|---|---|---|
+/// | `HalfEven` | 2 | -2 | 2 | -3 |
+/// | `HalfUp` (ties away from zero) | 3 | -3 | 2 | -3 |
+/// | `HalfDown` (ties toward zero) | 2 | -2 | 2 | -3 |
+/// | `Down` (toward zero) | 2 | -2 | 2 | -2 |
+/// | `Up` (away from zero) | 3 | -3 | 3 | -3 |
+/// | `Floor` | 2 | -3 | 2 | -3 |
+/// | `Ceiling` | 3 | -2 | 3 | -2 |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Rounding {
+    /// Nearest; ties to the even neighbour (banker's rounding).
+    #[default]
+    HalfEven,
+    /// Nearest; ties away from zero.
+    HalfUp,
+    /// Nearest; ties toward zero.
+    HalfDown,
+    /// Toward zero (truncate).
+    Down,
+    /// Away from zero.
+    Up,
+    /// Toward negative infinity.
+    Floor,
+    /// Toward positive infinity.
+    Ceiling,
+}
+
+impl Rounding {
+    /// Every mode, in declaration order.
+    pub const ALL: [Rounding; 7] =
+        [Self::HalfEven, Self::HalfUp, Self::HalfDown, Self::Down, Self::Up, Self::Floor, Self::Ceiling];
+
+    /// The kebab-case name used on the command line and in configuration.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::HalfEven => "half-even",
+            Self::HalfUp => "half-up",
+            Self::HalfDown => "half-down",
+            Self::Down => "down",
+            Self::Up => "up",
+            Self::Floor => "floor",
+            Self::Ceiling => "ceiling",
+        }
+    }
+
+    /// The equivalent `rust_decimal` strategy.
+    #[must_use]
+    pub const fn strategy(self) -> RoundingStrategy {
+        match self {
+            Self::HalfEven => RoundingStrategy::MidpointNearestEven,
+            Self::HalfUp => RoundingStrategy::MidpointAwayFromZero,
+            Self::HalfDown => RoundingStrategy::MidpointTowardZero,
+            Self::Down => RoundingStrategy::ToZero,
+            Self::Up => RoundingStrategy::AwayFromZero,
+            Self::Floor => RoundingStrategy::ToNegativeInfinity,
+            Self::Ceiling => RoundingStrategy::ToPositiveInfinity,
+        }
+    }
+}
+
+impl fmt::Display for Rounding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Error returned when a rounding mode name is not recognised.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown rounding mode {0:?} (expected one of half-even, half-up, half-down, down, up, floor, ceiling)")]
+pub struct UnknownRounding(pub String);
+
+impl FromStr for Rounding {
+    type Err = UnknownRounding;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|mode| mode.as_str() == s).ok_or_else(|| UnknownRounding(s.to_owned()))
+    }
+}
+
+/// Rounds `value` to exactly `dp` decimal places with `mode`.
+///
+/// Unlike `rust_decimal`'s `round_dp*`, the result always carries `dp` places
+/// (`1.2` at 2 dp is `1.20`), and it never rounds half away from zero behind
+/// your back as `Decimal::rescale` does. A negative value that rounds to zero
+/// comes back as plain `0`, never `-0`.
+///
+/// # Errors
+///
+/// [`MoneyError::ScaleTooLarge`] for `dp > 28`; [`MoneyError::Overflow`] when
+/// the value has too many integer digits to carry `dp` places.
+///
+/// # Examples
+///
+/// ```
+/// use rust_decimal::Decimal;
+/// use spark_money::{round, Rounding};
+///
+/// let d = |s: &str| s.parse::<Decimal>().unwrap();
+/// assert_eq!(round(d("2.5"), 0, Rounding::HalfEven)?.to_string(), "2");
+/// assert_eq!(round(d("0.135"), 2, Rounding::HalfEven)?.to_string(), "0.14");
+/// assert_eq!(round(d("1.2"), 2, Rounding::HalfEven)?.to_string(), "1.20");
+/// assert_eq!(round(d("-2.5"), 0, Rounding::HalfUp)?.to_string(), "-3");
+/// # Ok::<(), spark_money::MoneyError>(())
+/// ```
+pub fn round(value: Decimal, dp: u32, mode: Rounding) -> Result<Decimal, MoneyError> {
+    if dp > MAX_SCALE {
+        return Err(MoneyError::ScaleTooLarge { dp });
+    }
+    let mut rounded = value.round_dp_with_strategy(dp, mode.strategy());
+    if rounded.scale() < dp {
+        // Padding only multiplies the mantissa; `rescale` clamps silently when
+        // the mantissa cannot hold the scale, so check that it did not.
+        rounded.rescale(dp);
+        if rounded.scale() != dp {
+            return Err(MoneyError::Overflow { op: "rounding" });
+        }
+    }
+    if rounded.is_zero() {
+        rounded.set_sign_positive(true);
+    }
+    Ok(rounded)
+}
