@@ -11,7 +11,7 @@
 //! use rust_decimal::Decimal;
 //! use serde::{Deserialize, Serialize};
 //!
-//! #[derive(Serialize, Deserialize)]
+//! #[derive(Debug, Serialize, Deserialize)]
 //! struct Fee {
 //!     #[serde(with = "spark_money::decimal_str")]
 //!     rate: Decimal,

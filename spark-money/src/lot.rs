@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use rust_decimal::Decimal;
 
-use crate::int::{decimal, parts, to_common_scale};
+use crate::int::{decimal, div_rem, parts, to_common_scale};
 use crate::{MoneyError, Price, Quantity};
 
 /// How [`LotSize::align`] moves a quantity that is not a multiple of the step.
@@ -110,7 +110,7 @@ impl LotSize {
         let overflow = MoneyError::Overflow { op: "lot alignment" };
         let (step_m, step_scale) = parts(self.step.0);
         let (q_m, s_m, _) = to_common_scale(parts(qty.0), (step_m, step_scale)).ok_or(overflow.clone())?;
-        let (k, r) = (q_m / s_m, q_m % s_m);
+        let (k, r) = div_rem(q_m, s_m);
         let at = |k: u128| k.checked_mul(step_m).and_then(|m| decimal(m, false, step_scale)).map(Quantity);
         let below = at(k).ok_or(overflow)?;
         let above = if r == 0 { Some(below) } else { k.checked_add(1).and_then(at) };

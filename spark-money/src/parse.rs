@@ -48,7 +48,10 @@ fn parse_inner(bytes: &[u8]) -> Result<Decimal, ParseErrorKind> {
         _ => (false, bytes),
     };
 
-    let mut mantissa: u128 = 0;
+    // Accumulate in a u64 while at most 19 digits have been seen (cannot
+    // overflow), then in a u128; most inputs never leave the fast u64 path.
+    let mut small: u64 = 0;
+    let mut big: Option<u128> = None;
     let mut int_digits = 0usize;
     let mut frac_digits = 0u32;
     let mut seen_point = false;
@@ -63,15 +66,24 @@ fn parse_inner(bytes: &[u8]) -> Result<Decimal, ParseErrorKind> {
                 } else {
                     int_digits += 1;
                 }
-                match mantissa.checked_mul(10).and_then(|m| m.checked_add(u128::from(b - b'0'))) {
-                    Some(m) => mantissa = m,
-                    None => overflow = true,
+                let digit = b - b'0';
+                match &mut big {
+                    None if int_digits + (frac_digits as usize) <= 19 => small = small * 10 + u64::from(digit),
+                    None => {
+                        big = u128::from(small).checked_mul(10).and_then(|m| m.checked_add(u128::from(digit)));
+                        overflow |= big.is_none();
+                    }
+                    Some(m) => match m.checked_mul(10).and_then(|m| m.checked_add(u128::from(digit))) {
+                        Some(next) => *m = next,
+                        None => overflow = true,
+                    },
                 }
             }
             b'.' if !seen_point => seen_point = true,
             _ => return Err(classify(b, digits)),
         }
     }
+    let mantissa = big.unwrap_or(u128::from(small));
     if int_digits == 0 || (seen_point && frac_digits == 0) {
         return Err(ParseErrorKind::MissingDigits);
     }

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use rust_decimal::{Decimal, RoundingStrategy};
 
 use crate::MoneyError;
-use crate::int::MAX_SCALE;
+use crate::int::{self, MAX_SCALE};
 
 /// How to round a value that falls between two representable ones.
 ///
@@ -124,17 +124,10 @@ pub fn round(value: Decimal, dp: u32, mode: Rounding) -> Result<Decimal, MoneyEr
     if dp > MAX_SCALE {
         return Err(MoneyError::ScaleTooLarge { dp });
     }
-    let mut rounded = value.round_dp_with_strategy(dp, mode.strategy());
-    if rounded.scale() < dp {
-        // Padding only multiplies the mantissa; `rescale` clamps silently when
-        // the mantissa cannot hold the scale, so check that it did not.
-        rounded.rescale(dp);
-        if rounded.scale() != dp {
-            return Err(MoneyError::Overflow { op: "rounding" });
-        }
-    }
-    if rounded.is_zero() {
-        rounded.set_sign_positive(true);
-    }
-    Ok(rounded)
+    // Exact integer rounding of the mantissa (a `u64` divide for everyday
+    // values) is cheaper than `round_dp_with_strategy` followed by a padding
+    // `rescale`, and the property tests check it against rust_decimal.
+    let (magnitude, scale) = int::parts(value);
+    int::round_parts(magnitude, value.is_sign_negative(), scale, dp, mode)
+        .ok_or(MoneyError::Overflow { op: "rounding" })
 }

@@ -24,7 +24,8 @@ use crate::{Currency, LotSize, MinNotional, MoneyError, Price, Quantity, Side, T
 /// assert!(rules.validate(Side::Buy, "101.30".parse()?, "10".parse()?).is_ok());
 ///
 /// let violations = rules.validate(Side::Buy, "101.37".parse()?, "0.5".parse()?).unwrap_err();
-/// assert_eq!(violations.len(), 3); // off tick, off lot step, below minimum notional
+/// // Off tick, off the lot step, below the lot minimum, below the minimum notional.
+/// assert_eq!(violations.len(), 4);
 /// for v in &violations {
 ///     println!("{v}");
 /// }

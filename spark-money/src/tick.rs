@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use rust_decimal::Decimal;
 
-use crate::int::{decimal, parts, to_common_scale};
+use crate::int::{decimal, div_rem, parts, pow10, to_common_scale};
 use crate::{MoneyError, Price, Side};
 
 /// How [`TickTable::align`] moves a price that is not on the tick grid.
@@ -50,10 +50,13 @@ impl FromStr for TickRounding {
 pub struct Band {
     lower: Decimal,
     tick: Decimal,
-    // The tick's mantissa and scale, unpacked once so that alignment is plain
-    // integer arithmetic.
+    // The tick as (mantissa, scale), to build results at the tick's scale.
     tick_mantissa: u128,
     tick_scale: u32,
+    // The lower bound and the tick as integers at the table's scale, so that
+    // lookup and alignment are plain integer arithmetic.
+    lower_units: u128,
+    tick_units: u128,
 }
 
 impl Band {
@@ -97,17 +100,65 @@ impl Band {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TickTable {
     bands: Vec<Band>,
+    /// The largest scale among the bounds and ticks: every bound and tick is
+    /// a whole number of `10^-scale` units.
+    scale: u32,
 }
 
-/// The valid prices around a price.
-struct Snap {
-    tick: Decimal,
-    /// The price itself, at the tick's scale, if it is on the grid.
-    exact: Option<Price>,
-    below: Option<Price>,
-    above: Option<Price>,
-    /// On a tie, whether the even multiple is the one above.
-    nearest_is_above: bool,
+/// Where a price sits on its band's grid, in units of the table's scale:
+/// `price = q * tick + r + frac / denom`, with `0 <= frac < denom`.
+struct Grid<'a> {
+    band: &'a Band,
+    q: u128,
+    r: u128,
+    frac: u128,
+    denom: u128,
+}
+
+impl Grid<'_> {
+    fn is_exact(&self) -> bool {
+        self.r == 0 && self.frac == 0
+    }
+
+    /// Whether `(q + 1) * tick` is nearer than `q * tick`; on a tie, the even
+    /// multiple of the tick wins.
+    fn nearest_is_above(&self) -> bool {
+        // The distance below is `r + f` and above `tick - r - f`, with
+        // `f = frac / denom` in [0, 1): compare `2r + 2f` with `tick` without
+        // multiplying by `denom`, which could overflow.
+        let twice_r = 2 * self.r;
+        let tick = self.band.tick_units;
+        let order = if twice_r + 2 <= tick {
+            std::cmp::Ordering::Less
+        } else if twice_r + 1 == tick {
+            // 2f against 1.
+            (2 * self.frac).cmp(&self.denom)
+        } else if twice_r == tick {
+            // 2f against 0.
+            if self.frac == 0 { std::cmp::Ordering::Equal } else { std::cmp::Ordering::Greater }
+        } else {
+            std::cmp::Ordering::Greater
+        };
+        order.is_gt() || (order.is_eq() && self.q % 2 == 1)
+    }
+
+    /// The price `k` ticks above zero, at the tick's scale; `None` for zero or
+    /// on overflow. Because every lower bound is a multiple of the tick below
+    /// it, `q + 1` ticks is at most the next band's lower bound, so it is valid
+    /// wherever it lands.
+    #[inline(always)]
+    fn price_at(&self, k: u128) -> Option<Price> {
+        if k == 0 {
+            return None;
+        }
+        let m = k.checked_mul(self.band.tick_mantissa)?;
+        decimal(m, false, self.band.tick_scale).map(Price)
+    }
+}
+
+enum Locate {
+    BelowTable,
+    Overflow,
 }
 
 impl TickTable {
@@ -127,7 +178,7 @@ impl TickTable {
                 return Err(MoneyError::InvalidTickTable { reason: format!("band lower bound {lower} is negative") });
             }
             let (tick_mantissa, tick_scale) = parts(tick);
-            let band = Band { lower, tick, tick_mantissa, tick_scale };
+            let band = Band { lower, tick, tick_mantissa, tick_scale, lower_units: 0, tick_units: 0 };
             if !band.contains_multiple(lower) {
                 return Err(MoneyError::InvalidTickTable {
                     reason: format!("band lower bound {lower} is not a multiple of its tick {tick}"),
@@ -153,7 +204,18 @@ impl TickTable {
         if out.is_empty() {
             return Err(MoneyError::InvalidTickTable { reason: "no bands".to_owned() });
         }
-        Ok(TickTable { bands: out })
+        let scale = out.iter().map(|b| b.lower.scale().max(b.tick_scale)).max().unwrap_or(0);
+        let units = |d: Decimal| {
+            let (m, s) = parts(d);
+            pow10(scale - s).and_then(|p| m.checked_mul(p)).ok_or_else(|| MoneyError::InvalidTickTable {
+                reason: format!("{d} does not fit at {scale} decimal places"),
+            })
+        };
+        for band in &mut out {
+            band.lower_units = units(band.lower)?;
+            band.tick_units = units(band.tick)?;
+        }
+        Ok(TickTable { bands: out, scale })
     }
 
     /// One tick size for every price.
@@ -216,28 +278,19 @@ impl TickTable {
         &self.bands
     }
 
-    fn band_at(&self, price: Price) -> Result<&Band, MoneyError> {
-        // Few bands: a binary search over the lower bounds is all it takes.
-        let i = self.bands.partition_point(|b| b.lower <= price.0);
-        match i.checked_sub(1) {
-            Some(i) => Ok(&self.bands[i]),
-            None => Err(MoneyError::PriceBelowTable { price, lowest: self.bands[0].lower }),
-        }
-    }
-
     /// The tick size in force at `price`.
     ///
     /// # Errors
     ///
     /// [`MoneyError::PriceBelowTable`] if the table starts above `price`.
     pub fn tick_at(&self, price: Price) -> Result<Decimal, MoneyError> {
-        self.band_at(price).map(|b| b.tick)
+        self.locate(price).map(|g| g.band.tick).map_err(|f| self.failure(price, f))
     }
 
     /// Whether `price` is on the grid.
     #[must_use]
     pub fn is_aligned(&self, price: Price) -> bool {
-        self.snap(price).is_ok_and(|s| s.exact.is_some())
+        self.locate(price).is_ok_and(|g| g.is_exact())
     }
 
     /// Moves `price` onto the grid as `mode` says. The result carries the
@@ -250,66 +303,88 @@ impl TickTable {
     /// valid price in the requested direction (below the first tick);
     /// [`MoneyError::PriceBelowTable`].
     pub fn align(&self, price: Price, mode: TickRounding) -> Result<Price, MoneyError> {
-        let snap = self.snap(price)?;
-        if let Some(exact) = snap.exact {
-            return Ok(exact);
-        }
-        let down = || snap.below.ok_or(MoneyError::NoValidPrice { price, tick: snap.tick, direction: "at or below" });
-        let up = || snap.above.ok_or(MoneyError::NoValidPrice { price, tick: snap.tick, direction: "at or above" });
-        match mode {
-            TickRounding::Down | TickRounding::Passive(Side::Buy) => down(),
-            TickRounding::Up | TickRounding::Passive(Side::Sell) => up(),
-            TickRounding::Nearest => match (snap.below, snap.nearest_is_above) {
-                (Some(below), false) => Ok(below),
-                _ => up(),
-            },
-            TickRounding::Reject => {
-                Err(MoneyError::PriceNotAligned { price, tick: snap.tick, below: snap.below, above: snap.above })
+        let g = self.locate(price).map_err(|f| self.failure(price, f))?;
+        let k = if g.is_exact() {
+            g.q
+        } else {
+            match mode {
+                TickRounding::Down | TickRounding::Passive(Side::Buy) => g.q,
+                TickRounding::Up | TickRounding::Passive(Side::Sell) => g.q + 1,
+                TickRounding::Nearest if g.q == 0 || g.nearest_is_above() => g.q + 1,
+                TickRounding::Nearest => g.q,
+                TickRounding::Reject => return Err(self.not_aligned(price, &g)),
             }
-        }
+        };
+        g.price_at(k).ok_or_else(|| self.no_valid_price(price, &g, k))
     }
 
-    /// The nearest valid prices strictly below and above `price` (both
-    /// `None`-able), or `price` itself twice if it is on the grid.
+    /// The nearest valid prices strictly below and above `price` (either may
+    /// be `None`), or `price` itself twice if it is on the grid.
     ///
     /// # Errors
     ///
     /// As for [`align`](TickTable::align).
     pub fn neighbours(&self, price: Price) -> Result<(Option<Price>, Option<Price>), MoneyError> {
-        let snap = self.snap(price)?;
-        Ok(match snap.exact {
-            Some(p) => (Some(p), Some(p)),
-            None => (snap.below, snap.above),
-        })
+        let g = self.locate(price).map_err(|f| self.failure(price, f))?;
+        if g.is_exact() {
+            let exact = g.price_at(g.q);
+            return Ok((exact, exact));
+        }
+        Ok((g.price_at(g.q), g.q.checked_add(1).and_then(|k| g.price_at(k))))
     }
 
-    fn snap(&self, price: Price) -> Result<Snap, MoneyError> {
-        let band = self.band_at(price)?;
-        let (p, t, _) = to_common_scale(parts(price.0), (band.tick_mantissa, band.tick_scale))
-            .ok_or(MoneyError::Overflow { op: "tick alignment" })?;
-        let (q, r) = (p / t, p % t);
-        // `k` ticks expressed at the tick's own scale.
-        let at = |k: u128| {
-            k.checked_mul(band.tick_mantissa)
-                .and_then(|m| decimal(m, false, band.tick_scale))
-                .filter(|d| !d.is_zero())
-                .map(Price)
+    /// Finds the band of `price` and its position on that band's grid. The
+    /// failure type is small on purpose: the public error is built only on
+    /// the cold path.
+    #[inline(always)]
+    fn locate(&self, price: Price) -> Result<Grid<'_>, Locate> {
+        // Split the price into whole units of the table's scale and a
+        // fraction `frac / denom` of one unit (zero unless the price has more
+        // places than the table).
+        let (m, scale) = parts(price.0);
+        let (units, frac, denom) = if scale <= self.scale {
+            let p = pow10(self.scale - scale).and_then(|p| m.checked_mul(p)).ok_or(Locate::Overflow)?;
+            (p, 0, 1)
+        } else {
+            let denom = pow10(scale - self.scale).ok_or(Locate::Overflow)?;
+            let (units, frac) = div_rem(m, denom);
+            (units, frac, denom)
         };
-        if r == 0 {
-            let exact = at(q).ok_or(MoneyError::Overflow { op: "tick alignment" })?;
-            return Ok(Snap { tick: band.tick, exact: Some(exact), below: None, above: None, nearest_is_above: false });
+        // Bounds are whole units, so comparing the whole units is exact. Few
+        // bands: a binary search is all it takes.
+        let i = self.bands.partition_point(|b| b.lower_units <= units);
+        let band = &self.bands[i.checked_sub(1).ok_or(Locate::BelowTable)?];
+        let (q, r) = div_rem(units, band.tick_units);
+        Ok(Grid { band, q, r, frac, denom })
+    }
+
+    #[cold]
+    fn failure(&self, price: Price, f: Locate) -> MoneyError {
+        match f {
+            Locate::BelowTable => MoneyError::PriceBelowTable { price, lowest: self.bands[0].lower },
+            Locate::Overflow => MoneyError::Overflow { op: "tick alignment" },
         }
-        // Because every lower bound is a multiple of the tick below it, the
-        // next multiple is at most the next band's lower bound, so it is valid
-        // wherever it lands.
-        let distance_up = t - r;
-        Ok(Snap {
-            tick: band.tick,
-            exact: None,
-            below: at(q),
-            above: q.checked_add(1).and_then(at),
-            nearest_is_above: distance_up < r || (distance_up == r && q % 2 == 1),
-        })
+    }
+
+    #[cold]
+    fn not_aligned(&self, price: Price, g: &Grid<'_>) -> MoneyError {
+        MoneyError::PriceNotAligned {
+            price,
+            tick: g.band.tick,
+            below: g.price_at(g.q),
+            above: g.q.checked_add(1).and_then(|k| g.price_at(k)),
+        }
+    }
+
+    #[cold]
+    fn no_valid_price(&self, price: Price, g: &Grid<'_>, k: u128) -> MoneyError {
+        if k > g.q {
+            MoneyError::NoValidPrice { price, tick: g.band.tick, direction: "at or above" }
+        } else if k == 0 {
+            MoneyError::NoValidPrice { price, tick: g.band.tick, direction: "at or below" }
+        } else {
+            MoneyError::Overflow { op: "tick alignment" }
+        }
     }
 
     /// `self` rendered as TOML bands, as [`from_toml`](TickTable::from_toml)
@@ -326,7 +401,8 @@ impl TickTable {
 
 impl Band {
     fn contains_multiple(&self, value: Decimal) -> bool {
-        to_common_scale(parts(value), (self.tick_mantissa, self.tick_scale)).is_some_and(|(v, t, _)| v % t == 0)
+        to_common_scale(parts(value), (self.tick_mantissa, self.tick_scale))
+            .is_some_and(|(v, t, _)| div_rem(v, t).1 == 0)
     }
 }
 

@@ -155,7 +155,8 @@ fn reject_names_nearest_prices() {
 
 #[test]
 fn tick_tables_from_toml_and_bad_tables() {
-    let t = TickTable::from_toml("[[bands]]\nfrom = \"0\"\ntick = \"0.5\"\n[[bands]]\nfrom = \"10\"\ntick = \"1\"\n").unwrap();
+    let t = TickTable::from_toml("[[bands]]\nfrom = \"0\"\ntick = \"0.5\"\n[[bands]]\nfrom = \"10\"\ntick = \"1\"\n")
+        .unwrap();
     assert_eq!(t.align(p("10.4"), TickRounding::Nearest).unwrap().to_string(), "10");
     assert_eq!(TickTable::from_toml(&TickTable::bist_equity().to_toml()).unwrap(), TickTable::bist_equity());
     assert_eq!(TickTable::from_toml("preset = \"bist-equity\"").unwrap(), TickTable::bist_equity());
@@ -192,12 +193,18 @@ fn lot_alignment() {
     assert_eq!(show(lot.align(q("17.5"), LotRounding::Nearest)), Ok("20".into()));
     assert_eq!(show(lot.align(q("13"), LotRounding::Down)), Ok("10".into()));
     assert_eq!(show(lot.align(q("11"), LotRounding::Up)), Ok("15".into()));
-    assert_eq!(show(lot.align(q("7"), LotRounding::Down)), Err("quantity 5 is outside the lot limits 10..=1000".into()));
+    assert_eq!(
+        show(lot.align(q("7"), LotRounding::Down)),
+        Err("quantity 5 is outside the lot limits 10..=1000".into())
+    );
     assert_eq!(
         show(lot.align(q("12"), LotRounding::Reject)),
         Err("quantity 12 is not a multiple of lot step 5 (nearest valid: 10, 15)".into())
     );
-    assert_eq!(show(lot.align(q("1001"), LotRounding::Up)), Err("quantity 1005 is outside the lot limits 10..=1000".into()));
+    assert_eq!(
+        show(lot.align(q("1001"), LotRounding::Up)),
+        Err("quantity 1005 is outside the lot limits 10..=1000".into())
+    );
     assert!(lot.is_valid(q("1000")) && !lot.is_valid(q("1005")) && !lot.is_valid(q("5")));
     assert!(LotSize::new(q("0"), q("0"), None).is_err());
     assert!(LotSize::new(q("1"), q("10"), Some(q("5"))).is_err());
@@ -250,9 +257,10 @@ fn rules_toml_errors_say_where() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("line 4") && err.contains("JSON strings"), "{err}");
-    let err = InstrumentRules::from_toml("currency = \"XYZ\"\ntick_table = { preset = \"bist\" }\n[lot]\nstep = \"1\"\n")
-        .unwrap_err()
-        .to_string();
+    let err =
+        InstrumentRules::from_toml("currency = \"XYZ\"\ntick_table = { preset = \"bist\" }\n[lot]\nstep = \"1\"\n")
+            .unwrap_err()
+            .to_string();
     assert!(err.contains("unknown currency code \"XYZ\""), "{err}");
 }
 
