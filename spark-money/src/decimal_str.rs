@@ -42,7 +42,7 @@ pub fn serialize<S: Serializer>(value: &Decimal, serializer: S) -> Result<S::Ok,
 }
 
 /// Deserializes a decimal from a plain decimal string (see
-/// [`parse_decimal`](crate::parse_decimal)); a number is refused.
+/// [`parse_decimal`]); a number is refused.
 ///
 /// # Errors
 ///

@@ -164,6 +164,22 @@ pub enum MoneyError {
     },
 }
 
+impl MoneyError {
+    /// A one-line TOML error: `line 4, column 8: <what was wrong>`.
+    pub(crate) fn toml(text: &str, err: &toml::de::Error) -> MoneyError {
+        let message = match err.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {column}: {}", err.message().trim_end())
+            }
+            None => err.message().trim_end().to_owned(),
+        };
+        MoneyError::Toml { message: message.replace('\n', " ") }
+    }
+}
+
 /// What made [`parse_decimal`](crate::parse_decimal) reject a string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -56,7 +56,7 @@ impl InstrumentRules {
     ///
     /// [`MoneyError::Toml`] naming the line and what was wrong.
     pub fn from_toml(text: &str) -> Result<InstrumentRules, MoneyError> {
-        toml::from_str(text).map_err(|e| MoneyError::Toml { message: e.to_string().trim_end().to_owned() })
+        toml::from_str(text).map_err(|e| MoneyError::toml(text, &e))
     }
 
     /// The tick table.

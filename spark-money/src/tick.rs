@@ -269,7 +269,7 @@ impl TickTable {
     /// [`MoneyError::Toml`] for malformed TOML (with line and column), and the
     /// errors of [`TickTable::new`].
     pub fn from_toml(text: &str) -> Result<TickTable, MoneyError> {
-        toml::from_str(text).map_err(|e| MoneyError::Toml { message: e.to_string().trim_end().to_owned() })
+        toml::from_str(text).map_err(|e| MoneyError::toml(text, &e))
     }
 
     /// The bands, in increasing order.

@@ -1,0 +1,87 @@
+//! Printing results as text or JSON, and the exit-code contract.
+
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+/// Why a command did not succeed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// A check or decision said no; the command already printed why. Exit 1.
+    No,
+    /// Bad usage or input. Exit 2 with the message on one line.
+    Input(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(err: E) -> Self {
+        Failure::Input(err.into())
+    }
+}
+
+pub(crate) type CmdResult = Result<(), Failure>;
+
+/// Where results go: text lines or one JSON object on stdout.
+pub(crate) struct Output {
+    json: bool,
+}
+
+impl Output {
+    pub(crate) fn new(json: bool) -> Self {
+        Output { json }
+    }
+
+    /// Prints `value` as JSON, or `text` otherwise.
+    pub(crate) fn emit<T: Serialize>(&self, value: &T, text: impl FnOnce() -> String) -> CmdResult {
+        if self.json {
+            println!("{}", serde_json::to_string(value)?);
+        } else {
+            println!("{}", text());
+        }
+        Ok(())
+    }
+
+    /// Reports a "no" decision, exit 1: JSON on stdout, or the text on
+    /// stdout when it is the command's report (`validate`) and on stderr when
+    /// it explains a refusal (`align --mode reject`).
+    pub(crate) fn refuse<T: Serialize>(&self, value: &T, text: &str, report: bool) -> CmdResult {
+        if self.json {
+            println!("{}", serde_json::to_string(value)?);
+        } else if report {
+            println!("{text}");
+        } else {
+            eprintln!("{text}");
+        }
+        Err(Failure::No)
+    }
+}
+
+/// Collapses a message onto one line.
+pub(crate) fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Prints a clap error: help and version as clap renders them (exit 0), any
+/// usage error as one line on stderr (exit 2).
+pub(crate) fn usage_error(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        _ => {
+            // clap renders the message, then a blank line, the usage and a
+            // hint; keep the message (which may span lines) and drop the rest.
+            let rendered = err.render().to_string();
+            let message = rendered.split("\n\n").next().unwrap_or("invalid usage");
+            let message = message.trim().strip_prefix("error:").unwrap_or(message);
+            eprintln!("error: {} (see --help)", one_line(message));
+            ExitCode::from(2)
+        }
+    }
+}
