@@ -117,19 +117,19 @@ impl LayerConfig {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// # }).unwrap();
 /// ```
-pub struct IdempotencyLayer<S, P> {
+pub struct IdempotencyLayer<S: ?Sized, P> {
     store: Arc<S>,
     principal: P,
     config: Arc<LayerConfig>,
 }
 
-impl<S, P: Clone> Clone for IdempotencyLayer<S, P> {
+impl<S: ?Sized, P: Clone> Clone for IdempotencyLayer<S, P> {
     fn clone(&self) -> Self {
         IdempotencyLayer { store: self.store.clone(), principal: self.principal.clone(), config: self.config.clone() }
     }
 }
 
-impl<S, P> fmt::Debug for IdempotencyLayer<S, P> {
+impl<S: ?Sized, P> fmt::Debug for IdempotencyLayer<S, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyLayer").field("config", &self.config).finish_non_exhaustive()
     }
@@ -137,10 +137,11 @@ impl<S, P> fmt::Debug for IdempotencyLayer<S, P> {
 
 impl<S, P> IdempotencyLayer<S, P>
 where
-    S: IdempotencyStore,
+    S: IdempotencyStore + ?Sized,
     P: Fn(&Parts) -> Option<String> + Clone + Send + Sync + 'static,
 {
-    /// A layer over `store`, scoping keys by `principal`.
+    /// A layer over `store`, scoping keys by `principal`. `store` may be a
+    /// concrete store or an `Arc<dyn IdempotencyStore>` chosen at run time.
     pub fn new(store: Arc<S>, principal: P) -> Self {
         IdempotencyLayer { store, principal, config: Arc::new(LayerConfig::default()) }
     }
@@ -153,7 +154,7 @@ where
     }
 }
 
-impl<Inner, S, P: Clone> Layer<Inner> for IdempotencyLayer<S, P> {
+impl<Inner, S: ?Sized, P: Clone> Layer<Inner> for IdempotencyLayer<S, P> {
     type Service = IdempotencyService<Inner, S, P>;
 
     fn layer(&self, inner: Inner) -> Self::Service {
@@ -167,14 +168,14 @@ impl<Inner, S, P: Clone> Layer<Inner> for IdempotencyLayer<S, P> {
 }
 
 /// The service [`IdempotencyLayer`] wraps around a handler.
-pub struct IdempotencyService<Inner, S, P> {
+pub struct IdempotencyService<Inner, S: ?Sized, P> {
     inner: Inner,
     store: Arc<S>,
     principal: P,
     config: Arc<LayerConfig>,
 }
 
-impl<Inner: Clone, S, P: Clone> Clone for IdempotencyService<Inner, S, P> {
+impl<Inner: Clone, S: ?Sized, P: Clone> Clone for IdempotencyService<Inner, S, P> {
     fn clone(&self) -> Self {
         IdempotencyService {
             inner: self.inner.clone(),
@@ -185,7 +186,7 @@ impl<Inner: Clone, S, P: Clone> Clone for IdempotencyService<Inner, S, P> {
     }
 }
 
-impl<Inner, S, P> fmt::Debug for IdempotencyService<Inner, S, P> {
+impl<Inner, S: ?Sized, P> fmt::Debug for IdempotencyService<Inner, S, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyService").field("config", &self.config).finish_non_exhaustive()
     }
@@ -198,7 +199,7 @@ where
     Inner: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     Inner::Future: Send,
     Inner::Error: Send,
-    S: IdempotencyStore,
+    S: IdempotencyStore + ?Sized,
     P: Fn(&Parts) -> Option<String> + Clone + Send + Sync + 'static,
     ReqBody: Body + From<Bytes> + Send + 'static,
     ReqBody::Data: Send,
@@ -244,7 +245,7 @@ async fn guard<Inner, S, P, ReqBody, ResBody>(
 ) -> Result<Result<Response<ResBody>, Inner::Error>, Problem>
 where
     Inner: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    S: IdempotencyStore,
+    S: IdempotencyStore + ?Sized,
     P: Fn(&Parts) -> Option<String>,
     ReqBody: Body + From<Bytes>,
     ReqBody::Error: std::error::Error + Send + Sync + 'static,
@@ -259,7 +260,8 @@ where
         (None, _) => return Ok(inner.call(Request::from_parts(parts, body)).await),
         (Some(_), Some(_)) => return Err(Problem::invalid_key("more than one Idempotency-Key header")),
         (Some(value), None) => {
-            let value = value.to_str().map_err(|_| Problem::invalid_key("only visible ASCII characters are allowed"))?;
+            let value =
+                value.to_str().map_err(|_| Problem::invalid_key("only visible ASCII characters are allowed"))?;
             IdempotencyKey::new(value).map_err(|e| match e {
                 crate::IdempotencyError::InvalidKey { reason } => Problem::invalid_key(reason),
                 _ => Problem::STORE_UNAVAILABLE,
@@ -400,7 +402,9 @@ impl Problem {
 
     fn invalid_key(reason: &'static str) -> Problem {
         Problem {
-            detail: std::borrow::Cow::Owned(format!("invalid Idempotency-Key: {reason}; use 1-255 visible ASCII characters")),
+            detail: std::borrow::Cow::Owned(format!(
+                "invalid Idempotency-Key: {reason}; use 1-255 visible ASCII characters"
+            )),
             ..Problem::new(StatusCode::BAD_REQUEST, "idempotency-key-invalid", "Invalid Idempotency-Key", "")
         }
     }

@@ -133,9 +133,11 @@ impl IdempotencyStore for MemoryStore {
     async fn release(&self, lease: &Lease) -> Result<()> {
         let mut records = self.records();
         let id = (lease.scope.clone(), lease.key.as_str().to_owned());
-        match records.get(&id) {
-            Some(rec) if rec.fencing == lease.fencing && rec.response.is_none() => {
-                records.remove(&id);
+        match records.get_mut(&id) {
+            // End the lease but keep the record, as the SQL stores do: the
+            // retry takes over with a higher fencing number.
+            Some(rec) if rec.fencing == lease.fencing && rec.response.is_none() && rec.lease_until_ms != 0 => {
+                rec.lease_until_ms = 0;
                 metrics::completion("released");
                 Ok(())
             }
@@ -152,8 +154,12 @@ impl IdempotencyStore for MemoryStore {
         loop {
             // Batches, as in the SQL stores, so the lock is never held long.
             let mut records = self.records();
-            let expired: Vec<_> =
-                records.iter().filter(|(_, r)| r.expires_at_ms <= now).map(|(k, _)| k.clone()).take(batch_size as usize).collect();
+            let expired: Vec<_> = records
+                .iter()
+                .filter(|(_, r)| r.expires_at_ms <= now)
+                .map(|(k, _)| k.clone())
+                .take(batch_size as usize)
+                .collect();
             for k in &expired {
                 records.remove(k);
             }

@@ -14,12 +14,14 @@ macro_rules! claim_sql {
     ($source:literal) => {
         concat!(
             "INSERT INTO spark_idempotency_keys
-                (scope, key, fingerprint, state, fencing, lease_until_ms, created_at_ms, expires_at_ms) ",
+                (scope, key, fingerprint, state, fencing, first_fencing, lease_until_ms, created_at_ms, expires_at_ms) ",
             $source,
             " ON CONFLICT (scope, key) DO UPDATE SET
                 fingerprint = excluded.fingerprint,
                 state = 'in_flight',
                 fencing = spark_idempotency_keys.fencing + 1,
+                first_fencing = CASE WHEN spark_idempotency_keys.expires_at_ms <= $5
+                    THEN spark_idempotency_keys.fencing + 1 ELSE spark_idempotency_keys.first_fencing END,
                 lease_until_ms = excluded.lease_until_ms,
                 created_at_ms = CASE WHEN spark_idempotency_keys.expires_at_ms <= $5
                     THEN excluded.created_at_ms ELSE spark_idempotency_keys.created_at_ms END,
@@ -32,12 +34,12 @@ macro_rules! claim_sql {
                OR (spark_idempotency_keys.state = 'in_flight'
                    AND spark_idempotency_keys.lease_until_ms <= $5
                    AND spark_idempotency_keys.fingerprint = excluded.fingerprint)
-            RETURNING fencing, created_at_ms"
+            RETURNING fencing, first_fencing"
         )
     };
 }
 
-pub(crate) const CLAIM: &str = claim_sql!("VALUES ($1, $2, $3, 'in_flight', 1, $4, $5, $6)");
+pub(crate) const CLAIM: &str = claim_sql!("VALUES ($1, $2, $3, 'in_flight', 1, 1, $4, $5, $6)");
 
 /// PostgreSQL, transactional mode: `$7` is the `lock_timeout` in ms, set for
 /// the rest of the caller's transaction before the insert can wait on a
@@ -45,10 +47,11 @@ pub(crate) const CLAIM: &str = claim_sql!("VALUES ($1, $2, $3, 'in_flight', 1, $
 #[cfg(feature = "postgres")]
 pub(crate) const CLAIM_IN_TX_PG: &str = concat!(
     "WITH cfg AS (SELECT set_config('lock_timeout', $7, true) AS lock_timeout) ",
-    claim_sql!("SELECT $1, $2, $3, 'in_flight', 1, $4, $5, $6 FROM cfg")
+    claim_sql!("SELECT $1, $2, $3, 'in_flight', 1, 1, $4, $5, $6 FROM cfg")
 );
 
-pub(crate) const READ: &str = "SELECT fingerprint, state, lease_until_ms, response_status, response_headers, response_body
+pub(crate) const READ: &str =
+    "SELECT fingerprint, state, lease_until_ms, response_status, response_headers, response_body
     FROM spark_idempotency_keys
     WHERE scope = $1 AND key = $2 AND expires_at_ms > $3";
 
@@ -56,8 +59,12 @@ pub(crate) const COMPLETE: &str = "UPDATE spark_idempotency_keys
     SET state = 'completed', response_status = $4, response_headers = $5, response_body = $6
     WHERE scope = $1 AND key = $2 AND fencing = $3 AND state = 'in_flight'";
 
-pub(crate) const RELEASE: &str = "DELETE FROM spark_idempotency_keys
-    WHERE scope = $1 AND key = $2 AND fencing = $3 AND state = 'in_flight'";
+/// Release ends the lease instead of deleting the record: the retry then
+/// takes over with a higher fencing number, so the holder that released (or
+/// any earlier one) can never complete the retry's record. Deleting would let
+/// the fencing number start again at 1.
+pub(crate) const RELEASE: &str = "UPDATE spark_idempotency_keys SET lease_until_ms = 0
+    WHERE scope = $1 AND key = $2 AND fencing = $3 AND state = 'in_flight' AND lease_until_ms <> 0";
 
 /// PostgreSQL GC: a bounded batch; SKIP LOCKED so that GC never waits on (or
 /// blocks) a request that is touching an expired key right now.
@@ -216,13 +223,13 @@ macro_rules! sql_store {
                     }
                     if let Some(row) = q.fetch_optional(&mut *conn).await? {
                         let fencing: i64 = row.try_get(0)?;
-                        let created_at: i64 = row.try_get(1)?;
+                        let first_fencing: i64 = row.try_get(1)?;
                         let claim = $crate::Claim::Acquired($crate::Lease {
                             scope: scope.to_owned(),
                             key: key.clone(),
                             fencing,
                             lease_until_ms: lease_until,
-                            takeover: fencing > 1 && created_at != now,
+                            takeover: fencing != first_fencing,
                         });
                         $crate::metrics::claim(&claim);
                         return Ok(claim);

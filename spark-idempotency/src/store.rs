@@ -28,7 +28,9 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// another holder took over.
     async fn complete(&self, lease: &Lease, response: &StoredResponse) -> Result<()>;
 
-    /// Forgets the claim so that a retry executes again.
+    /// Ends the claim so that a retry executes again (taking over with a
+    /// higher fencing number; the record and its fingerprint stay until the
+    /// TTL).
     ///
     /// # Errors
     ///

@@ -59,7 +59,8 @@ impl Lease {
         self.fencing
     }
 
-    /// Whether this claim took over an expired lease of an earlier holder.
+    /// Whether this claim took over an earlier attempt whose lease expired
+    /// (a crash) or was released (a failed, retryable outcome).
     #[must_use]
     pub const fn is_takeover(&self) -> bool {
         self.takeover

@@ -7,7 +7,7 @@
 //! - With `SPARK_REQUIRE_SERVICES=1` (as in CI) a missing service fails the
 //!   test instead of skipping it.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -28,13 +28,11 @@ pub fn services_required() -> bool {
 /// process). Panics when the service is required.
 #[must_use]
 pub fn service_url(var: &str, what: &str) -> Option<String> {
-    if let Ok(url) = std::env::var(var) {
-        if !url.is_empty() {
-            return Some(url);
-        }
+    if let Some(url) = std::env::var(var).ok().filter(|u| !u.is_empty()) {
+        return Some(url);
     }
     assert!(!services_required(), "{var} is not set but SPARK_REQUIRE_SERVICES=1: {what} tests cannot be skipped");
-    static SAID: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
+    static SAID: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
     if SAID.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(var.to_owned()) {
         // Straight to the process's stderr: the test harness captures
         // `eprintln!`, and a skip must be visible.
@@ -129,7 +127,8 @@ pub async fn sqlite() -> SqliteTestDb {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .busy_timeout(std::time::Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await.expect("open SQLite test database");
+    let pool =
+        SqlitePoolOptions::new().max_connections(8).connect_with(options).await.expect("open SQLite test database");
     let url = format!("sqlite://{}", path.display());
     SqliteTestDb { pool, url, _dir: dir }
 }

@@ -9,6 +9,9 @@ CREATE TABLE IF NOT EXISTS spark_idempotency_keys (
     -- Incremented on every takeover: a completion must present the current
     -- value, so a holder whose lease was taken over cannot complete.
     fencing          BIGINT   NOT NULL,
+    -- The fencing number this record's current request started with; a
+    -- claim whose fencing differs took over an earlier attempt.
+    first_fencing    BIGINT   NOT NULL,
     lease_until_ms   BIGINT   NOT NULL,
     created_at_ms    BIGINT   NOT NULL,
     expires_at_ms    BIGINT   NOT NULL,

@@ -6,6 +6,7 @@ CREATE TABLE IF NOT EXISTS spark_idempotency_keys (
     fingerprint      BLOB    NOT NULL,
     state            TEXT    NOT NULL CHECK (state IN ('in_flight', 'completed')),
     fencing          INTEGER NOT NULL,
+    first_fencing    INTEGER NOT NULL,
     lease_until_ms   INTEGER NOT NULL,
     created_at_ms    INTEGER NOT NULL,
     expires_at_ms    INTEGER NOT NULL,

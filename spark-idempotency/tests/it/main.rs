@@ -1,0 +1,9 @@
+//! Behaviour tests of spark-idempotency against every backend: in-memory,
+//! SQLite (always) and PostgreSQL (when `DATABASE_URL` is set).
+
+mod harness;
+
+mod conformance;
+mod http;
+mod postgres;
+mod transactional;
