@@ -4,6 +4,9 @@
 //! `--mode reject`, a rule violation); 2 bad usage or input, with a one-line
 //! message on stderr.
 
+mod bench;
+mod db;
+mod idempotency;
 mod money;
 mod output;
 
@@ -30,6 +33,20 @@ enum Command {
     /// Decimal rounding, tick alignment and order validation.
     #[command(subcommand)]
     Money(money::MoneyCommand),
+    /// Database schema.
+    #[command(subcommand)]
+    Db(db::DbCommand),
+    /// Idempotency keys: stats and garbage collection.
+    #[command(subcommand)]
+    Idempotency(idempotency::IdempotencyCommand),
+    /// Throughput benchmarks against your own database.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Runs an async command on a fresh runtime.
+fn block_on(fut: impl std::future::Future<Output = output::CmdResult>) -> output::CmdResult {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(fut)
 }
 
 fn main() -> ExitCode {
@@ -40,6 +57,9 @@ fn main() -> ExitCode {
     let out = Output::new(cli.json);
     let result = match cli.command {
         Command::Money(cmd) => money::run(cmd, &out),
+        Command::Db(cmd) => block_on(db::run(cmd, &out)),
+        Command::Idempotency(cmd) => block_on(idempotency::run(cmd, &out)),
+        Command::Bench(cmd) => block_on(bench::run(cmd, &out)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,6 +31,11 @@ impl Output {
         Output { json }
     }
 
+    /// Whether output is JSON (progress then stays off stdout and stderr).
+    pub(crate) fn is_json(&self) -> bool {
+        self.json
+    }
+
     /// Prints `value` as JSON, or `text` otherwise.
     pub(crate) fn emit<T: Serialize>(&self, value: &T, text: impl FnOnce() -> String) -> CmdResult {
         if self.json {

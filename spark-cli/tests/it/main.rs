@@ -1,5 +1,6 @@
 //! The real `spark` binary: output and exit codes.
 
+mod db;
 mod money;
 
 use std::process::Command;
@@ -19,7 +20,18 @@ impl Run {
 }
 
 pub(crate) fn spark(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_spark")).args(args).output().expect("run spark");
+    spark_with(args, None, &[])
+}
+
+/// Runs `spark` in `dir` (if given) with extra environment variables;
+/// `SPARK_DATABASE_URL` is cleared unless given.
+pub(crate) fn spark_with(args: &[&str], dir: Option<&std::path::Path>, env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spark"));
+    cmd.args(args).env_remove("SPARK_DATABASE_URL").envs(env.iter().copied());
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    let out = cmd.output().expect("run spark");
     Run {
         code: out.status.code().expect("spark exited by signal"),
         stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),

@@ -1,0 +1,111 @@
+//! `spark db migrate`, `spark idempotency stats|gc` and `spark bench
+//! idempotency` on SQLite and PostgreSQL.
+
+use spark_idempotency::{Claim, Config, Fingerprint, IdempotencyStore, ManualClock, PgStore, StoredResponse};
+
+use crate::{spark, spark_with};
+
+#[test]
+fn migrate_defaults_to_an_embedded_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = spark_with(&["db", "migrate"], Some(dir.path()), &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("1 migration(s) applied"), "{}", run.stdout);
+    assert!(dir.path().join("spark.db").exists());
+    let run = spark_with(&["db", "migrate", "--json"], Some(dir.path()), &[]);
+    assert_eq!(run.json()["applied"], 0, "migrations run once");
+    let run = spark_with(&["idempotency", "stats", "--json"], Some(dir.path()), &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json()["live_keys"], 0);
+}
+
+#[test]
+fn database_url_comes_from_the_environment_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("env.db").display());
+    let run = spark_with(&["db", "migrate", "--json"], None, &[("SPARK_DATABASE_URL", &url)]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json()["backend"], "sqlite");
+    assert!(dir.path().join("env.db").exists());
+}
+
+#[test]
+fn bad_database_urls_exit_2_without_leaking_passwords() {
+    let run = spark(&["db", "migrate", "--database-url", "mysql://root:hunter2@localhost/x"]);
+    assert_eq!(run.code, 2);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(!run.stderr.contains("hunter2"), "{}", run.stderr);
+    // Stats on a database that was never migrated say what to do.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("empty.db").display());
+    let run = spark(&["idempotency", "stats", "--database-url", &url]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("spark db migrate"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_and_gc_on_postgres() {
+    let Some(db) = spark_testkit::postgres().await else { return };
+    let run = spark(&["db", "migrate", "--database-url", &db.url, "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json()["backend"], "postgres");
+
+    // Twenty keys written two days ago (expired now), three live, one in flight.
+    let past =
+        PgStore::new(db.pool.clone(), Config::default().with_clock(ManualClock::new(now_ms() - 172_800_000))).unwrap();
+    let live = PgStore::new(db.pool.clone(), Config::default()).unwrap();
+    let fp = Fingerprint::of_request("POST", "/", b"");
+    for (store, n, prefix) in [(&past, 20, "old"), (&live, 3, "new")] {
+        for i in 0..n {
+            let Claim::Acquired(lease) = store.claim("c", &format!("{prefix}{i}").parse().unwrap(), &fp).await.unwrap()
+            else {
+                panic!()
+            };
+            store.complete(&lease, &StoredResponse::new(201, "x")).await.unwrap();
+        }
+    }
+    let _ = live.claim("c", &"busy".parse().unwrap(), &fp).await.unwrap();
+
+    let url = db.url.clone();
+    let stats = tokio::task::spawn_blocking(move || spark(&["idempotency", "stats", "--database-url", &url, "--json"]))
+        .await
+        .unwrap();
+    assert_eq!(stats.code, 0, "{}", stats.stderr);
+    let v = stats.json();
+    assert_eq!(
+        (v["live_keys"].as_u64(), v["expired_awaiting_gc"].as_u64(), v["in_flight"].as_u64()),
+        (Some(4), Some(20), Some(1))
+    );
+    assert!(v["oldest_record_age_ms"].as_i64().unwrap() >= 172_800_000);
+
+    let url = db.url.clone();
+    let gc = tokio::task::spawn_blocking(move || {
+        spark(&["idempotency", "gc", "--batch", "7", "--database-url", &url, "--json"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(gc.code, 0, "{}", gc.stderr);
+    assert_eq!(gc.json()["deleted"], 20);
+    assert_eq!(live.stats().await.unwrap().live_keys, 4);
+}
+
+#[test]
+fn bench_idempotency_reports_both_phases() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let run =
+        spark(&["bench", "idempotency", "--database-url", &url, "--concurrency", "2", "--seconds", "1", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v = run.json();
+    assert_eq!(v["backend"], "sqlite");
+    assert!(v["plain"]["transactions"].as_u64().unwrap() > 0);
+    assert!(v["idempotent"]["transactions"].as_u64().unwrap() > 0);
+    let ratio = v["ratio"].as_f64().unwrap();
+    assert!(ratio > 0.0, "{v}");
+    let run = spark(&["bench", "idempotency", "--database-url", &url, "--concurrency", "0"]);
+    assert_eq!(run.code, 2);
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap()
+}
