@@ -63,6 +63,6 @@ pub use crate::lot::{LotRounding, LotSize, MinNotional, UnknownLotRounding, noti
 pub use crate::money::Money;
 pub use crate::parse::parse_decimal;
 pub use crate::price::{Price, Quantity, Side, UnknownSide};
-pub use crate::rounding::{Rounding, UnknownRounding, round};
+pub use crate::rounding::{Rounding, UnknownRounding, mul_div, round};
 pub use crate::rules::{InstrumentRules, Violation, Violations};
 pub use crate::tick::{Band, TickRounding, TickTable, UnknownTickRounding};

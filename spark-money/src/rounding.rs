@@ -131,3 +131,44 @@ pub fn round(value: Decimal, dp: u32, mode: Rounding) -> Result<Decimal, MoneyEr
     int::round_parts(magnitude, value.is_sign_negative(), scale, dp, mode)
         .ok_or(MoneyError::Overflow { op: "rounding" })
 }
+
+/// `a * b / c`, computed exactly and rounded once to `dp` places with
+/// `mode`. Use it for proportional shares (the cost of part of a position,
+/// a pro-rata fee) where `a * b / c` in `Decimal` steps would round twice.
+///
+/// # Errors
+///
+/// [`MoneyError::ScaleTooLarge`] for `dp > 28`; [`MoneyError::Overflow`] for
+/// a zero divisor or when the exact intermediate exceeds 128 bits.
+///
+/// # Examples
+///
+/// ```
+/// use spark_money::{mul_div, parse_decimal, Rounding};
+///
+/// let d = |s| parse_decimal(s).unwrap();
+/// // A third of 100.00: 33.333… rounded once.
+/// assert_eq!(mul_div(d("100.00"), d("1"), d("3"), 2, Rounding::HalfEven)?.to_string(), "33.33");
+/// // 2.5 * 1 / 1 at 0 dp is a true tie: half-even gives 2.
+/// assert_eq!(mul_div(d("2.5"), d("1"), d("1"), 0, Rounding::HalfEven)?.to_string(), "2");
+/// # Ok::<(), spark_money::MoneyError>(())
+/// ```
+pub fn mul_div(a: Decimal, b: Decimal, c: Decimal, dp: u32, mode: Rounding) -> Result<Decimal, MoneyError> {
+    if dp > MAX_SCALE {
+        return Err(MoneyError::ScaleTooLarge { dp });
+    }
+    let overflow = MoneyError::Overflow { op: "multiply-divide" };
+    if c.is_zero() {
+        return Err(overflow);
+    }
+    let ((am, asc), (bm, bsc), (cm, csc)) = (int::parts(a), int::parts(b), int::parts(c));
+    // a*b/c = (am*bm*10^(csc+dp)) / (cm*10^(asc+bsc)) in units of 10^-dp.
+    let numerator = am
+        .checked_mul(bm)
+        .and_then(|n| n.checked_mul(int::pow10(csc + dp)?))
+        .ok_or_else(|| overflow.clone())?;
+    let denominator = int::pow10(asc + bsc).and_then(|p| cm.checked_mul(p)).ok_or_else(|| overflow.clone())?;
+    let negative = (a.is_sign_negative() != b.is_sign_negative()) != c.is_sign_negative();
+    let (q, _) = int::div_round(numerator, denominator, negative, mode);
+    int::decimal(q, negative && q != 0, dp).ok_or(overflow)
+}

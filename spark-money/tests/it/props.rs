@@ -53,6 +53,27 @@ proptest! {
     }
 
     #[test]
+    fn mul_div_matches_a_single_rounding_of_the_exact_quotient(
+        a in -1_000_000_000i64..1_000_000_000, sa in 0u32..=4,
+        b in 1i64..1_000_000, sb in 0u32..=3,
+        c in 1i64..1_000_000, sc in 0u32..=3,
+        dp in 0u32..=6, mode in any_mode(),
+    ) {
+        let (a, b, c) = (Decimal::new(a, sa), Decimal::new(b, sb), Decimal::new(c, sc));
+        let r = spark_money::mul_div(a, b, c, dp, mode).unwrap();
+        prop_assert_eq!(r.scale(), dp);
+        // The exact quotient lies within one unit of the result, on the side
+        // the mode says: check via exact products (no division).
+        let unit = Decimal::new(1, dp);
+        let exact_num = a * b; // exact: small operands
+        let lo = (r - unit) * c;
+        let hi = (r + unit) * c;
+        prop_assert!(lo < exact_num && exact_num < hi, "{} * {} / {} -> {}", a, b, c, r);
+        if matches!(mode, Rounding::Floor) { prop_assert!(r * c <= exact_num); }
+        if matches!(mode, Rounding::Ceiling) { prop_assert!(r * c >= exact_num); }
+    }
+
+    #[test]
     fn half_modes_move_at_most_half_a_unit(x in any_decimal(), dp in 0u32..=8) {
         let half = unit(dp) / Decimal::TWO;
         for mode in [Rounding::HalfEven, Rounding::HalfUp, Rounding::HalfDown] {
