@@ -71,8 +71,14 @@ impl Db {
     /// what each applied.
     pub(crate) async fn migrate(&self) -> anyhow::Result<Vec<(&'static str, usize)>> {
         let migrators = match self {
-            Db::Postgres(_) => vec![("spark-idempotency", spark_idempotency::postgres::migrator())],
-            Db::Sqlite(_) => vec![("spark-idempotency", spark_idempotency::sqlite::migrator())],
+            Db::Postgres(_) => vec![
+                ("spark-idempotency", spark_idempotency::postgres::migrator()),
+                ("spark-positions", spark_positions::postgres::migrator()),
+            ],
+            Db::Sqlite(_) => vec![
+                ("spark-idempotency", spark_idempotency::sqlite::migrator()),
+                ("spark-positions", spark_positions::sqlite::migrator()),
+            ],
         };
         let mut applied = Vec::new();
         for (name, migrator) in migrators {

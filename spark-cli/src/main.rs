@@ -9,6 +9,7 @@ mod db;
 mod idempotency;
 mod money;
 mod output;
+mod positions;
 
 use std::process::ExitCode;
 
@@ -39,6 +40,9 @@ enum Command {
     /// Idempotency keys: stats and garbage collection.
     #[command(subcommand)]
     Idempotency(idempotency::IdempotencyCommand),
+    /// Positions per account and instrument.
+    #[command(subcommand)]
+    Positions(positions::PositionsCommand),
     /// Throughput benchmarks against your own database.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
         Command::Money(cmd) => money::run(cmd, &out),
         Command::Db(cmd) => block_on(db::run(cmd, &out)),
         Command::Idempotency(cmd) => block_on(idempotency::run(cmd, &out)),
+        Command::Positions(cmd) => block_on(positions::run(cmd, &out)),
         Command::Bench(cmd) => block_on(bench::run(cmd, &out)),
     };
     match result {

@@ -163,10 +163,8 @@ pub fn mul_div(a: Decimal, b: Decimal, c: Decimal, dp: u32, mode: Rounding) -> R
     }
     let ((am, asc), (bm, bsc), (cm, csc)) = (int::parts(a), int::parts(b), int::parts(c));
     // a*b/c = (am*bm*10^(csc+dp)) / (cm*10^(asc+bsc)) in units of 10^-dp.
-    let numerator = am
-        .checked_mul(bm)
-        .and_then(|n| n.checked_mul(int::pow10(csc + dp)?))
-        .ok_or_else(|| overflow.clone())?;
+    let numerator =
+        am.checked_mul(bm).and_then(|n| n.checked_mul(int::pow10(csc + dp)?)).ok_or_else(|| overflow.clone())?;
     let denominator = int::pow10(asc + bsc).and_then(|p| cm.checked_mul(p)).ok_or_else(|| overflow.clone())?;
     let negative = (a.is_sign_negative() != b.is_sign_negative()) != c.is_sign_negative();
     let (q, _) = int::div_round(numerator, denominator, negative, mode);

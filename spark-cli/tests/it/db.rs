@@ -10,7 +10,7 @@ fn migrate_defaults_to_an_embedded_sqlite_file() {
     let dir = tempfile::tempdir().unwrap();
     let run = spark_with(&["db", "migrate"], Some(dir.path()), &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("1 migration(s) applied"), "{}", run.stdout);
+    assert!(run.stdout.contains("2 migration(s) applied"), "{}", run.stdout);
     assert!(dir.path().join("spark.db").exists());
     let run = spark_with(&["db", "migrate", "--json"], Some(dir.path()), &[]);
     assert_eq!(run.json()["applied"], 0, "migrations run once");
@@ -108,4 +108,53 @@ fn bench_idempotency_reports_both_phases() {
 
 fn now_ms() -> i64 {
     i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn positions_list_on_sqlite() {
+    use spark_money::{Currency, Side};
+    use spark_positions::{Fill, SqlitePositions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("p.db").display());
+    let migrate = spark(&["db", "migrate", "--database-url", &url, "--json"]);
+    assert_eq!(migrate.code, 0, "{}", migrate.stderr);
+    assert_eq!(migrate.json()["crates"]["spark-positions"], 1);
+
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let book = SqlitePositions::new();
+    let fill = |id: &str, instrument: &str, side, qty: &str, price: &str| Fill {
+        fill_id: id.into(),
+        account_id: "acc-9".into(),
+        instrument: instrument.into(),
+        side,
+        quantity: qty.parse().unwrap(),
+        price: price.parse().unwrap(),
+        currency: Currency::TRY,
+    };
+    let mut tx = pool.begin().await.unwrap();
+    book.apply_fill(&mut tx, &fill("1", "THYAO", Side::Buy, "100", "101.30")).await.unwrap();
+    book.apply_fill(&mut tx, &fill("2", "GARAN", Side::Buy, "10", "50.00")).await.unwrap();
+    book.apply_fill(&mut tx, &fill("3", "GARAN", Side::Sell, "10", "52.00")).await.unwrap();
+    tx.commit().await.unwrap();
+    pool.close().await;
+
+    let run = spark(&["positions", "list", "--account", "acc-9", "--database-url", &url, "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v = run.json();
+    let open = v["positions"].as_array().unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0]["instrument"], "THYAO");
+    assert_eq!(open[0]["quantity"], "100");
+    assert_eq!(open[0]["average_price"], "101.30");
+
+    let run = spark(&["positions", "list", "--account", "acc-9", "--all", "--database-url", &url]);
+    assert_eq!(run.code, 0);
+    assert!(
+        run.stdout.contains("GARAN") && run.stdout.contains("closed") && run.stdout.contains("20.00 TRY"),
+        "{}",
+        run.stdout
+    );
+    let run = spark(&["positions", "list", "--database-url", &url]);
+    assert_eq!(run.code, 2, "--account is required");
 }

@@ -1,0 +1,120 @@
+//! What both backends share: row decoding, and the parts of the store that
+//! are the same SQL on both (written in `$n` syntax; SQLite gets `?n`).
+
+use std::sync::Arc;
+
+use spark_money::{Currency, Money, parse_decimal};
+
+use crate::model::{Fill, Position, Status};
+use crate::{PositionsError, Result};
+
+/// The columns of a position row; decimals as text.
+pub(crate) type Row = (i64, String, String, String, String, String, String, String, i32, i64, Option<i64>, i64);
+
+pub(crate) fn position(row: Row) -> Result<Position> {
+    let (
+        id,
+        account_id,
+        instrument,
+        status,
+        quantity,
+        cost_basis,
+        realized,
+        currency,
+        price_scale,
+        opened,
+        closed,
+        version,
+    ) = row;
+    let dec = |s: &str| parse_decimal(s).map_err(|e| PositionsError::Corrupt(format!("position {id}: {e}")));
+    let currency = Currency::new(&currency).map_err(|e| PositionsError::Corrupt(format!("position {id}: {e}")))?;
+    Ok(Position {
+        id,
+        account_id,
+        instrument,
+        status: Status::parse(&status)?,
+        quantity: dec(&quantity)?,
+        cost_basis: dec(&cost_basis)?,
+        realized_pnl: Money::new(dec(&realized)?, currency),
+        price_scale: u32::try_from(price_scale)
+            .map_err(|_| PositionsError::Corrupt(format!("position {id}: scale")))?,
+        opened_at_ms: opened,
+        closed_at_ms: closed,
+        version,
+    })
+}
+
+/// Which positions [`list`](crate::postgres::PgPositions::positions) returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PositionFilter {
+    /// Open positions only.
+    #[default]
+    Open,
+    /// Open and closed, newest first.
+    All,
+}
+
+/// Milliseconds since the Unix epoch, from an injectable source.
+pub(crate) type ClockFn = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+pub(crate) fn system_clock() -> ClockFn {
+    Arc::new(|| {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+    })
+}
+
+/// `SELECT` list and `FROM` for positions; `$dec` casts a decimal column to
+/// text where the backend stores NUMERIC.
+macro_rules! position_select {
+    ($dec:literal) => {
+        concat!(
+            "SELECT id, account_id, instrument, status, quantity",
+            $dec,
+            ", cost_basis",
+            $dec,
+            ", realized_pnl",
+            $dec,
+            ", currency, price_scale, opened_at_ms, closed_at_ms, version FROM spark_positions "
+        )
+    };
+}
+
+pub(crate) use position_select;
+
+/// Claims the fill id; no row back means it was applied before.
+macro_rules! claim_fill_sql {
+    ($num:literal) => {
+        concat!(
+            "INSERT INTO spark_position_fills
+                (fill_id, account_id, instrument, side, quantity, price, currency, applied_at_ms)
+             VALUES ($1, $2, $3, $4, $5",
+            $num,
+            ", $6",
+            $num,
+            ", $7, $8)
+             ON CONFLICT (fill_id) DO NOTHING RETURNING fill_id"
+        )
+    };
+}
+
+pub(crate) use claim_fill_sql;
+
+pub(crate) const LINK_FILL: &str =
+    "UPDATE spark_position_fills SET position_id = $1, position_version = $2 WHERE fill_id = $3";
+
+pub(crate) fn record(transition: &'static str) {
+    tracing::debug!(transition, "fill applied");
+    metrics::counter!(crate::metrics::FILLS_APPLIED, "transition" => transition).increment(1);
+}
+
+/// A unique violation on the partial index, as a typed error.
+pub(crate) fn unique(e: sqlx::Error, fill: &Fill) -> PositionsError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => PositionsError::DuplicateOpenPosition {
+            account_id: fill.account_id.clone(),
+            instrument: fill.instrument.clone(),
+        },
+        _ => PositionsError::Database(e),
+    }
+}
