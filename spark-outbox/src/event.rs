@@ -1,0 +1,147 @@
+//! Events as written and as published.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use crate::{OutboxError, Result};
+
+/// An event to write inside the business transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEvent {
+    /// The kind of aggregate, e.g. `"order"`. Part of the NATS subject.
+    pub aggregate_type: String,
+    /// The aggregate's id. Events of one aggregate are published in order.
+    pub aggregate_id: String,
+    /// What happened, e.g. `"order.accepted"`.
+    pub event_type: String,
+    /// The event body.
+    pub payload: serde_json::Value,
+    /// Extra headers passed to the sink.
+    pub headers: BTreeMap<String, String>,
+}
+
+impl OutboxEvent {
+    /// An event with no extra headers.
+    #[must_use]
+    pub fn new(
+        aggregate_type: impl Into<String>,
+        aggregate_id: impl Into<String>,
+        event_type: impl Into<String>,
+        payload: serde_json::Value,
+    ) -> OutboxEvent {
+        OutboxEvent {
+            aggregate_type: aggregate_type.into(),
+            aggregate_id: aggregate_id.into(),
+            event_type: event_type.into(),
+            payload,
+            headers: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let bad = |what: &str| Err(OutboxError::InvalidEvent(format!("{what} must not be empty")));
+        if self.aggregate_type.is_empty() {
+            return bad("aggregate_type");
+        }
+        if self.aggregate_id.is_empty() {
+            return bad("aggregate_id");
+        }
+        if self.event_type.is_empty() {
+            return bad("event_type");
+        }
+        Ok(())
+    }
+}
+
+/// A stored event, as a relay hands it to a [`Publisher`](crate::Publisher).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Event {
+    /// The UUIDv7 id: the idempotency key / message id at the sink.
+    pub id: Uuid,
+    /// Insertion order (commit order within an aggregate).
+    #[serde(skip)]
+    pub seq: i64,
+    /// The aggregate type.
+    pub aggregate_type: String,
+    /// The aggregate id.
+    pub aggregate_id: String,
+    /// The event type.
+    pub event_type: String,
+    /// The body.
+    pub payload: serde_json::Value,
+    /// Extra headers.
+    pub headers: BTreeMap<String, String>,
+    /// When it was enqueued (Unix ms).
+    pub created_at_ms: i64,
+    /// Delivery attempts so far, this one included.
+    #[serde(skip)]
+    pub attempts: i32,
+}
+
+/// A dead letter: an event the relay gave up on.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeadLetter {
+    /// The event.
+    #[serde(flatten)]
+    pub event: Event,
+    /// How many attempts were made.
+    pub attempts: i32,
+    /// The last error.
+    pub last_error: Option<String>,
+}
+
+/// The raw row of an event; decoded into [`Event`].
+pub(crate) type Row = (i64, String, String, String, String, String, String, i64, i32);
+
+pub(crate) fn decode(row: Row) -> Result<Event> {
+    let (seq, id, aggregate_type, aggregate_id, event_type, payload, headers, created_at_ms, attempts) = row;
+    let corrupt = |what: &str, e: &dyn std::fmt::Display| OutboxError::Corrupt(format!("event {seq}: {what}: {e}"));
+    Ok(Event {
+        id: Uuid::parse_str(&id).map_err(|e| corrupt("id", &e))?,
+        seq,
+        aggregate_type,
+        aggregate_id,
+        event_type,
+        payload: serde_json::from_str(&payload).map_err(|e| corrupt("payload", &e))?,
+        headers: serde_json::from_str(&headers).map_err(|e| corrupt("headers", &e))?,
+        created_at_ms,
+        attempts,
+    })
+}
+
+/// Outbox counts for operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct OutboxStats {
+    /// Events not yet published (claimed, waiting, or backing off).
+    pub pending: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Published events kept for retention.
+    pub published: u64,
+    /// Age of the oldest pending event in ms: the relay's lag.
+    pub oldest_pending_age_ms: Option<i64>,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn stats(pending: i64, dead: i64, published: i64, oldest: Option<i64>) -> OutboxStats {
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    OutboxStats {
+        pending: count(pending),
+        dead: count(dead),
+        published: count(published),
+        oldest_pending_age_ms: oldest.map(|created| (now_ms() - created).max(0)),
+    }
+}
+
+pub(crate) type DeadRow = (i64, String, String, String, String, String, String, i64, i32, Option<String>);
+
+pub(crate) fn dead_letter(row: DeadRow) -> Result<DeadLetter> {
+    let (seq, id, at, aid, et, payload, headers, created, attempts, last_error) = row;
+    let event = decode((seq, id, at, aid, et, payload, headers, created, attempts))?;
+    Ok(DeadLetter { event, attempts, last_error })
+}

@@ -1,0 +1,81 @@
+//! The transactional outbox: an event is written in the same transaction as
+//! the business change, so it is announced if and only if the change
+//! commits; relays then publish it at least once, in order per aggregate.
+//!
+//! - **Enqueue** ([`postgres::enqueue`], [`sqlite::enqueue`]) inside the
+//!   caller's transaction; ids are UUIDv7; on PostgreSQL the same statement
+//!   issues one `NOTIFY` per transaction.
+//! - **Relays** ([`Relay`]) claim batches in one statement with
+//!   `FOR UPDATE SKIP LOCKED` (several relays, processes or hosts share the
+//!   work with no other coordination), lease what they claim (a relay killed
+//!   with SIGKILL loses nothing), publish, and delete or mark published.
+//! - **Per-aggregate order:** an aggregate's next event is not claimed while
+//!   an earlier one is in flight or backing off; other aggregates flow.
+//! - **Failures:** exponential backoff with full jitter, capped; then a dead
+//!   letter with its last error, which can be listed and replayed.
+//! - **Wakeup:** [`postgres::listen`] on a dedicated connection, plus
+//!   polling as a fallback.
+//! - **Sinks:** [`Publisher`] — [`WebhookPublisher`] (HMAC-signed),
+//!   [`NatsPublisher`] (JetStream, `Nats-Msg-Id` dedupe), [`ChannelPublisher`]
+//!   for tests, [`NullPublisher`] for benchmarks.
+//! - **Inbox:** [`Inbox::process`] applies each delivered event once.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use spark_outbox::{ChannelPublisher, OutboxEvent, Relay, SqliteOutbox};
+//!
+//! let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+//! spark_outbox::sqlite::migrator().run(&pool).await?;
+//!
+//! // In the business transaction:
+//! let mut tx = pool.begin().await?;
+//! let event = OutboxEvent::new("order", "ord-1", "order.accepted", serde_json::json!({"qty": "100"}));
+//! let id = spark_outbox::sqlite::enqueue(&mut tx, &event).await?;
+//! tx.commit().await?;
+//!
+//! // A relay publishes it.
+//! let (publisher, mut received) = ChannelPublisher::new();
+//! let relay = Relay::builder(SqliteOutbox::new(pool.clone())).build()?;
+//! relay.run_once(&publisher).await?;
+//! assert_eq!(received.recv().await.unwrap().id, id);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # Features
+//!
+//! - `sqlite` (default): [`SqliteOutbox`], one polling relay.
+//! - `postgres`: [`PgOutbox`], SKIP LOCKED relays and LISTEN/NOTIFY.
+//! - `webhook`: [`WebhookPublisher`] (reqwest on rustls).
+//! - `nats`: [`NatsPublisher`] (async-nats JetStream).
+
+mod error;
+mod event;
+mod inbox;
+pub mod metrics;
+#[cfg(feature = "nats")]
+mod nats;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+mod publisher;
+mod relay;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+mod store;
+#[cfg(feature = "webhook")]
+pub mod webhook;
+
+pub use crate::error::{OutboxError, PublishError, Result};
+pub use crate::event::{DeadLetter, Event, OutboxEvent, OutboxStats};
+pub use crate::inbox::{Inbox, InboxConnection, Processed};
+#[cfg(feature = "nats")]
+pub use crate::nats::NatsPublisher;
+#[cfg(feature = "postgres")]
+pub use crate::postgres::PgOutbox;
+pub use crate::publisher::{ChannelPublisher, NullPublisher, Publisher};
+pub use crate::relay::{BatchReport, Relay, RelayBuilder, RelayReport};
+#[cfg(feature = "sqlite")]
+pub use crate::sqlite::SqliteOutbox;
+pub use crate::store::OutboxStore;
+#[cfg(feature = "webhook")]
+pub use crate::webhook::WebhookPublisher;
