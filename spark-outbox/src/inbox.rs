@@ -17,7 +17,10 @@ pub enum Processed<T> {
 pub trait InboxConnection: private::Sealed + Send {
     /// Records `message_id`; `true` if it was not there before.
     #[doc(hidden)]
-    fn record<'a>(&'a mut self, message_id: &'a str) -> Pin<Box<dyn Future<Output = Result<bool, sqlx::Error>> + Send + 'a>>;
+    fn record<'a>(
+        &'a mut self,
+        message_id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, sqlx::Error>> + Send + 'a>>;
 }
 
 mod private {
@@ -33,7 +36,8 @@ macro_rules! inbox_connection {
                 message_id: &'a str,
             ) -> Pin<Box<dyn Future<Output = Result<bool, sqlx::Error>> + Send + 'a>> {
                 Box::pin(async move {
-                    let row = sqlx::query($sql).bind(message_id).bind(crate::event::now_ms()).fetch_optional(self).await?;
+                    let row =
+                        sqlx::query($sql).bind(message_id).bind(crate::event::now_ms()).fetch_optional(self).await?;
                     Ok(row.is_some())
                 })
             }

@@ -228,6 +228,7 @@ impl OutboxStore for PgOutbox {
 /// When the connection drops, relays keep polling; the listener reconnects,
 /// LISTENs again, and wakes every relay once so nothing sent meanwhile
 /// waits for a poll. Runs until the task is aborted.
+#[must_use = "the listener stops when the handle is aborted; keep it"]
 pub fn listen(listen_url: String, relays: Vec<std::sync::Arc<tokio::sync::Notify>>) -> tokio::task::JoinHandle<()> {
     let wake_all = move || relays.iter().for_each(|r| r.notify_one());
     tokio::spawn(async move {

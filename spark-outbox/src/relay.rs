@@ -285,10 +285,9 @@ impl<S: OutboxStore> Relay<S> {
             Ok(stats) => metrics::gauges(&stats),
             Err(e) => tracing::warn!(error = %e, "outbox stats failed"),
         }
-        if let Some(keep) = self.cfg.retention {
-            if let Err(e) = self.cfg.store.cleanup(now_ms() - millis(keep), 1000).await {
-                tracing::warn!(error = %e, "outbox cleanup failed");
-            }
+        let Some(keep) = self.cfg.retention else { return };
+        if let Err(e) = self.cfg.store.cleanup(now_ms() - millis(keep), 1000).await {
+            tracing::warn!(error = %e, "outbox cleanup failed");
         }
     }
 }

@@ -1,1 +1,9 @@
+//! The outbox against real PostgreSQL, real NATS JetStream and a real HTTP
+//! webhook on loopback; SQLite through the same suite where it applies.
 
+mod common;
+
+mod inbox;
+mod postgres;
+mod sqlite;
+mod webhook;
