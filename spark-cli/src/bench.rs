@@ -18,6 +18,35 @@ pub(crate) enum BenchCommand {
     /// Throughput of plain insert transactions against the same inserts with
     /// an idempotency claim and completion in the transaction.
     Idempotency(IdempotencyBench),
+    /// Outbox enqueue and publish throughput, and enqueue-to-ack lag at a
+    /// steady rate with LISTEN/NOTIFY.
+    Outbox(OutboxBench),
+}
+
+#[derive(Debug, Args)]
+#[allow(clippy::struct_field_names, reason = "field names are the CLI flags")]
+pub(crate) struct OutboxBench {
+    /// `postgres://…` or `sqlite://PATH`.
+    #[arg(long, env = "SPARK_DATABASE_URL", hide_env_values = true)]
+    pub(crate) database_url: String,
+    /// null (measure the relay alone) or nats.
+    #[arg(long, value_enum, default_value = "null")]
+    pub(crate) sink: crate::outbox::Sink,
+    /// NATS server URL (--sink nats).
+    #[arg(long, env = "NATS_URL", required_if_eq("sink", "nats"))]
+    pub(crate) nats_url: Option<String>,
+    /// Events in the backlog phase.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub(crate) events: u64,
+    /// Relays draining it.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub(crate) relays: u32,
+    /// Events per second in the steady phase (lag).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) rate: u32,
+    /// Seconds of the steady phase.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub(crate) steady_seconds: u64,
 }
 
 #[derive(Debug, Args)]
@@ -54,7 +83,10 @@ struct Report {
 }
 
 pub(crate) async fn run(cmd: BenchCommand, out: &Output) -> CmdResult {
-    let BenchCommand::Idempotency(args) = cmd;
+    let args = match cmd {
+        BenchCommand::Idempotency(args) => args,
+        BenchCommand::Outbox(args) => return crate::bench_outbox::run(args, out).await,
+    };
     let db = Db::connect(&args.database_url, args.concurrency + 1).await?;
     db.migrate().await?;
     setup(&db).await?;

@@ -74,10 +74,12 @@ impl Db {
             Db::Postgres(_) => vec![
                 ("spark-idempotency", spark_idempotency::postgres::migrator()),
                 ("spark-positions", spark_positions::postgres::migrator()),
+                ("spark-outbox", spark_outbox::postgres::migrator()),
             ],
             Db::Sqlite(_) => vec![
                 ("spark-idempotency", spark_idempotency::sqlite::migrator()),
                 ("spark-positions", spark_positions::sqlite::migrator()),
+                ("spark-outbox", spark_outbox::sqlite::migrator()),
             ],
         };
         let mut applied = Vec::new();

@@ -5,9 +5,11 @@
 //! message on stderr.
 
 mod bench;
+mod bench_outbox;
 mod db;
 mod idempotency;
 mod money;
+mod outbox;
 mod output;
 mod positions;
 
@@ -43,6 +45,9 @@ enum Command {
     /// Positions per account and instrument.
     #[command(subcommand)]
     Positions(positions::PositionsCommand),
+    /// The transactional outbox: relay, stats, dead letters.
+    #[command(subcommand)]
+    Outbox(outbox::OutboxCommand),
     /// Throughput benchmarks against your own database.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -64,6 +69,7 @@ fn main() -> ExitCode {
         Command::Db(cmd) => block_on(db::run(cmd, &out)),
         Command::Idempotency(cmd) => block_on(idempotency::run(cmd, &out)),
         Command::Positions(cmd) => block_on(positions::run(cmd, &out)),
+        Command::Outbox(cmd) => block_on(outbox::run(cmd, &out)),
         Command::Bench(cmd) => block_on(bench::run(cmd, &out)),
     };
     match result {

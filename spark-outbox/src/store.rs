@@ -44,3 +44,32 @@ pub trait OutboxStore: Send + Sync + 'static {
 pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
+
+/// A store chosen at run time (`Arc<dyn OutboxStore>`) is a store too.
+#[async_trait]
+impl<T: OutboxStore + ?Sized> OutboxStore for std::sync::Arc<T> {
+    async fn claim(&self, relay: &str, batch: u32, lease: Duration) -> Result<Vec<Event>> {
+        (**self).claim(relay, batch, lease).await
+    }
+    async fn mark_published(&self, seqs: &[i64], keep: bool) -> Result<()> {
+        (**self).mark_published(seqs, keep).await
+    }
+    async fn mark_failed(&self, seq: i64, relay: &str, error: &str, retry_at_ms: Option<i64>) -> Result<()> {
+        (**self).mark_failed(seq, relay, error, retry_at_ms).await
+    }
+    async fn release(&self, seqs: &[i64], relay: &str) -> Result<()> {
+        (**self).release(seqs, relay).await
+    }
+    async fn cleanup(&self, before_ms: i64, batch: u32) -> Result<u64> {
+        (**self).cleanup(before_ms, batch).await
+    }
+    async fn stats(&self) -> Result<OutboxStats> {
+        (**self).stats().await
+    }
+    async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>> {
+        (**self).dead_letters(limit).await
+    }
+    async fn retry_dead(&self, id: Option<Uuid>) -> Result<u64> {
+        (**self).retry_dead(id).await
+    }
+}

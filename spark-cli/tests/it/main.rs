@@ -2,6 +2,7 @@
 
 mod db;
 mod money;
+mod outbox;
 
 use std::process::Command;
 

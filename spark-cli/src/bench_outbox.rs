@@ -1,0 +1,220 @@
+//! `spark bench outbox`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use serde::Serialize;
+use spark_outbox::{Event, OutboxEvent, PublishError, Publisher, Relay};
+
+use crate::bench::OutboxBench;
+use crate::db::Db;
+use crate::outbox::{Sink, SinkArgs, store};
+use crate::output::{CmdResult, Output};
+
+const AGGREGATE_TYPE: &str = "spark-bench";
+
+/// Wraps the sink and records enqueue-to-ack lag while `recording`.
+struct Lag {
+    inner: Arc<dyn Publisher>,
+    recording: AtomicBool,
+    lags: Mutex<Vec<i64>>,
+}
+
+#[async_trait]
+impl Publisher for Lag {
+    async fn publish(&self, event: &Event) -> Result<(), PublishError> {
+        self.inner.publish(event).await?;
+        if self.recording.load(Ordering::Relaxed) {
+            let now = i64::try_from(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis(),
+            )
+            .unwrap_or(i64::MAX);
+            self.lags.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(now - event.created_at_ms);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    backend: &'static str,
+    sink: &'static str,
+    events: u64,
+    relays: u32,
+    enqueue_events_per_sec: f64,
+    publish_events_per_sec: f64,
+    steady_rate: u32,
+    steady_events: usize,
+    lag_p50_ms: i64,
+    lag_p99_ms: i64,
+}
+
+async fn enqueue_one(db: &Db, n: u64) -> anyhow::Result<()> {
+    let event =
+        OutboxEvent::new(AGGREGATE_TYPE, format!("agg-{}", n % 1000), "bench.event", serde_json::json!({ "n": n }));
+    match db {
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            spark_outbox::postgres::enqueue(&mut tx, &event).await?;
+            tx.commit().await?;
+        }
+        Db::Sqlite(pool) => {
+            let mut tx = pool.begin().await?;
+            spark_outbox::sqlite::enqueue(&mut tx, &event).await?;
+            tx.commit().await?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn run(args: OutboxBench, out: &Output) -> CmdResult {
+    let writers = 8u32;
+    let db = Db::connect(&args.database_url, args.relays + writers + 2).await?;
+    db.migrate().await?;
+    let relays = if matches!(db, Db::Sqlite(_)) { 1 } else { args.relays };
+    let sink_args = SinkArgs {
+        sink: args.sink,
+        url: None,
+        secret_env: None,
+        nats_url: args.nats_url.clone(),
+        subject_prefix: "sparkbench".to_owned(),
+        stream: "SPARK_BENCH".to_owned(),
+    };
+    let lag = Arc::new(Lag {
+        inner: sink_args.publisher().await?,
+        recording: AtomicBool::new(false),
+        lags: Mutex::default(),
+    });
+    let progress = |msg: &str| {
+        if !out.is_json() {
+            eprintln!("{msg}");
+        }
+    };
+
+    // Phase 1: enqueue the backlog, one event per transaction, 8 writers.
+    progress(&format!("phase 1/3: enqueue {} events", args.events));
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let (db, next, total) = (db.clone(), next.clone(), args.events);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    return anyhow::Ok(());
+                }
+                enqueue_one(&db, n).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.context("writer panicked")??;
+    }
+    let enqueue_eps = args.events as f64 / started.elapsed().as_secs_f64();
+
+    // Phase 2: drain it.
+    progress(&format!("phase 2/3: drain with {relays} relay(s)"));
+    let outbox = store(&db);
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut wakers = Vec::new();
+    let mut relay_tasks = Vec::new();
+    let started = Instant::now();
+    for _ in 0..relays {
+        let relay = Relay::builder(outbox.clone()).poll_interval(Duration::from_millis(200)).build()?;
+        wakers.push(relay.waker());
+        let (p, mut stop) = (lag.clone(), stop_tx.subscribe());
+        relay_tasks.push(tokio::spawn(async move {
+            relay
+                .run(p, async move {
+                    stop.recv().await.ok();
+                })
+                .await
+        }));
+    }
+    let listener = match &db {
+        Db::Postgres(_) => Some(spark_outbox::postgres::listen(args.database_url.clone(), wakers)),
+        Db::Sqlite(_) => None,
+    };
+    loop {
+        if outbox.stats().await?.pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let publish_eps = args.events as f64 / started.elapsed().as_secs_f64();
+
+    // Phase 3: a steady rate, relays idle between events, woken by NOTIFY.
+    progress(&format!("phase 3/3: {} events/s for {} s, measuring enqueue-to-ack lag", args.rate, args.steady_seconds));
+    lag.recording.store(true, Ordering::Relaxed);
+    let total = u64::from(args.rate) * args.steady_seconds;
+    let period = Duration::from_secs_f64(1.0 / f64::from(args.rate));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut writes = tokio::task::JoinSet::new();
+    for n in 0..total {
+        ticker.tick().await;
+        let db = db.clone();
+        writes.spawn(async move { enqueue_one(&db, 1_000_000_000 + n).await });
+    }
+    while let Some(r) = writes.join_next().await {
+        r.context("writer panicked")??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lag.lags.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+        < usize::try_from(total).unwrap_or(usize::MAX)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop_tx.send(());
+    for t in relay_tasks {
+        t.await.context("relay panicked")??;
+    }
+    if let Some(l) = listener {
+        l.abort();
+    }
+    let mut lags = lag.lags.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    lags.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((lags.len() as f64 - 1.0) * p).round() as usize;
+        lags.get(i).copied().unwrap_or(0)
+    };
+    let report = Report {
+        backend: db.backend(),
+        sink: match args.sink {
+            Sink::Null => "null",
+            Sink::Nats => "nats",
+            Sink::Webhook => "webhook",
+        },
+        events: args.events,
+        relays,
+        enqueue_events_per_sec: enqueue_eps,
+        publish_events_per_sec: publish_eps,
+        steady_rate: args.rate,
+        steady_events: lags.len(),
+        lag_p50_ms: pct(0.50),
+        lag_p99_ms: pct(0.99),
+    };
+    out.emit(&report, || {
+        format!(
+            "backend {} · sink {} · {} events · {} relay(s)\n\
+             enqueue:  {:>9.0} events/s (one event per transaction, 8 writers)\n\
+             publish:  {:>9.0} events/s (backlog drain)\n\
+             lag at {} events/s: p50 {} ms, p99 {} ms ({} events)",
+            report.backend,
+            report.sink,
+            report.events,
+            report.relays,
+            report.enqueue_events_per_sec,
+            report.publish_events_per_sec,
+            report.steady_rate,
+            report.lag_p50_ms,
+            report.lag_p99_ms,
+            report.steady_events
+        )
+    })
+}

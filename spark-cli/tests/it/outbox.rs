@@ -1,0 +1,149 @@
+//! `spark outbox relay|stats|dead-letters|retry` as a real process.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use spark_outbox::OutboxEvent;
+
+use crate::spark;
+
+#[derive(Clone, Default)]
+struct Hook {
+    status: Arc<AtomicU16>,
+    delay_ms: Arc<AtomicU64>,
+    ids: Arc<Mutex<Vec<String>>>,
+}
+
+async fn hook() -> (Hook, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let h = Hook::default();
+    h.status.store(200, Ordering::SeqCst);
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            post(|State(h): State<Hook>, headers: axum::http::HeaderMap| async move {
+                tokio::time::sleep(Duration::from_millis(h.delay_ms.load(Ordering::SeqCst))).await;
+                let status = h.status.load(Ordering::SeqCst);
+                if status == 200 {
+                    h.ids.lock().unwrap().push(headers["idempotency-key"].to_str().unwrap().to_owned());
+                }
+                StatusCode::from_u16(status).unwrap()
+            }),
+        )
+        .with_state(h.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (h, url)
+}
+
+fn relay(db_url: &str, hook_url: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_spark"))
+        .args(["outbox", "relay", "--sink", "webhook", "--url", hook_url, "--database-url", db_url, "--json"])
+        .args(["--poll-interval-ms", "100", "--lease-secs", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_for(limit: Duration, what: &str, check: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn event(n: i64) -> OutboxEvent {
+    OutboxEvent::new("order", format!("o{n}"), "order.accepted", serde_json::json!({ "n": n }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_survives_sigkill_and_stops_on_sigterm() {
+    let Some(db) = spark_testkit::postgres().await else { return };
+    assert_eq!(spark(&["db", "migrate", "--database-url", &db.url]).code, 0);
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        let mut tx = db.pool.begin().await.unwrap();
+        ids.push(spark_outbox::postgres::enqueue(&mut tx, &event(n)).await.unwrap().to_string());
+        tx.commit().await.unwrap();
+    }
+    let (h, url) = hook().await;
+    // The first relay claims everything, then hangs on a slow sink and is SIGKILLed.
+    h.delay_ms.store(60_000, Ordering::SeqCst);
+    let mut doomed = relay(&db.url, &url);
+    let pool = db.pool.clone();
+    let start = Instant::now();
+    loop {
+        let locked: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM spark_outbox WHERE locked_by IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if locked == 10 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the first relay never claimed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    doomed.kill().unwrap(); // SIGKILL
+    doomed.wait().unwrap();
+
+    h.delay_ms.store(0, Ordering::SeqCst);
+    let survivor = relay(&db.url, &url);
+    wait_for(Duration::from_secs(15), "every event after the lease", || {
+        let got = h.ids.lock().unwrap();
+        ids.iter().all(|id| got.contains(id))
+    })
+    .await;
+    let stats = spark(&["outbox", "stats", "--database-url", &db.url, "--json"]);
+    assert_eq!(stats.json()["pending"], 0);
+
+    // SIGTERM: a graceful stop with a report.
+    Command::new("kill").args(["-TERM", &survivor.id().to_string()]).status().unwrap();
+    let out = survivor.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["published"].as_u64().unwrap() >= 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_list_and_retry_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("o.db").display());
+    assert_eq!(spark(&["db", "migrate", "--database-url", &url]).code, 0);
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let id = spark_outbox::sqlite::enqueue(&mut tx, &event(1)).await.unwrap().to_string();
+    tx.commit().await.unwrap();
+    pool.close().await;
+
+    let (h, hook_url) = hook().await;
+    h.status.store(400, Ordering::SeqCst);
+    let mut r = relay(&url, &hook_url);
+    let db = url.clone();
+    wait_for(Duration::from_secs(20), "a dead letter", move || {
+        spark(&["outbox", "stats", "--database-url", &db, "--json"]).json()["dead"] == 1
+    })
+    .await;
+    let dead = spark(&["outbox", "dead-letters", "--database-url", &url, "--json"]);
+    let v = dead.json();
+    assert_eq!(v["dead_letters"][0]["id"], id);
+    assert_eq!(v["dead_letters"][0]["attempts"], 3);
+    assert!(v["dead_letters"][0]["last_error"].as_str().unwrap().contains("400"));
+
+    let missing = spark(&["outbox", "retry", &uuid::Uuid::now_v7().to_string(), "--database-url", &url]);
+    assert_eq!(missing.code, 2, "{}", missing.stderr);
+    assert_eq!(spark(&["outbox", "retry", "--database-url", &url]).code, 2, "an id or --all is required");
+
+    h.status.store(200, Ordering::SeqCst);
+    let retried = spark(&["outbox", "retry", &id, "--database-url", &url, "--json"]);
+    assert_eq!(retried.json()["requeued"], 1);
+    wait_for(Duration::from_secs(10), "the replayed event", || h.ids.lock().unwrap().contains(&id)).await;
+    r.kill().unwrap();
+    r.wait().unwrap();
+}
