@@ -48,10 +48,10 @@ pub(crate) struct SinkArgs {
     /// NATS server URL (--sink nats).
     #[arg(long, env = "NATS_URL", required_if_eq("sink", "nats"))]
     pub(crate) nats_url: Option<String>,
-    /// Subject prefix: events go to <prefix>.<aggregate_type>.<event_type>.
+    /// Subject prefix: events go to PREFIX.AGGREGATE_TYPE.EVENT_TYPE.
     #[arg(long, default_value = "spark")]
     pub(crate) subject_prefix: String,
-    /// JetStream stream capturing <prefix>.> (created if missing).
+    /// JetStream stream capturing PREFIX.> (created if missing).
     #[arg(long, default_value = "SPARK_OUTBOX")]
     pub(crate) stream: String,
 }
