@@ -1,0 +1,126 @@
+//! `order-service`: run the example service.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use order_service::{AppState, Database, Instruments, app};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RelaySink {
+    /// No in-process relay (run `spark outbox relay` separately).
+    None,
+    /// Log each event (tracing) and count it.
+    Log,
+    /// POST to --relay-url.
+    Webhook,
+    /// NATS JetStream at --relay-url.
+    Nats,
+}
+
+/// An order-entry service on every Spark guarantee.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// `postgres://…` or `sqlite://PATH`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://order-service.db")]
+    database_url: String,
+    /// Instruments TOML ([instruments.SYMBOL] tables); default: five BIST equities.
+    #[arg(long)]
+    instruments: Option<std::path::PathBuf>,
+    /// Run the outbox relay in-process with this sink.
+    #[arg(long, value_enum, default_value = "none")]
+    relay: RelaySink,
+    /// Webhook or NATS URL for --relay.
+    #[arg(long)]
+    relay_url: Option<String>,
+}
+
+struct LogSink;
+
+#[async_trait::async_trait]
+impl spark_outbox::Publisher for LogSink {
+    async fn publish(&self, event: &spark_outbox::Event) -> Result<(), spark_outbox::PublishError> {
+        tracing::info!(id = %event.id, event_type = %event.event_type, aggregate = %event.aggregate_id, "event");
+        Ok(())
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let instruments = match &args.instruments {
+        Some(path) => Instruments::from_toml(
+            &std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+        )?,
+        None => Instruments::default_set(),
+    };
+    let db = Database::connect(&args.database_url, 16).await?;
+    db.migrate().await?;
+    let state = AppState::new(db.clone(), instruments);
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let publisher: Option<std::sync::Arc<dyn spark_outbox::Publisher>> = match args.relay {
+        RelaySink::None => None,
+        RelaySink::Log => Some(std::sync::Arc::new(LogSink)),
+        RelaySink::Webhook => {
+            let url = args.relay_url.as_deref().context("--relay webhook needs --relay-url")?;
+            Some(std::sync::Arc::new(
+                spark_outbox::WebhookPublisher::new(url, Duration::from_secs(10)).map_err(anyhow::Error::msg)?,
+            ))
+        }
+        RelaySink::Nats => {
+            let url = args.relay_url.as_deref().context("--relay nats needs --relay-url")?;
+            Some(std::sync::Arc::new(
+                spark_outbox::NatsPublisher::connect(url, "orders", "ORDERS").await.map_err(anyhow::Error::msg)?,
+            ))
+        }
+    };
+    let mut relay_task = None;
+    if let Some(publisher) = publisher {
+        let relay = spark_outbox::Relay::builder(state.outbox()).build()?;
+        if let Database::Postgres(_) = &db {
+            // Kept for the process's lifetime.
+            std::mem::forget(spark_outbox::postgres::listen(args.database_url.clone(), vec![relay.waker()]));
+        }
+        let mut stop = stop_tx.subscribe();
+        relay_task = Some(tokio::spawn(async move {
+            relay
+                .run(publisher, async move {
+                    stop.recv().await.ok();
+                })
+                .await
+        }));
+    }
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    eprintln!("order-service listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown()).await?;
+    let _ = stop_tx.send(());
+    if let Some(t) = relay_task {
+        t.await??;
+    }
+    Ok(())
+}
+
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
