@@ -7,6 +7,7 @@
 mod bench;
 mod bench_outbox;
 mod db;
+mod demo;
 mod idempotency;
 mod money;
 mod outbox;
@@ -33,6 +34,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Every guarantee in one run: an order service on embedded SQLite, a
+    /// burst of orders with retries and refusals, a relay, and the checks.
+    Demo(demo::DemoArgs),
     /// Decimal rounding, tick alignment and order validation.
     #[command(subcommand)]
     Money(money::MoneyCommand),
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
     let out = Output::new(cli.json);
     let result = match cli.command {
         Command::Money(cmd) => money::run(cmd, &out),
+        Command::Demo(args) => block_on(demo::run(args, &out)),
         Command::Db(cmd) => block_on(db::run(cmd, &out)),
         Command::Idempotency(cmd) => block_on(idempotency::run(cmd, &out)),
         Command::Positions(cmd) => block_on(positions::run(cmd, &out)),

@@ -1,6 +1,7 @@
 //! The real `spark` binary: output and exit codes.
 
 mod db;
+mod demo;
 mod money;
 mod outbox;
 
