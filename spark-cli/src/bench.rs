@@ -21,6 +21,9 @@ pub(crate) enum BenchCommand {
     /// Outbox enqueue and publish throughput, and enqueue-to-ack lag at a
     /// steady rate with LISTEN/NOTIFY.
     Outbox(OutboxBench),
+    /// Load on POST /v1/orders of a running order service: throughput and
+    /// p50/p95/p99, with unique and repeated keys.
+    Http(crate::bench_http::HttpBench),
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +89,7 @@ pub(crate) async fn run(cmd: BenchCommand, out: &Output) -> CmdResult {
     let args = match cmd {
         BenchCommand::Idempotency(args) => args,
         BenchCommand::Outbox(args) => return crate::bench_outbox::run(args, out).await,
+        BenchCommand::Http(args) => return crate::bench_http::run(args, out).await,
     };
     let db = Db::connect(&args.database_url, args.concurrency + 1).await?;
     db.migrate().await?;

@@ -5,6 +5,7 @@
 //! message on stderr.
 
 mod bench;
+mod bench_http;
 mod bench_outbox;
 mod db;
 mod demo;

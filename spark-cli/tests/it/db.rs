@@ -8,9 +8,13 @@ use crate::{spark, spark_with};
 #[test]
 fn migrate_defaults_to_an_embedded_sqlite_file() {
     let dir = tempfile::tempdir().unwrap();
-    let run = spark_with(&["db", "migrate"], Some(dir.path()), &[]);
+    let run = spark_with(&["db", "migrate", "--json"], Some(dir.path()), &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("2 migration(s) applied"), "{}", run.stdout);
+    let v = run.json();
+    for krate in ["spark-idempotency", "spark-positions", "spark-outbox"] {
+        assert_eq!(v["crates"][krate], 1, "{krate}: {v}");
+    }
+    assert_eq!(v["database"], "sqlite://spark.db");
     assert!(dir.path().join("spark.db").exists());
     let run = spark_with(&["db", "migrate", "--json"], Some(dir.path()), &[]);
     assert_eq!(run.json()["applied"], 0, "migrations run once");

@@ -29,3 +29,42 @@ fn demo_holds_every_guarantee_and_writes_its_summary() {
     assert_eq!(written["open_positions"], 15);
     assert!(written["duration_ms"].as_u64().unwrap() < 30_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_http_drives_a_running_service() {
+    let db = spark_testkit::sqlite().await;
+    let database = order_service::Database::connect(&db.url, 8).await.unwrap();
+    database.migrate().await.unwrap();
+    let app = order_service::app(order_service::AppState::new(database, order_service::Instruments::default_set()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let run = tokio::task::spawn_blocking(move || {
+        crate::spark(&[
+            "bench",
+            "http",
+            "--url",
+            &url,
+            "--seconds",
+            "2",
+            "--rate",
+            "100",
+            "--concurrency",
+            "8",
+            "--json",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v = run.json();
+    assert!(v["created_201"].as_u64().unwrap() > 50, "{v}");
+    assert!(v["replayed_201"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["server_5xx"], 0, "{v}");
+    assert_eq!(v["transport_errors"], 0, "{v}");
+    assert!(v["p95_ms"].as_f64().unwrap() > 0.0);
+
+    let refused = crate::spark(&["bench", "http", "--url", "http://192.0.2.1:8080", "--seconds", "1"]);
+    assert_eq!(refused.code, 2, "only loopback targets");
+}
