@@ -89,11 +89,11 @@ async fn run() -> anyhow::Result<()> {
         }
     };
     let mut relay_task = None;
+    let mut listener_task = None;
     if let Some(publisher) = publisher {
         let relay = spark_outbox::Relay::builder(state.outbox()).build()?;
         if let Database::Postgres(_) = &db {
-            // Kept for the process's lifetime.
-            std::mem::forget(spark_outbox::postgres::listen(args.database_url.clone(), vec![relay.waker()]));
+            listener_task = Some(spark_outbox::postgres::listen(args.database_url.clone(), vec![relay.waker()]));
         }
         let mut stop = stop_tx.subscribe();
         relay_task = Some(tokio::spawn(async move {
@@ -112,6 +112,9 @@ async fn run() -> anyhow::Result<()> {
     let _ = stop_tx.send(());
     if let Some(t) = relay_task {
         t.await??;
+    }
+    if let Some(l) = listener_task {
+        l.abort();
     }
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! The order service over HTTP (the full axum stack, in process), against
-//! SQLite and PostgreSQL.
+//! SQLite and PostgreSQL; and the binary itself.
+
+mod binary;
 
 use std::sync::Arc;
 
