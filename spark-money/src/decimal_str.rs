@@ -1,6 +1,7 @@
 //! Serde glue: decimals travel as JSON strings, never as JSON numbers.
 //!
-//! A JSON number is parsed as `f64` by most clients and many servers, so
+//! A JSON number is parsed as a binary floating-point number by most clients
+//! and many servers, so
 //! `101.3` may already be `101.29999999999999715782905696` before it reaches
 //! us. Spark therefore serializes every decimal as a string and refuses a JSON
 //! number on input with an error that says to send a string.

@@ -3,8 +3,9 @@
 //! `spark-money` makes the usual money mistakes impossible to write:
 //!
 //! - **No floats.** Every price, quantity and amount is a `rust_decimal`
-//!   [`Decimal`]; the crate contains no `f32`/`f64`, and JSON numbers are
-//!   refused on input because they may already have lost precision.
+//!   [`Decimal`]; the crate contains no binary floating-point number, and JSON
+//!   numbers are refused on input because they may already have lost
+//!   precision.
 //! - **Every rounding names its mode**, and the default is banker's rounding
 //!   ([`Rounding::HalfEven`]). [`round`] always returns exactly the requested
 //!   decimal places and never rounds half away from zero behind your back.

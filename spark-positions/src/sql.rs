@@ -82,6 +82,54 @@ macro_rules! position_select {
 
 pub(crate) use position_select;
 
+/// The read methods, the same on both backends but for the pool type, the
+/// text cast of decimal columns and the placeholder syntax.
+macro_rules! reads {
+    ($pool:ty, $dec:literal, $p1:literal, $p2:literal) => {
+        /// The open position of `account_id` in `instrument`, if any.
+        ///
+        /// # Errors
+        ///
+        /// Database errors.
+        pub async fn open_position(
+            &self,
+            pool: &$pool,
+            account_id: &str,
+            instrument: &str,
+        ) -> Result<Option<Position>> {
+            let sql = concat!(
+                position_select!($dec),
+                "WHERE account_id = ",
+                $p1,
+                " AND instrument = ",
+                $p2,
+                " AND status = 'open'"
+            );
+            let row: Option<sql::Row> =
+                sqlx::query_as(sql).bind(account_id).bind(instrument).fetch_optional(pool).await?;
+            row.map(sql::position).transpose()
+        }
+
+        /// The positions of `account_id`, newest first.
+        ///
+        /// # Errors
+        ///
+        /// Database errors.
+        pub async fn positions(&self, pool: &$pool, account_id: &str, filter: PositionFilter) -> Result<Vec<Position>> {
+            let sql = match filter {
+                PositionFilter::Open => {
+                    concat!(position_select!($dec), "WHERE account_id = ", $p1, " AND status = 'open' ORDER BY id DESC")
+                }
+                PositionFilter::All => concat!(position_select!($dec), "WHERE account_id = ", $p1, " ORDER BY id DESC"),
+            };
+            let rows: Vec<sql::Row> = sqlx::query_as(sql).bind(account_id).fetch_all(pool).await?;
+            rows.into_iter().map(sql::position).collect()
+        }
+    };
+}
+
+pub(crate) use reads;
+
 /// Claims the fill id; no row back means it was applied before.
 macro_rules! claim_fill_sql {
     ($num:literal) => {

@@ -187,42 +187,7 @@ impl SqlitePositions {
             .await?)
     }
 
-    /// The open position of `account_id` in `instrument`, if any.
-    ///
-    /// # Errors
-    ///
-    /// Database errors.
-    pub async fn open_position(
-        &self,
-        pool: &SqlitePool,
-        account_id: &str,
-        instrument: &str,
-    ) -> Result<Option<Position>> {
-        let sql = concat!(position_select!(""), "WHERE account_id = ?1 AND instrument = ?2 AND status = 'open'");
-        let row: Option<sql::Row> = sqlx::query_as(sql).bind(account_id).bind(instrument).fetch_optional(pool).await?;
-        row.map(sql::position).transpose()
-    }
-
-    /// The positions of `account_id`, newest first.
-    ///
-    /// # Errors
-    ///
-    /// Database errors.
-    pub async fn positions(
-        &self,
-        pool: &SqlitePool,
-        account_id: &str,
-        filter: PositionFilter,
-    ) -> Result<Vec<Position>> {
-        let sql = match filter {
-            PositionFilter::Open => {
-                concat!(position_select!(""), "WHERE account_id = ?1 AND status = 'open' ORDER BY id DESC")
-            }
-            PositionFilter::All => concat!(position_select!(""), "WHERE account_id = ?1 ORDER BY id DESC"),
-        };
-        let rows: Vec<sql::Row> = sqlx::query_as(sql).bind(account_id).fetch_all(pool).await?;
-        rows.into_iter().map(sql::position).collect()
-    }
+    sql::reads!(SqlitePool, "", "?1", "?2");
 }
 
 fn unique_error(fill: &Fill) -> PositionsError {

@@ -4,34 +4,12 @@ use std::collections::BTreeMap;
 
 use spark_money::InstrumentRules;
 
-/// A sensible default: five Borsa Istanbul equities on the BIST tick table,
+/// The default symbols: five Borsa Istanbul equities.
+pub const DEFAULT_SYMBOLS: [&str; 5] = ["THYAO", "GARAN", "AKBNK", "ASELS", "BIMAS"];
+
+/// The rules every default symbol trades under: the BIST tick table,
 /// whole-share lots up to one million, 100 TRY minimum notional.
-pub const DEFAULT: &str = r#"
-[instruments.THYAO]
-currency = "TRY"
-tick_table = { preset = "bist-equity" }
-min_notional = "100"
-lot = { step = "1", min = "1", max = "1000000" }
-
-[instruments.GARAN]
-currency = "TRY"
-tick_table = { preset = "bist-equity" }
-min_notional = "100"
-lot = { step = "1", min = "1", max = "1000000" }
-
-[instruments.AKBNK]
-currency = "TRY"
-tick_table = { preset = "bist-equity" }
-min_notional = "100"
-lot = { step = "1", min = "1", max = "1000000" }
-
-[instruments.ASELS]
-currency = "TRY"
-tick_table = { preset = "bist-equity" }
-min_notional = "100"
-lot = { step = "1", min = "1", max = "1000000" }
-
-[instruments.BIMAS]
+pub const DEFAULT_RULES: &str = r#"
 currency = "TRY"
 tick_table = { preset = "bist-equity" }
 min_notional = "100"
@@ -59,14 +37,15 @@ impl Instruments {
         Ok(Instruments(file.instruments))
     }
 
-    /// The default set ([`DEFAULT`]).
+    /// The default set: [`DEFAULT_SYMBOLS`] under [`DEFAULT_RULES`].
     ///
     /// # Panics
     ///
-    /// Never: the default set is tested.
+    /// Never: the default rules are a constant that the tests parse.
     #[must_use]
     pub fn default_set() -> Instruments {
-        Instruments::from_toml(DEFAULT).expect("the default instruments parse")
+        let rules = InstrumentRules::from_toml(DEFAULT_RULES).expect("the default rules parse");
+        Instruments(DEFAULT_SYMBOLS.iter().map(|s| ((*s).to_owned(), rules.clone())).collect())
     }
 
     /// The rules of `symbol`.
