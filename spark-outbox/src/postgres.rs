@@ -188,14 +188,8 @@ impl OutboxStore for PgOutbox {
     }
 
     async fn stats(&self) -> Result<OutboxStats> {
-        let (pending, dead, published, oldest): (i64, i64, i64, Option<i64>) = sqlx::query_as(
-            "SELECT COUNT(*) FILTER (WHERE status = 'pending'), COUNT(*) FILTER (WHERE status = 'dead'),
-                    COUNT(*) FILTER (WHERE status = 'published'),
-                    MIN(created_at_ms) FILTER (WHERE status = 'pending')
-             FROM spark_outbox",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let (pending, dead, published, oldest): (i64, i64, i64, Option<i64>) =
+            sqlx::query_as(crate::store::STATS_SQL).fetch_one(&self.pool).await?;
         Ok(crate::event::stats(pending, dead, published, oldest))
     }
 

@@ -41,6 +41,12 @@ pub trait OutboxStore: Send + Sync + 'static {
     async fn retry_dead(&self, id: Option<Uuid>) -> Result<u64>;
 }
 
+/// Counts by status and the oldest pending event; the same on both backends.
+pub(crate) const STATS_SQL: &str =
+    "SELECT COUNT(*) FILTER (WHERE status = 'pending'), COUNT(*) FILTER (WHERE status = 'dead'),
+        COUNT(*) FILTER (WHERE status = 'published'), MIN(created_at_ms) FILTER (WHERE status = 'pending')
+     FROM spark_outbox";
+
 pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
