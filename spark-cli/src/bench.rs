@@ -41,6 +41,11 @@ pub(crate) struct OutboxBench {
     /// Events in the backlog phase.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub(crate) events: u64,
+    /// Distinct aggregates the events are spread over (per-aggregate order
+    /// allows one event of an aggregate in flight at a time; in the example
+    /// order service every order is its own aggregate).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) aggregates: u64,
     /// Relays draining it.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub(crate) relays: u32,

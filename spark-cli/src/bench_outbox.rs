@@ -43,6 +43,7 @@ struct Report {
     backend: &'static str,
     sink: &'static str,
     events: u64,
+    aggregates: u64,
     relays: u32,
     enqueue_events_per_sec: f64,
     publish_events_per_sec: f64,
@@ -52,9 +53,13 @@ struct Report {
     lag_p99_ms: i64,
 }
 
-async fn enqueue_one(db: &Db, n: u64) -> anyhow::Result<()> {
-    let event =
-        OutboxEvent::new(AGGREGATE_TYPE, format!("agg-{}", n % 1000), "bench.event", serde_json::json!({ "n": n }));
+async fn enqueue_one(db: &Db, n: u64, aggregates: u64) -> anyhow::Result<()> {
+    let event = OutboxEvent::new(
+        AGGREGATE_TYPE,
+        format!("agg-{}", n % aggregates),
+        "bench.event",
+        serde_json::json!({ "n": n }),
+    );
     match db {
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
@@ -100,14 +105,14 @@ pub(crate) async fn run(args: OutboxBench, out: &Output) -> CmdResult {
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..writers {
-        let (db, next, total) = (db.clone(), next.clone(), args.events);
+        let (db, next, total, aggregates) = (db.clone(), next.clone(), args.events, args.aggregates);
         tasks.push(tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= total {
                     return anyhow::Ok(());
                 }
-                enqueue_one(&db, n).await?;
+                enqueue_one(&db, n, aggregates).await?;
             }
         }));
     }
@@ -157,8 +162,8 @@ pub(crate) async fn run(args: OutboxBench, out: &Output) -> CmdResult {
     let mut writes = tokio::task::JoinSet::new();
     for n in 0..total {
         ticker.tick().await;
-        let db = db.clone();
-        writes.spawn(async move { enqueue_one(&db, 1_000_000_000 + n).await });
+        let (db, aggregates) = (db.clone(), args.aggregates);
+        writes.spawn(async move { enqueue_one(&db, 1_000_000_000 + n, aggregates).await });
     }
     while let Some(r) = writes.join_next().await {
         r.context("writer panicked")??;
@@ -191,6 +196,7 @@ pub(crate) async fn run(args: OutboxBench, out: &Output) -> CmdResult {
             Sink::Webhook => "webhook",
         },
         events: args.events,
+        aggregates: args.aggregates,
         relays,
         enqueue_events_per_sec: enqueue_eps,
         publish_events_per_sec: publish_eps,
@@ -201,13 +207,14 @@ pub(crate) async fn run(args: OutboxBench, out: &Output) -> CmdResult {
     };
     out.emit(&report, || {
         format!(
-            "backend {} · sink {} · {} events · {} relay(s)\n\
+            "backend {} · sink {} · {} events over {} aggregates · {} relay(s)\n\
              enqueue:  {:>9.0} events/s (one event per transaction, 8 writers)\n\
              publish:  {:>9.0} events/s (backlog drain)\n\
              lag at {} events/s: p50 {} ms, p99 {} ms ({} events)",
             report.backend,
             report.sink,
             report.events,
+            report.aggregates,
             report.relays,
             report.enqueue_events_per_sec,
             report.publish_events_per_sec,
