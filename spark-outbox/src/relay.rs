@@ -180,11 +180,15 @@ impl<S: OutboxStore> Relay<S> {
     pub async fn run<P: Publisher>(&self, publisher: P, shutdown: impl Future<Output = ()>) -> Result<RelayReport> {
         let mut report = RelayReport::default();
         let mut shutdown = std::pin::pin!(shutdown);
-        let mut last_housekeeping = Instant::now() - Duration::from_secs(3600);
+        // `None` until the first pass (subtracting from `Instant::now()`
+        // could underflow on a freshly booted machine).
+        let mut last_housekeeping: Option<Instant> = None;
         tracing::info!(relay = %self.id, "outbox relay started");
         loop {
-            if last_housekeeping.elapsed() >= Duration::from_secs(1) {
-                last_housekeeping = Instant::now();
+            // Gauges and cleanup scan the table: every few seconds is
+            // plenty, and several relays should not each do it every loop.
+            if last_housekeeping.is_none_or(|t| t.elapsed() >= HOUSEKEEPING_EVERY) {
+                last_housekeeping = Some(Instant::now());
                 self.housekeeping().await;
             }
             let claimed = match self.run_once(&publisher).await {
@@ -291,6 +295,9 @@ impl<S: OutboxStore> Relay<S> {
         }
     }
 }
+
+/// How often a running relay refreshes the gauges and cleans up.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 
 /// What one [`Relay::run_once`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
