@@ -4,11 +4,8 @@
 use sqlx::{PgConnection, PgPool};
 
 use crate::model::{Book, Fill, Position, Step, step};
-use crate::sql::{self, ClockFn, LINK_FILL, PositionFilter, claim_fill_sql, position_select, system_clock, unique};
+use crate::sql::{self, ATTEMPTS, ClockFn, LINK_FILL, PositionFilter, position_select, unique};
 use crate::{PositionsError, Result, metrics};
-
-/// How many times a fill re-reads a position that changed under it.
-const ATTEMPTS: usize = 16;
 
 /// Inserts an open position; `$conflict` is what to do if one is open.
 macro_rules! insert_open {
@@ -50,17 +47,7 @@ pub struct PgPositions {
     clock: ClockFn,
 }
 
-impl std::fmt::Debug for PgPositions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgPositions").finish_non_exhaustive()
-    }
-}
-
-impl Default for PgPositions {
-    fn default() -> Self {
-        PgPositions { clock: system_clock() }
-    }
-}
+sql::book_impls!(PgPositions);
 
 /// The migrations that create the tables; they ignore migrations they do
 /// not know, so they run beside an application's own.
@@ -72,18 +59,6 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 }
 
 impl PgPositions {
-    /// A book on the system clock.
-    #[must_use]
-    pub fn new() -> Self {
-        PgPositions::default()
-    }
-
-    /// A book whose timestamps come from `clock` (Unix ms).
-    #[must_use]
-    pub fn with_clock(clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
-        PgPositions { clock: std::sync::Arc::new(clock) }
-    }
-
     /// Applies `fill` inside the caller's transaction.
     ///
     /// # Errors
@@ -93,28 +68,8 @@ impl PgPositions {
     /// [`PositionsError::DuplicateOpenPosition`] if the partial index refuses
     /// a row, and database errors.
     pub async fn apply_fill(&self, conn: &mut PgConnection, fill: &Fill) -> Result<Step> {
-        let q = fill.signed_quantity();
-        if q.is_zero() {
-            return Err(PositionsError::InvalidFill { fill_id: fill.fill_id.clone(), reason: "quantity is zero" });
-        }
-        let now = (self.clock)();
-        let claimed = sqlx::query(claim_fill_sql!("::numeric"))
-            .bind(&fill.fill_id)
-            .bind(&fill.account_id)
-            .bind(&fill.instrument)
-            .bind(fill.side.as_str())
-            .bind(fill.quantity.to_string())
-            .bind(fill.price.to_string())
-            .bind(fill.currency.code())
-            .bind(now)
-            .fetch_optional(&mut *conn)
-            .await?;
-        if claimed.is_none() {
-            metrics::duplicate();
-            return Err(PositionsError::AlreadyApplied { fill_id: fill.fill_id.clone() });
-        }
+        let (q, now, price_scale) = sql::claim_fill!(self, conn, fill, "::numeric");
         let notional = crate::model::times(q, fill.price)?;
-        let price_scale = i32::try_from(fill.price.get().scale()).unwrap_or(28);
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 metrics::conflict_retried();

@@ -148,6 +148,73 @@ macro_rules! claim_fill_sql {
 
 pub(crate) use claim_fill_sql;
 
+/// How many times a fill re-reads a position that changed under it.
+pub(crate) const ATTEMPTS: usize = 16;
+
+/// The constructors and trait impls a position book type shares.
+macro_rules! book_impls {
+    ($book:ident) => {
+        impl std::fmt::Debug for $book {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($book)).finish_non_exhaustive()
+            }
+        }
+
+        impl Default for $book {
+            fn default() -> Self {
+                $book { clock: crate::sql::system_clock() }
+            }
+        }
+
+        impl $book {
+            /// A book on the system clock.
+            #[must_use]
+            pub fn new() -> Self {
+                $book::default()
+            }
+
+            /// A book whose timestamps come from `clock` (Unix ms).
+            #[must_use]
+            pub fn with_clock(clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+                $book { clock: std::sync::Arc::new(clock) }
+            }
+        }
+    };
+}
+
+pub(crate) use book_impls;
+
+/// The start of `apply_fill` on both backends: refuse a zero fill, then
+/// claim the fill id (a repeat is `AlreadyApplied` and changes nothing).
+/// Evaluates to `(signed quantity, now, price scale)`.
+macro_rules! claim_fill {
+    ($self:ident, $conn:ident, $fill:ident, $cast:literal) => {{
+        let q = $fill.signed_quantity();
+        if q.is_zero() {
+            return Err(PositionsError::InvalidFill { fill_id: $fill.fill_id.clone(), reason: "quantity is zero" });
+        }
+        let now = ($self.clock)();
+        let claimed = sqlx::query(crate::sql::claim_fill_sql!($cast))
+            .bind(&$fill.fill_id)
+            .bind(&$fill.account_id)
+            .bind(&$fill.instrument)
+            .bind($fill.side.as_str())
+            .bind($fill.quantity.to_string())
+            .bind($fill.price.to_string())
+            .bind($fill.currency.code())
+            .bind(now)
+            .fetch_optional(&mut *$conn)
+            .await?;
+        if claimed.is_none() {
+            crate::metrics::duplicate();
+            return Err(PositionsError::AlreadyApplied { fill_id: $fill.fill_id.clone() });
+        }
+        (q, now, i32::try_from($fill.price.get().scale()).unwrap_or(28))
+    }};
+}
+
+pub(crate) use claim_fill;
+
 pub(crate) const LINK_FILL: &str =
     "UPDATE spark_position_fills SET position_id = $1, position_version = $2 WHERE fill_id = $3";
 

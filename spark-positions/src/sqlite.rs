@@ -4,10 +4,8 @@
 use sqlx::{SqliteConnection, SqlitePool};
 
 use crate::model::{Fill, Position, Step, step};
-use crate::sql::{self, ClockFn, PositionFilter, claim_fill_sql, position_select, system_clock, unique};
+use crate::sql::{self, ATTEMPTS, ClockFn, PositionFilter, position_select, unique};
 use crate::{PositionsError, Result, metrics};
-
-const ATTEMPTS: usize = 16;
 
 /// The SQLite position book.
 ///
@@ -21,17 +19,7 @@ pub struct SqlitePositions {
     clock: ClockFn,
 }
 
-impl std::fmt::Debug for SqlitePositions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqlitePositions").finish_non_exhaustive()
-    }
-}
-
-impl Default for SqlitePositions {
-    fn default() -> Self {
-        SqlitePositions { clock: system_clock() }
-    }
-}
+sql::book_impls!(SqlitePositions);
 
 /// The migrations that create the tables (see [`crate::postgres::migrator`]).
 #[must_use]
@@ -51,45 +39,13 @@ const UPDATE: &str = "UPDATE spark_positions SET quantity = ?2, cost_basis = ?3,
      WHERE id = ?1 AND version = ?6 RETURNING version";
 
 impl SqlitePositions {
-    /// A book on the system clock.
-    #[must_use]
-    pub fn new() -> Self {
-        SqlitePositions::default()
-    }
-
-    /// A book whose timestamps come from `clock` (Unix ms).
-    #[must_use]
-    pub fn with_clock(clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
-        SqlitePositions { clock: std::sync::Arc::new(clock) }
-    }
-
     /// Applies `fill` inside the caller's transaction.
     ///
     /// # Errors
     ///
     /// As [`PgPositions::apply_fill`](crate::PgPositions::apply_fill).
     pub async fn apply_fill(&self, conn: &mut SqliteConnection, fill: &Fill) -> Result<Step> {
-        let q = fill.signed_quantity();
-        if q.is_zero() {
-            return Err(PositionsError::InvalidFill { fill_id: fill.fill_id.clone(), reason: "quantity is zero" });
-        }
-        let now = (self.clock)();
-        let claimed = sqlx::query(claim_fill_sql!(""))
-            .bind(&fill.fill_id)
-            .bind(&fill.account_id)
-            .bind(&fill.instrument)
-            .bind(fill.side.as_str())
-            .bind(fill.quantity.to_string())
-            .bind(fill.price.to_string())
-            .bind(fill.currency.code())
-            .bind(now)
-            .fetch_optional(&mut *conn)
-            .await?;
-        if claimed.is_none() {
-            metrics::duplicate();
-            return Err(PositionsError::AlreadyApplied { fill_id: fill.fill_id.clone() });
-        }
-        let price_scale = i32::try_from(fill.price.get().scale()).unwrap_or(28);
+        let (q, now, price_scale) = sql::claim_fill!(self, conn, fill, "");
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 metrics::conflict_retried();
