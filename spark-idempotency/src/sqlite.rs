@@ -1,17 +1,21 @@
 //! The SQLite backend.
 
-use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 
-use crate::sql::{CLAIM, GC_SQLITE, sql_store};
+use crate::sql::{CLAIM, COMPLETE, GC_SQLITE, READ, RELEASE, STATS, sql_store};
 
 /// The shared statements in SQLite's syntax: `$n` becomes `?n`, which SQLite
-/// binds by number, so a parameter may appear several times. Each statement
-/// is rewritten once and kept for the life of the process.
+/// binds by number, so a parameter may appear several times. Every shared
+/// statement is rewritten once, on first use; a lookup is then a pointer
+/// comparison over five entries, with no lock on the query path.
 fn dialect(sql: &'static str) -> &'static str {
-    static CACHE: LazyLock<Mutex<HashMap<usize, &'static str>>> = LazyLock::new(Default::default);
-    let mut cache = CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    cache.entry(sql.as_ptr() as usize).or_insert_with(|| Box::leak(sql.replace('$', "?").into_boxed_str()))
+    static REWRITTEN: LazyLock<Vec<(&'static str, String)>> = LazyLock::new(|| {
+        [CLAIM, READ, COMPLETE, RELEASE, STATS].into_iter().map(|s| (s, s.replace('$', "?"))).collect()
+    });
+    REWRITTEN.iter().find(|(original, _)| std::ptr::eq(*original, sql)).map_or_else(
+        || unreachable!("every statement the store runs is in the table"),
+        |(_, rewritten)| rewritten.as_str(),
+    )
 }
 
 /// SQLITE_BUSY (5) and its extended codes: another connection holds the
@@ -21,7 +25,7 @@ fn is_busy(err: &sqlx::Error) -> bool {
 }
 
 static CLAIM_SQLITE: LazyLock<&'static str> = LazyLock::new(|| dialect(CLAIM));
-static GC: LazyLock<&'static str> = LazyLock::new(|| dialect(GC_SQLITE));
+static GC: LazyLock<String> = LazyLock::new(|| GC_SQLITE.replace('$', "?"));
 
 sql_store! {
     /// The SQLite store: the embedded default, for one machine.
@@ -54,7 +58,7 @@ sql_store! {
     conn: sqlx::SqliteConnection,
     pool: sqlx::SqlitePool,
     dialect: dialect,
-    gc: *GC,
+    gc: GC.as_str(),
     claim_in_tx: (*CLAIM_SQLITE, false),
     is_busy: is_busy,
     migrator: sqlx::migrate!("./migrations/sqlite"),

@@ -145,3 +145,27 @@ pub(crate) fn dead_letter(row: DeadRow) -> Result<DeadLetter> {
     let event = decode((seq, id, at, aid, et, payload, headers, created, attempts))?;
     Ok(DeadLetter { event, attempts, last_error })
 }
+
+/// The body of `enqueue` on both backends: validate, give the event a UUIDv7,
+/// bind `$1` id, `$2` aggregate type, `$3` aggregate id, `$4` event type,
+/// `$5` payload, `$6` headers and `$7` now to the backend's `$sql`.
+macro_rules! enqueue_with {
+    ($conn:ident, $event:ident, $sql:literal) => {{
+        $event.validate()?;
+        let id = uuid::Uuid::now_v7();
+        sqlx::query($sql)
+            .bind(id.to_string())
+            .bind(&$event.aggregate_type)
+            .bind(&$event.aggregate_id)
+            .bind(&$event.event_type)
+            .bind($event.payload.to_string())
+            .bind(serde_json::to_string(&$event.headers).unwrap_or_else(|_| "{}".to_owned()))
+            .bind(crate::event::now_ms())
+            .execute($conn)
+            .await?;
+        ::metrics::counter!(crate::metrics::ENQUEUED).increment(1);
+        Ok(id)
+    }};
+}
+
+pub(crate) use enqueue_with;

@@ -40,27 +40,15 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 /// [`OutboxError::InvalidEvent`](crate::OutboxError::InvalidEvent) for an
 /// empty type or aggregate; database errors.
 pub async fn enqueue(conn: &mut PgConnection, event: &OutboxEvent) -> Result<Uuid> {
-    event.validate()?;
-    let id = Uuid::now_v7();
-    let now = now_ms();
-    sqlx::query(
+    crate::event::enqueue_with!(
+        conn,
+        event,
         "WITH lock AS (SELECT pg_advisory_xact_lock(hashtextextended($2 || chr(31) || $3, 7151)) AS l),
               wake AS (SELECT pg_notify('spark_outbox', '') AS n)
          INSERT INTO spark_outbox
             (id, aggregate_type, aggregate_id, event_type, payload, headers, created_at_ms, available_at_ms)
-         SELECT $1::uuid, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $7 FROM lock, wake",
+         SELECT $1::uuid, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $7 FROM lock, wake"
     )
-    .bind(id.to_string())
-    .bind(&event.aggregate_type)
-    .bind(&event.aggregate_id)
-    .bind(&event.event_type)
-    .bind(event.payload.to_string())
-    .bind(serde_json::to_string(&event.headers).unwrap_or_else(|_| "{}".to_owned()))
-    .bind(now)
-    .execute(conn)
-    .await?;
-    metrics::counter!(crate::metrics::ENQUEUED).increment(1);
-    Ok(id)
 }
 
 /// The outbox on a PostgreSQL pool: what relays claim from.

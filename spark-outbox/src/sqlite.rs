@@ -26,25 +26,13 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 ///
 /// As [`postgres::enqueue`](crate::postgres::enqueue).
 pub async fn enqueue(conn: &mut SqliteConnection, event: &OutboxEvent) -> Result<Uuid> {
-    event.validate()?;
-    let id = Uuid::now_v7();
-    let now = now_ms();
-    sqlx::query(
+    crate::event::enqueue_with!(
+        conn,
+        event,
         "INSERT INTO spark_outbox
             (id, aggregate_type, aggregate_id, event_type, payload, headers, created_at_ms, available_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)"
     )
-    .bind(id.to_string())
-    .bind(&event.aggregate_type)
-    .bind(&event.aggregate_id)
-    .bind(&event.event_type)
-    .bind(event.payload.to_string())
-    .bind(serde_json::to_string(&event.headers).unwrap_or_else(|_| "{}".to_owned()))
-    .bind(now)
-    .execute(conn)
-    .await?;
-    metrics::counter!(crate::metrics::ENQUEUED).increment(1);
-    Ok(id)
 }
 
 /// The outbox on a SQLite pool. Run one relay (it polls).
