@@ -86,7 +86,8 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
 
     // The relay publishes into a local channel sink while the burst runs.
     let (publisher, mut received) = ChannelPublisher::new();
-    let relay = Relay::builder(state.outbox()).poll_interval(Duration::from_millis(50)).build()?;
+    let outbox = state.outbox();
+    let relay = Relay::builder(outbox.clone()).poll_interval(Duration::from_millis(50)).build()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let relay_task = tokio::spawn(async move {
         relay
@@ -219,7 +220,6 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
     progress.finish();
 
     // 3. Let the relay drain, then check every guarantee in the database.
-    let outbox = order_service::AppState::new(db.clone(), order_service::Instruments::default_set()).outbox();
     let deadline = Instant::now() + Duration::from_secs(15);
     while outbox.stats().await?.pending > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
