@@ -97,7 +97,7 @@ pub(crate) async fn run(cmd: BenchCommand, out: &Output) -> CmdResult {
         BenchCommand::Http(args) => return crate::bench_http::run(args, out).await,
     };
     let db = Db::connect(&args.database_url, args.concurrency + 1).await?;
-    db.migrate().await?;
+    db.migrate(&crate::db::SPARK_MIGRATIONS).await?;
     setup(&db).await?;
     let duration = Duration::from_secs(args.seconds);
     if !out.is_json() {
@@ -111,7 +111,7 @@ pub(crate) async fn run(cmd: BenchCommand, out: &Output) -> CmdResult {
     teardown(&db).await?;
     let ratio = if plain.tps > 0.0 { idempotent.tps / plain.tps } else { 0.0 };
     let report = Report {
-        backend: db.backend(),
+        backend: db.backend().as_str(),
         concurrency: args.concurrency,
         seconds: args.seconds,
         plain,

@@ -78,7 +78,7 @@ async fn enqueue_one(db: &Db, n: u64, aggregates: u64) -> anyhow::Result<()> {
 pub(crate) async fn run(args: OutboxBench, out: &Output) -> CmdResult {
     let writers = 8u32;
     let db = Db::connect(&args.database_url, args.relays + writers + 2).await?;
-    db.migrate().await?;
+    db.migrate(&crate::db::SPARK_MIGRATIONS).await?;
     let relays = if matches!(db, Db::Sqlite(_)) { 1 } else { args.relays };
     let sink_args = SinkArgs {
         sink: args.sink,
@@ -189,7 +189,7 @@ pub(crate) async fn run(args: OutboxBench, out: &Output) -> CmdResult {
         lags.get(i).copied().unwrap_or(0)
     };
     let report = Report {
-        backend: db.backend(),
+        backend: db.backend().as_str(),
         sink: match args.sink {
             Sink::Null => "null",
             Sink::Nats => "nats",

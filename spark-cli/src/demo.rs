@@ -81,7 +81,7 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
     let tmp = tempfile::tempdir().context("temporary directory")?;
     let url = args.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", tmp.path().join("demo.db").display()));
     let db = order_service::Database::connect(&url, 8).await?;
-    db.migrate().await?;
+    order_service::migrate(&db).await?;
     let state = order_service::AppState::new(db.clone(), order_service::Instruments::default_set());
 
     // The relay publishes into a local channel sink while the burst runs.

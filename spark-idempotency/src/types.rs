@@ -2,8 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::{IdempotencyError, IdempotencyKey};
 
@@ -129,57 +128,7 @@ pub fn is_definitive(status: u16) -> bool {
     (200..500).contains(&status) && !matches!(status, 408 | 409 | 429)
 }
 
-/// A source of the current time, injectable so that leases and TTLs can be
-/// tested without sleeping.
-pub trait Clock: Send + Sync + fmt::Debug {
-    /// Milliseconds since the Unix epoch.
-    fn now_ms(&self) -> i64;
-}
-
-/// The system's wall clock. Several servers sharing one store compare
-/// leases on their own clocks, so keep them synchronised (NTP); skew shorter
-/// than the lease only shortens or lengthens a lease by that much.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-    }
-}
-
-/// A clock that only moves when told to, for tests.
-///
-/// ```
-/// use std::time::Duration;
-/// use spark_idempotency::{Clock, ManualClock};
-///
-/// let clock = ManualClock::new(1_000);
-/// clock.advance(Duration::from_secs(2));
-/// assert_eq!(clock.now_ms(), 3_000);
-/// ```
-#[derive(Debug, Clone, Default)]
-pub struct ManualClock(Arc<AtomicI64>);
-
-impl ManualClock {
-    /// A clock standing at `now_ms`.
-    #[must_use]
-    pub fn new(now_ms: i64) -> ManualClock {
-        ManualClock(Arc::new(AtomicI64::new(now_ms)))
-    }
-
-    /// Moves the clock forward.
-    pub fn advance(&self, by: Duration) {
-        self.0.fetch_add(duration_ms(by), Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+pub use spark_db::{Clock, ManualClock, SystemClock};
 
 pub(crate) fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)

@@ -14,86 +14,41 @@ pub mod problem;
 mod security;
 pub mod telemetry;
 
-use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{PgPool, SqlitePool};
 
 pub use crate::instruments::Instruments;
 pub use crate::security::CSP;
 
-/// The service's database.
-#[derive(Debug, Clone)]
-pub enum Database {
-    /// Production.
-    Postgres(PgPool),
-    /// The embedded default.
-    Sqlite(SqlitePool),
+pub use spark_db::Database;
+
+/// The service's own tables (orders), for [`spark_db::Database::migrate`].
+pub const MIGRATIONS: spark_db::Migrations = spark_db::Migrations { name: "order-service", migrator: own_migrator };
+
+fn own_migrator(backend: spark_db::Backend) -> Option<sqlx::migrate::Migrator> {
+    let mut m = match backend {
+        spark_db::Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+        spark_db::Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+    };
+    m.set_ignore_missing(true);
+    Some(m)
 }
 
-impl Database {
-    /// Connects to `postgres://…` or `sqlite://PATH` (created if missing).
-    ///
-    /// # Errors
-    ///
-    /// An unsupported URL or an unreachable database.
-    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Database> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options = PgConnectOptions::from_str(url).context("invalid PostgreSQL URL")?;
-            let pool = PgPoolOptions::new()
-                .max_connections(max_connections)
-                .acquire_timeout(Duration::from_secs(5))
-                .connect_with(options)
-                .await
-                .context("cannot connect to PostgreSQL")?;
-            Ok(Database::Postgres(pool))
-        } else if url.starts_with("sqlite:") {
-            let options = SqliteConnectOptions::from_str(url)
-                .context("invalid SQLite URL")?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .busy_timeout(Duration::from_secs(10));
-            let pool = SqlitePoolOptions::new().max_connections(max_connections.min(8)).connect_with(options).await?;
-            Ok(Database::Sqlite(pool))
-        } else {
-            anyhow::bail!("unsupported database URL: use postgres://… or sqlite://PATH")
-        }
-    }
+/// Spark's migrations and the service's own, in order.
+pub const ALL_MIGRATIONS: [spark_db::Migrations; 4] =
+    [spark_idempotency::MIGRATIONS, spark_positions::MIGRATIONS, spark_outbox::MIGRATIONS, MIGRATIONS];
 
-    /// Runs Spark's migrations and the service's own.
-    ///
-    /// # Errors
-    ///
-    /// When a migration fails.
-    pub async fn migrate(&self) -> anyhow::Result<()> {
-        match self {
-            Database::Postgres(pool) => {
-                spark_idempotency::postgres::migrator().run(pool).await?;
-                spark_positions::postgres::migrator().run(pool).await?;
-                spark_outbox::postgres::migrator().run(pool).await?;
-                let mut own = sqlx::migrate!("./migrations/postgres");
-                own.set_ignore_missing(true);
-                own.run(pool).await?;
-            }
-            Database::Sqlite(pool) => {
-                spark_idempotency::sqlite::migrator().run(pool).await?;
-                spark_positions::sqlite::migrator().run(pool).await?;
-                spark_outbox::sqlite::migrator().run(pool).await?;
-                let mut own = sqlx::migrate!("./migrations/sqlite");
-                own.set_ignore_missing(true);
-                own.run(pool).await?;
-            }
-        }
-        Ok(())
-    }
+/// Runs Spark's migrations and the service's own.
+///
+/// # Errors
+///
+/// When a migration fails; the error names the crate.
+pub async fn migrate(db: &Database) -> Result<(), spark_db::DbError> {
+    db.migrate(&ALL_MIGRATIONS).await.map(drop)
 }
 
 /// What handlers share.

@@ -69,7 +69,7 @@ async fn run() -> anyhow::Result<()> {
         None => Instruments::default_set(),
     };
     let db = Database::connect(&args.database_url, 16).await?;
-    db.migrate().await?;
+    order_service::migrate(&db).await?;
     let state = AppState::new(db.clone(), instruments);
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let publisher: Option<std::sync::Arc<dyn spark_outbox::Publisher>> = match args.relay {

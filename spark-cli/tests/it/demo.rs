@@ -34,7 +34,7 @@ fn demo_holds_every_guarantee_and_writes_its_summary() {
 async fn bench_http_drives_a_running_service() {
     let db = spark_testkit::sqlite().await;
     let database = order_service::Database::connect(&db.url, 8).await.unwrap();
-    database.migrate().await.unwrap();
+    order_service::migrate(&database).await.unwrap();
     let app = order_service::app(order_service::AppState::new(database, order_service::Instruments::default_set()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

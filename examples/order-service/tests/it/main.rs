@@ -25,14 +25,14 @@ struct Service {
 async fn sqlite() -> Service {
     let t = spark_testkit::sqlite().await;
     let db = Database::connect(&t.url, 8).await.unwrap();
-    db.migrate().await.unwrap();
+    order_service::migrate(&db).await.unwrap();
     Service { router: app(AppState::new(db.clone(), Instruments::default_set())), db, sqlite: Some(t), pg: None }
 }
 
 async fn postgres() -> Option<Service> {
     let t = spark_testkit::postgres().await?;
     let db = Database::connect(&t.url, 32).await.unwrap();
-    db.migrate().await.unwrap();
+    order_service::migrate(&db).await.unwrap();
     Some(Service { router: app(AppState::new(db.clone(), Instruments::default_set())), db, sqlite: None, pg: Some(t) })
 }
 

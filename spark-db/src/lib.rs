@@ -1,0 +1,32 @@
+//! The base every Spark crate stands on: one database handle and one clock.
+//!
+//! - [`Database`] connects to PostgreSQL (production) or embedded SQLite (the
+//!   default) from a URL, and runs every crate's [`Migrations`] in one call.
+//! - [`Clock`] is the one source of time; engines take a [`SharedClock`] so
+//!   tests drive a [`ManualClock`] instead of sleeping.
+//! - [`redact_url`] keeps passwords out of every message.
+//!
+//! ```
+//! use std::time::Duration;
+//! use spark_db::{Clock, ManualClock, SharedClock};
+//!
+//! let clock = ManualClock::new(0);
+//! let shared: SharedClock = std::sync::Arc::new(clock.clone());
+//! clock.advance(Duration::from_millis(1500));
+//! assert_eq!(shared.now_ms(), 1500);
+//! ```
+//!
+//! # Features
+//!
+//! - `sqlite` (default): the embedded backend, SQLite bundled.
+//! - `postgres`: the production backend.
+
+mod clock;
+mod database;
+mod error;
+mod url;
+
+pub use crate::clock::{Clock, ManualClock, SharedClock, SystemClock, duration_ms, system_clock};
+pub use crate::database::{Backend, Database, Migrations};
+pub use crate::error::DbError;
+pub use crate::url::redact_url;
