@@ -4,6 +4,8 @@
 //!   `DATABASE_URL` and dropped afterwards, or `None` with one visible skip
 //!   line when `DATABASE_URL` is not set.
 //! - [`sqlite`] gives each test a fresh SQLite file in a temporary directory.
+//! - Both hand out the workspace's [`spark_db::Database`] through
+//!   `database()`, beside the raw pool.
 //! - With `SPARK_REQUIRE_SERVICES=1` (as in CI) a missing service fails the
 //!   test instead of skipping it.
 
@@ -81,6 +83,14 @@ pub async fn postgres() -> Option<PgTestDb> {
     Some(PgTestDb { pool, url, name, admin })
 }
 
+impl PgTestDb {
+    /// The workspace's database handle on this test database.
+    #[must_use]
+    pub fn database(&self) -> spark_db::Database {
+        spark_db::Database::Postgres(self.pool.clone())
+    }
+}
+
 impl Drop for PgTestDb {
     fn drop(&mut self) {
         // Drop cannot await, and the test's runtime may be single-threaded,
@@ -112,6 +122,14 @@ pub struct SqliteTestDb {
     /// Its URL, for child processes.
     pub url: String,
     _dir: tempfile::TempDir,
+}
+
+impl SqliteTestDb {
+    /// The workspace's database handle on this test database.
+    #[must_use]
+    pub fn database(&self) -> spark_db::Database {
+        spark_db::Database::Sqlite(self.pool.clone())
+    }
 }
 
 /// Creates a fresh SQLite database in a temporary directory.
