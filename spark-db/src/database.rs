@@ -61,9 +61,23 @@ impl std::fmt::Display for Backend {
 pub struct Migrations {
     /// The owning crate, for messages (`"spark-outbox"`).
     pub name: &'static str,
-    /// The migrator for a backend, or `None` when the crate was built without
-    /// that backend's feature.
-    pub migrator: fn(Backend) -> Option<Migrator>,
+    /// The PostgreSQL migrator, `None` when the crate was built without its
+    /// `postgres` feature.
+    pub postgres: Option<fn() -> Migrator>,
+    /// The SQLite migrator, `None` when the crate was built without its
+    /// `sqlite` feature.
+    pub sqlite: Option<fn() -> Migrator>,
+}
+
+impl Migrations {
+    /// The migrator for `backend`, if the crate was built with it.
+    #[must_use]
+    pub fn migrator(&self, backend: Backend) -> Option<Migrator> {
+        match backend {
+            Backend::Postgres => self.postgres.map(|m| m()),
+            Backend::Sqlite => self.sqlite.map(|m| m()),
+        }
+    }
 }
 
 /// A connected database: PostgreSQL in production, SQLite embedded.
@@ -159,7 +173,8 @@ impl Database {
     pub async fn migrate(&self, crates: &[Migrations]) -> Result<Vec<(&'static str, usize)>, DbError> {
         let mut applied = Vec::with_capacity(crates.len());
         for set in crates {
-            let migrator = (set.migrator)(self.backend())
+            let migrator = set
+                .migrator(self.backend())
                 .ok_or(DbError::MigrationsNotBuilt { name: set.name, backend: self.backend() })?;
             let before = self.applied_versions().await?;
             let result = match self {
@@ -223,4 +238,30 @@ impl Database {
         };
         Ok(count.map_or(0, |c| usize::try_from(c).unwrap_or(0)))
     }
+}
+
+/// The [`Migrations`] of the calling crate, whose `postgres` and `sqlite`
+/// modules (each behind the feature of that name) expose `migrator()`.
+///
+/// The `cfg`s are evaluated in the calling crate, so a backend the crate was
+/// built without is `None`.
+///
+/// ```ignore
+/// pub const MIGRATIONS: spark_db::Migrations = spark_db::crate_migrations!("spark-outbox");
+/// ```
+#[macro_export]
+macro_rules! crate_migrations {
+    ($name:expr) => {
+        $crate::Migrations {
+            name: $name,
+            #[cfg(feature = "postgres")]
+            postgres: Some(postgres::migrator),
+            #[cfg(not(feature = "postgres"))]
+            postgres: None,
+            #[cfg(feature = "sqlite")]
+            sqlite: Some(sqlite::migrator),
+            #[cfg(not(feature = "sqlite"))]
+            sqlite: None,
+        }
+    };
 }

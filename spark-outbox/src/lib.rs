@@ -81,15 +81,4 @@ pub use crate::store::OutboxStore;
 pub use crate::webhook::WebhookPublisher;
 
 /// This crate's migrations, for [`spark_db::Database::migrate`].
-pub const MIGRATIONS: spark_db::Migrations = spark_db::Migrations { name: "spark-outbox", migrator: migrator_for };
-
-fn migrator_for(backend: spark_db::Backend) -> Option<sqlx::migrate::Migrator> {
-    match backend {
-        #[cfg(feature = "postgres")]
-        spark_db::Backend::Postgres => Some(postgres::migrator()),
-        #[cfg(feature = "sqlite")]
-        spark_db::Backend::Sqlite => Some(sqlite::migrator()),
-        #[allow(unreachable_patterns, reason = "reachable when a backend feature is off")]
-        _ => None,
-    }
-}
+pub const MIGRATIONS: spark_db::Migrations = spark_db::crate_migrations!("spark-outbox");

@@ -27,15 +27,19 @@ pub use crate::security::CSP;
 pub use spark_db::Database;
 
 /// The service's own tables (orders), for [`spark_db::Database::migrate`].
-pub const MIGRATIONS: spark_db::Migrations = spark_db::Migrations { name: "order-service", migrator: own_migrator };
+pub const MIGRATIONS: spark_db::Migrations =
+    spark_db::Migrations { name: "order-service", postgres: Some(postgres_migrator), sqlite: Some(sqlite_migrator) };
 
-fn own_migrator(backend: spark_db::Backend) -> Option<sqlx::migrate::Migrator> {
-    let mut m = match backend {
-        spark_db::Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
-        spark_db::Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
-    };
+fn postgres_migrator() -> sqlx::migrate::Migrator {
+    let mut m = sqlx::migrate!("./migrations/postgres");
     m.set_ignore_missing(true);
-    Some(m)
+    m
+}
+
+fn sqlite_migrator() -> sqlx::migrate::Migrator {
+    let mut m = sqlx::migrate!("./migrations/sqlite");
+    m.set_ignore_missing(true);
+    m
 }
 
 /// Spark's migrations and the service's own, in order.

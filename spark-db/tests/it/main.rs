@@ -2,10 +2,6 @@
 
 use spark_db::{Backend, Database, DbError, Migrations};
 
-fn none(_: Backend) -> Option<sqlx::migrate::Migrator> {
-    None
-}
-
 #[tokio::test]
 async fn sqlite_connects_and_reports_its_time() {
     let dir = tempfile::tempdir().unwrap();
@@ -43,6 +39,6 @@ async fn a_crate_without_the_backend_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("x.db").display());
     let db = Database::connect(&url, 1).await.unwrap();
-    let err = db.migrate(&[Migrations { name: "spark-nothing", migrator: none }]).await.unwrap_err();
+    let err = db.migrate(&[Migrations { name: "spark-nothing", postgres: None, sqlite: None }]).await.unwrap_err();
     assert!(err.to_string().contains("spark-nothing"), "{err}");
 }
