@@ -10,7 +10,8 @@ pub struct Problem {
     kind: &'static str,
     title: &'static str,
     detail: String,
-    extra: Option<(&'static str, serde_json::Value)>,
+    // Boxed: a rare member, and it keeps `Result<_, Problem>` small.
+    extra: Option<Box<(&'static str, serde_json::Value)>>,
     retry_after: Option<u64>,
     headers: Vec<(&'static str, &'static str)>,
 }
@@ -24,7 +25,7 @@ impl Problem {
     /// Adds a member, such as `violations`.
     #[must_use]
     pub fn with(mut self, name: &'static str, value: serde_json::Value) -> Problem {
-        self.extra = Some((name, value));
+        self.extra = Some(Box::new((name, value)));
         self
     }
 
@@ -74,7 +75,7 @@ impl IntoResponse for Problem {
             "status": self.status.as_u16(),
             "detail": self.detail,
         });
-        if let Some((name, value)) = self.extra {
+        if let Some((name, value)) = self.extra.map(|b| *b) {
             body[name] = value;
         }
         let mut response = (self.status, body.to_string()).into_response();
