@@ -121,15 +121,16 @@ fn invalid_key(reason: impl Into<String>) -> Problem {
 }
 
 /// Checks an account id's shape before it reaches a query: 1 to
-/// [`MAX_ACCOUNT_ID`] characters.
+/// [`MAX_ACCOUNT_ID`] bytes without control characters (PostgreSQL refuses
+/// a NUL in text, which would surface as a database error).
 fn check_account(account: &str) -> Result<(), Problem> {
+    let invalid =
+        |detail: String| Err(Problem::new(StatusCode::BAD_REQUEST, "account-invalid", "Invalid account_id", detail));
     if account.is_empty() || account.len() > MAX_ACCOUNT_ID {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "account-invalid",
-            "Invalid account_id",
-            format!("account_id must be 1 to {MAX_ACCOUNT_ID} characters; got {}", account.len()),
-        ));
+        return invalid(format!("account_id must be 1 to {MAX_ACCOUNT_ID} bytes; got {}", account.len()));
+    }
+    if account.chars().any(char::is_control) {
+        return invalid("account_id must not contain control characters".to_owned());
     }
     Ok(())
 }
@@ -348,8 +349,9 @@ pub(crate) async fn get(State(state): State<AppState>, headers: HeaderMap, Path(
         Err(problem) => return problem.into_response(),
     };
     let not_found = || Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", "no such order").into_response();
-    // Order ids are UUIDs; anything longer is no order, and never a query.
-    if id.len() > 64 {
+    // Order ids are UUIDs; anything longer or not visible ASCII is no order,
+    // and never reaches a query.
+    if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {
         return not_found();
     }
     type Row = (String, String, String, String, String, String, String, i64);

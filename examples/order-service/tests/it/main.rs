@@ -461,6 +461,10 @@ async fn repeated_non_ascii_and_oversized_headers_are_400(s: Service) {
     assert_eq!(s.order(Some(T1), Some("l2"), &body(&long[..64], "100", "101.30")).await.status, 201);
     assert_problem(&s.order(Some(T1), Some("l3"), &body("", "100", "101.30")).await, 400, "account-invalid");
     assert_problem(&s.get(&format!("/v1/positions?account_id={long}")).await, 400, "account-invalid");
+    // A NUL, which PostgreSQL refuses in text: a 400 or 404, never a 503.
+    assert_problem(&s.order(Some(T1), Some("l4"), &body("desk-\u{0}", "100", "101.30")).await, 400, "account-invalid");
+    assert_problem(&s.get("/v1/positions?account_id=desk-%00").await, 400, "account-invalid");
+    assert_problem(&s.get("/v1/orders/a%00b").await, 404, "not-found");
 
     // Development authentication: X-Client-Id, at most 128 characters.
     let dev = s.with_state(AppState::new(s.db.clone(), Instruments::default_set(), Auth::dev_header()));
