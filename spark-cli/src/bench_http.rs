@@ -28,6 +28,15 @@ pub(crate) struct HttpBench {
     /// Share of requests that repeat an earlier key (same body): replays.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=90))]
     duplicate_percent: u32,
+    /// The API token to send as `Authorization: Bearer` (a client of the
+    /// service's --clients file allowed on `bench-acc-*`); best passed in
+    /// the environment, where `ps` does not show it.
+    #[arg(long, env = "SPARK_BENCH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Without --token: the X-Client-Id to send to a service run with
+    /// `--dev-auth header`.
+    #[arg(long, default_value = "spark-bench")]
+    client_id: String,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -41,6 +50,10 @@ struct Report {
     created_201: u64,
     replayed_201: u64,
     conflict_409: u64,
+    /// Refused as unauthenticated: a missing or wrong --token.
+    unauthenticated_401: u64,
+    /// Refused for the account: the token's client may not use `bench-acc-*`.
+    forbidden_403: u64,
     other_4xx: u64,
     server_5xx: u64,
     transport_errors: u64,
@@ -76,14 +89,19 @@ pub(crate) async fn run(args: HttpBench, out: &Output) -> CmdResult {
     let in_flight = Arc::new(AtomicU64::new(0));
     let stats = Arc::new(std::sync::Mutex::new((Report::default(), Vec::<f64>::new())));
     let dup = u64::from(args.duplicate_percent);
+    let credential = match &args.token {
+        Some(token) => ("authorization", format!("Bearer {token}")),
+        None => ("x-client-id", args.client_id.clone()),
+    };
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.seconds);
 
     let one = {
-        let (client, endpoint, run_id, seq, stats) =
-            (client.clone(), endpoint.clone(), run_id.clone(), seq.clone(), stats.clone());
+        let (client, endpoint, run_id, seq, stats, credential) =
+            (client.clone(), endpoint.clone(), run_id.clone(), seq.clone(), stats.clone(), credential.clone());
         move || {
-            let (client, endpoint, run_id, stats) = (client.clone(), endpoint.clone(), run_id.clone(), stats.clone());
+            let (client, endpoint, run_id, stats, credential) =
+                (client.clone(), endpoint.clone(), run_id.clone(), stats.clone(), credential.clone());
             let n = seq.fetch_add(1, Ordering::Relaxed);
             // Every so often, repeat a recent key with its original body.
             let k = if n > 10 && n % 100 < dup { n - 1 - (n * 7919) % 10.min(n) } else { n };
@@ -92,7 +110,7 @@ pub(crate) async fn run(args: HttpBench, out: &Output) -> CmdResult {
                 let r = client
                     .post(endpoint)
                     .header("content-type", "application/json")
-                    .header("x-client-id", "spark-bench")
+                    .header(credential.0, credential.1)
                     .header("idempotency-key", format!("{run_id}-{k}"))
                     .body(body(k))
                     .send()
@@ -106,6 +124,8 @@ pub(crate) async fn run(args: HttpBench, out: &Output) -> CmdResult {
                         201 if r.headers().contains_key("idempotent-replayed") => s.0.replayed_201 += 1,
                         201 => s.0.created_201 += 1,
                         409 => s.0.conflict_409 += 1,
+                        401 => s.0.unauthenticated_401 += 1,
+                        403 => s.0.forbidden_403 += 1,
                         400..=499 => s.0.other_4xx += 1,
                         _ => s.0.server_5xx += 1,
                     },
@@ -156,10 +176,11 @@ pub(crate) async fn run(args: HttpBench, out: &Output) -> CmdResult {
     report.p50_ms = pct(0.50);
     report.p95_ms = pct(0.95);
     report.p99_ms = pct(0.99);
-    out.emit(&report, || {
+    let text = || {
         format!(
             "{} requests in {:.1} s: {:.0} req/s · p50 {:.2} ms · p95 {:.2} ms · p99 {:.2} ms\n\
-             201 created {} · 201 replayed {} · 409 {} · other 4xx {} · 5xx {} · transport errors {} · saturated ticks {}",
+             201 created {} · 201 replayed {} · 409 {} · 401 {} · 403 {} · other 4xx {} · 5xx {} · \
+             transport errors {} · saturated ticks {}",
             report.requests,
             report.seconds,
             report.requests_per_sec,
@@ -169,10 +190,20 @@ pub(crate) async fn run(args: HttpBench, out: &Output) -> CmdResult {
             report.created_201,
             report.replayed_201,
             report.conflict_409,
+            report.unauthenticated_401,
+            report.forbidden_403,
             report.other_4xx,
             report.server_5xx,
             report.transport_errors,
             report.saturated
         )
-    })
+    };
+    // Figures from refused requests measure the refusal, not the service:
+    // a run the service would not authorise is a "no" (exit 1).
+    if report.unauthenticated_401 + report.forbidden_403 > 0 {
+        let why = "the service refused the credentials: pass --token (or SPARK_BENCH_TOKEN) of a client allowed \
+                   on bench-acc-*, or --client-id against a service run with --dev-auth header";
+        return out.refuse(&report, &format!("{}\n{why}", text()), true);
+    }
+    out.emit(&report, text)
 }

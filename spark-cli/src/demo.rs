@@ -35,6 +35,7 @@ struct Checks {
     one_open_position_per_account_and_instrument: bool,
     positions_match_accepted_orders: bool,
     every_event_published: bool,
+    only_authorised_clients_served: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -46,6 +47,9 @@ struct Summary {
     replays: u64,
     conflicts_409: u64,
     rejected_422: u64,
+    unauthenticated_401: u64,
+    forbidden_403: u64,
+    hidden_404: u64,
     open_positions: u64,
     events_published: u64,
     outbox_lag_p50_ms: i64,
@@ -82,7 +86,22 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
     let url = args.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", tmp.path().join("demo.db").display()));
     let db = order_service::Database::connect(&url, 8).await?;
     order_service::migrate(&db).await?;
-    let state = order_service::AppState::new(db.clone(), order_service::Instruments::default_set());
+    // Two API clients with fresh random tokens; the file keeps only their
+    // SHA-256, as an operator's would.
+    let (token, other_token) = (order_service::auth::new_token(), order_service::auth::new_token());
+    let clients_file = tmp.path().join("clients.toml");
+    std::fs::write(
+        &clients_file,
+        format!(
+            "[[client]]\nid = \"demo-client\"\ntoken_sha256 = \"{}\"\naccounts = [\"acc-*\"]\n\n\
+             [[client]]\nid = \"other-client\"\ntoken_sha256 = \"{}\"\naccounts = [\"other-*\"]\n",
+            order_service::auth::token_sha256(&token),
+            order_service::auth::token_sha256(&other_token),
+        ),
+    )
+    .context("cannot write the demo clients file")?;
+    let auth = order_service::Auth::bearer(order_service::Clients::load(&clients_file)?);
+    let state = order_service::AppState::new(db.clone(), order_service::Instruments::default_set(), auth);
 
     // The relay publishes into a local channel sink while the burst runs.
     let (publisher, mut received) = ChannelPublisher::new();
@@ -110,7 +129,10 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let server = tokio::spawn(async move { axum::serve(listener, order_service::app(state)).await });
+    let server = tokio::spawn(async move {
+        axum::serve(listener, order_service::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
+            .await
+    });
     let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build()?;
 
     // The burst: distinct orders, then the refusals and the parallel retries.
@@ -144,16 +166,16 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
             .push(Req { key: format!("off-lot-{i}"), body: order_body("acc-1", "THYAO", Side::Buy, "10.5", "301.50") });
     }
     let refusals_sent = refusals.len() as u64;
-    let total = plan.len() + retried.len() * 5 + refusals.len() + retried.len();
+    let total = plan.len() + retried.len() * 5 + refusals.len() + retried.len() + AUTH_PROBES;
     let progress = Progress::new(total, !out.is_json());
 
     let send = |req: Req| {
-        let (client, base, progress) = (client.clone(), base.clone(), progress.clone());
+        let (client, base, progress, token) = (client.clone(), base.clone(), progress.clone(), token.clone());
         async move {
             let r = client
                 .post(format!("{base}/v1/orders"))
                 .header("content-type", "application/json")
-                .header("x-client-id", "demo-client")
+                .header("authorization", format!("Bearer {token}"))
                 .header("idempotency-key", &req.key)
                 .body(req.body.clone())
                 .send()
@@ -217,9 +239,16 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
         let (key, r) = send(req).await?;
         record(&mut summary, key, r);
     }
+    // 3. Authentication: no token and a wrong token are 401, another
+    // client's account is 403, another client's order is 404; the owner
+    // reads it.
+    let auth_ok = auth_probes(&client, &base, &token, &other_token, &first, &mut summary).await?;
+    for _ in 0..AUTH_PROBES {
+        progress.tick();
+    }
     progress.finish();
 
-    // 3. Let the relay drain, then check every guarantee in the database.
+    // 4. Let the relay drain, then check every guarantee in the database.
     let deadline = Instant::now() + Duration::from_secs(15);
     while outbox.stats().await?.pending > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -274,6 +303,7 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
         positions_match_accepted_orders: held == wanted,
         every_event_published: outbox.stats().await?.pending == 0
             && summary.events_published == summary.orders_accepted,
+        only_authorised_clients_served: auth_ok,
     };
     let c = &summary.checks;
     summary.ok = c.replays_identical
@@ -281,7 +311,8 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
         && c.one_order_per_key
         && c.one_open_position_per_account_and_instrument
         && c.positions_match_accepted_orders
-        && c.every_event_published;
+        && c.every_event_published
+        && c.only_authorised_clients_served;
     summary.duration_ms = started.elapsed().as_millis();
     std::fs::write(&args.summary, serde_json::to_vec_pretty(&summary)?)
         .with_context(|| format!("cannot write {}", args.summary.display()))?;
@@ -290,10 +321,11 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
         let mark = |b: bool| if b { "held" } else { "BROKEN" };
         format!(
             "{} requests in {:.1} s on {}\n\
-             orders accepted {} · replays {} · 409s {} · 422s {} · open positions {} · events published {} \
-             (lag p50 {} ms, p99 {} ms)\n\
+             orders accepted {} · replays {} · 409s {} · 422s {} · 401s {} · 403s {} · 404s {} · open positions {} \
+             · events published {} (lag p50 {} ms, p99 {} ms)\n\
              each replay identical: {}\nevery bad order and reused key refused: {}\none order per key: {}\none open position per account and instrument: {}\n\
-             positions match accepted orders: {}\nevery event published: {}\nsummary written to {}",
+             positions match accepted orders: {}\nevery event published: {}\n\
+             only authorised clients served: {}\nsummary written to {}",
             summary.requests,
             started.elapsed().as_secs_f64(),
             summary.database,
@@ -301,6 +333,9 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
             summary.replays,
             summary.conflicts_409,
             summary.rejected_422,
+            summary.unauthenticated_401,
+            summary.forbidden_403,
+            summary.hidden_404,
             summary.open_positions,
             summary.events_published,
             summary.outbox_lag_p50_ms,
@@ -311,10 +346,66 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
             mark(c.one_open_position_per_account_and_instrument),
             mark(c.positions_match_accepted_orders),
             mark(c.every_event_published),
+            mark(c.only_authorised_clients_served),
             args.summary.display()
         )
     };
     if summary.ok { out.emit(&summary, text) } else { out.refuse(&summary, &text(), true) }
+}
+
+/// Requests [`auth_probes`] sends.
+const AUTH_PROBES: usize = 5;
+
+/// The authentication probes; each is counted in the summary, and the
+/// result says whether every one was answered as it must be.
+async fn auth_probes(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    other_token: &str,
+    accepted: &HashMap<String, String>,
+    summary: &mut Summary,
+) -> anyhow::Result<bool> {
+    let order = order_body("acc-1", "THYAO", Side::Buy, "10", "301.50");
+    let post = |auth: Option<String>, key: &str, body: String| {
+        let mut r = client
+            .post(format!("{base}/v1/orders"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body);
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r
+    };
+    let own_id = accepted
+        .values()
+        .find_map(|b| serde_json::from_str::<serde_json::Value>(b).ok()?["order_id"].as_str().map(str::to_owned))
+        .context("no order was accepted")?;
+    let get = |t: &str| client.get(format!("{base}/v1/orders/{own_id}")).header("authorization", format!("Bearer {t}"));
+    let probes = [
+        (post(None, "auth-1", order.clone()), 401),
+        (post(Some(format!("Bearer {}", order_service::auth::new_token())), "auth-2", order.clone()), 401),
+        (
+            post(Some(format!("Bearer {token}")), "auth-3", order_body("other-1", "THYAO", Side::Buy, "10", "301.50")),
+            403,
+        ),
+        (get(other_token), 404),
+        (get(token), 200),
+    ];
+    let mut ok = true;
+    for (request, want) in probes {
+        let status = request.send().await?.status().as_u16();
+        summary.requests += 1;
+        match status {
+            401 => summary.unauthenticated_401 += 1,
+            403 => summary.forbidden_403 += 1,
+            404 => summary.hidden_404 += 1,
+            _ => {}
+        }
+        ok &= status == want;
+    }
+    Ok(ok)
 }
 
 /// A one-line progress bar on stderr.

@@ -1,13 +1,15 @@
 //! An order-entry service on every Spark guarantee.
 //!
-//! `POST /v1/orders` is idempotent (`Idempotency-Key`, scoped by
-//! `X-Client-Id`), validated against exchange rules (BIST tick table, lot
+//! Every order endpoint authenticates its caller ([`auth`]: bearer API keys
+//! from a clients file). `POST /v1/orders` is idempotent (`Idempotency-Key`,
+//! scoped by the authenticated client), validated against exchange rules (BIST tick table, lot
 //! step, minimum notional), and in one transaction claims the key, inserts
 //! the order, applies the fill to positions, enqueues `order.accepted` and
 //! stores the response. `GET /v1/orders/{id}`, `GET /v1/positions`,
 //! `GET /metrics` (Prometheus), `GET /healthz`, `POST /csp-report`; security
-//! headers on every response.
+//! headers on every response, and every error is problem+json.
 
+pub mod auth;
 pub mod instruments;
 mod orders;
 pub mod problem;
@@ -21,7 +23,9 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 
+pub use crate::auth::{Auth, Clients};
 pub use crate::instruments::Instruments;
+pub use crate::orders::order_fingerprint;
 pub use crate::security::CSP;
 
 pub use spark_db::Database;
@@ -62,18 +66,30 @@ pub struct AppState {
     instruments: Arc<Instruments>,
     idempotency: spark_idempotency::Config,
     metrics: PrometheusHandle,
+    auth: Auth,
+    reports: Arc<security::ReportLimiter>,
 }
 
 impl AppState {
-    /// State over a migrated database.
+    /// State over a migrated database, authenticating callers with `auth`.
     #[must_use]
-    pub fn new(db: Database, instruments: Instruments) -> AppState {
+    pub fn new(db: Database, instruments: Instruments, auth: Auth) -> AppState {
         AppState {
             db,
             instruments: Arc::new(instruments),
             idempotency: spark_idempotency::Config::default(),
             metrics: telemetry::handle(),
+            auth,
+            reports: Arc::new(security::ReportLimiter::new(spark_db::system_clock(), security::MAX_SOURCES)),
         }
+    }
+
+    /// Uses `clock` for the CSP report rate limit (tests drive a
+    /// [`spark_db::ManualClock`] instead of sleeping).
+    #[must_use]
+    pub fn with_clock(mut self, clock: spark_db::SharedClock) -> AppState {
+        self.reports = Arc::new(security::ReportLimiter::new(clock, security::MAX_SOURCES));
+        self
     }
 
     /// The outbox, for relays and stats.
@@ -92,7 +108,10 @@ impl AppState {
     }
 }
 
-/// The router.
+/// The router. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()` so the CSP report
+/// rate limit is per source address (without it, all senders share one
+/// bucket).
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/orders", post(orders::create))
@@ -100,9 +119,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/positions", get(orders::positions))
         .route("/healthz", get(orders::health))
         .route("/metrics", get(telemetry::render))
-        .route("/csp-report", post(security::report).layer(DefaultBodyLimit::max(security::MAX_REPORT)))
+        .route("/csp-report", post(security::report))
         .fallback(orders::not_found)
         .layer(axum::middleware::from_fn(telemetry::track))
+        .layer(axum::middleware::map_response(problem::errors_as_problems))
         .layer(axum::middleware::map_response(security::headers))
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(state)

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use order_service::{AppState, Database, Instruments, app};
+use order_service::{AppState, Auth, Clients, Database, Instruments, app};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum RelaySink {
@@ -16,6 +16,12 @@ enum RelaySink {
     Webhook,
     /// NATS JetStream at --relay-url.
     Nats,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DevAuth {
+    /// Trust `X-Client-Id` without proof (development only).
+    Header,
 }
 
 /// An order-entry service on every Spark guarantee.
@@ -37,6 +43,14 @@ struct Args {
     /// Webhook or NATS URL for --relay.
     #[arg(long)]
     relay_url: Option<String>,
+    /// Clients TOML ([[client]] tables with id, token_sha256, accounts):
+    /// requests then carry `Authorization: Bearer <token>`.
+    #[arg(long, conflicts_with = "dev_auth")]
+    clients: Option<std::path::PathBuf>,
+    /// Without --clients: trust `X-Client-Id` instead (development only; the
+    /// service warns at startup and in /healthz).
+    #[arg(long, value_enum)]
+    dev_auth: Option<DevAuth>,
 }
 
 struct LogSink;
@@ -68,9 +82,22 @@ async fn run() -> anyhow::Result<()> {
         )?,
         None => Instruments::default_set(),
     };
+    // Refuse to start open: an order service without authentication must be
+    // asked for by name.
+    let auth = match (&args.clients, args.dev_auth) {
+        (Some(path), _) => Auth::bearer(Clients::load(path)?),
+        (None, Some(DevAuth::Header)) => {
+            eprintln!("warning: {}", order_service::auth::DEV_WARNING);
+            Auth::dev_header()
+        }
+        (None, None) => anyhow::bail!(
+            "refusing to start without authentication: pass --clients FILE (bearer API keys) \
+             or --dev-auth header (trusts X-Client-Id; development only)"
+        ),
+    };
     let db = Database::connect(&args.database_url, 16).await?;
     order_service::migrate(&db).await?;
-    let state = AppState::new(db.clone(), instruments);
+    let state = AppState::new(db.clone(), instruments, auth);
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let publisher: Option<std::sync::Arc<dyn spark_outbox::Publisher>> = match args.relay {
         RelaySink::None => None,
@@ -108,7 +135,9 @@ async fn run() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     eprintln!("order-service listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown()).await?;
+    axum::serve(listener, app(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown())
+        .await?;
     let _ = stop_tx.send(());
     if let Some(t) = relay_task {
         t.await??;

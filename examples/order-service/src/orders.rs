@@ -10,6 +10,7 @@ use spark_idempotency::{Claim, Fingerprint, IdempotencyError, IdempotencyKey, Pg
 use spark_money::{Price, Quantity, Side};
 use spark_positions::{Fill, PgPositions, PositionFilter, PositionsError, SqlitePositions};
 
+use crate::auth::{MAX_ACCOUNT_ID, single};
 use crate::problem::Problem;
 use crate::{AppState, Database};
 
@@ -67,8 +68,28 @@ fn rfc3339(ms: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms.rem_euclid(1000))
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
+/// The fingerprint of an order: its parsed fields in a fixed order, each
+/// decimal normalised, so key order, whitespace and `101.3` against
+/// `101.30` do not make a retry look like another order.
+fn fingerprint(req: &OrderRequest) -> Fingerprint {
+    let quantity = req.quantity.get().normalize().to_string();
+    let price = req.price.get().normalize().to_string();
+    Fingerprint::of_parts(&[
+        b"POST /v1/orders",
+        req.account_id.as_bytes(),
+        req.symbol.as_bytes(),
+        req.side.as_str().as_bytes(),
+        quantity.as_bytes(),
+        price.as_bytes(),
+    ])
+}
+
+/// The fingerprint the service computes for an order body, so another
+/// program holding a key for the same order (a test, a migration) can
+/// present the same one. `None` when the body is not an order.
+#[must_use]
+pub fn order_fingerprint(body: &[u8]) -> Option<Fingerprint> {
+    serde_json::from_slice::<OrderRequest>(body).ok().map(|r| fingerprint(&r))
 }
 
 /// `POST /v1/orders`.
@@ -95,25 +116,47 @@ pub(crate) async fn create(State(state): State<AppState>, headers: HeaderMap, bo
     }
 }
 
-async fn place(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Placed, Problem> {
-    let client = header(headers, "x-client-id").filter(|c| !c.is_empty()).ok_or_else(|| {
-        Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "Unauthenticated", "send X-Client-Id")
-    })?;
-    let key = header(headers, "idempotency-key").ok_or_else(|| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "idempotency-key-missing",
-            "Idempotency-Key required",
-            "send an Idempotency-Key header (a UUID) and reuse it when you retry",
-        )
-    })?;
-    let key = IdempotencyKey::new(key).map_err(|e| {
-        Problem::new(StatusCode::BAD_REQUEST, "idempotency-key-invalid", "Invalid Idempotency-Key", e.to_string())
-    })?;
-    let req: OrderRequest = serde_json::from_slice(body).map_err(|e| {
-        let status = if e.is_data() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_REQUEST };
-        Problem::new(status, "invalid-order", "Invalid order", e.to_string())
-    })?;
+fn invalid_key(reason: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, "idempotency-key-invalid", "Invalid Idempotency-Key", reason)
+}
+
+/// Checks an account id's shape before it reaches a query: 1 to
+/// [`MAX_ACCOUNT_ID`] bytes without control characters (PostgreSQL refuses
+/// a NUL in text, which would surface as a database error).
+fn check_account(account: &str) -> Result<(), Problem> {
+    let invalid =
+        |detail: String| Err(Problem::new(StatusCode::BAD_REQUEST, "account-invalid", "Invalid account_id", detail));
+    if account.is_empty() || account.len() > MAX_ACCOUNT_ID {
+        return invalid(format!("account_id must be 1 to {MAX_ACCOUNT_ID} bytes; got {}", account.len()));
+    }
+    if account.chars().any(char::is_control) {
+        return invalid("account_id must not contain control characters".to_owned());
+    }
+    Ok(())
+}
+
+fn forbidden(account: &str) -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "account-forbidden",
+        "Account not allowed",
+        format!("this client may not use account {account:?}"),
+    )
+}
+
+/// The order, its fill, its event and its stored response, once the rules
+/// allow it.
+struct Prepared {
+    order: Order,
+    created_at_ms: i64,
+    fill: Fill,
+    event: spark_outbox::OutboxEvent,
+    stored: StoredResponse,
+}
+
+/// Checks the order against the instrument's current rules and builds what
+/// the transaction writes.
+fn prepare(state: &AppState, req: &OrderRequest) -> Result<Prepared, Problem> {
     let rules = state.instruments.get(&req.symbol).ok_or_else(|| {
         Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -131,8 +174,6 @@ async fn place(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Pla
         )
         .with("violations", serde_json::to_value(violations).unwrap_or_default())
     })?;
-
-    let fingerprint = Fingerprint::of_request("POST", "/v1/orders", body);
     let order_id = uuid::Uuid::now_v7().to_string();
     let created_at_ms = now_ms();
     let order = Order {
@@ -159,11 +200,40 @@ async fn place(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Pla
     };
     let event = spark_outbox::OutboxEvent::new(
         "order",
-        order_id.clone(),
+        order_id,
         "order.accepted",
         serde_json::to_value(&order).map_err(|e| Problem::internal(&e))?,
     );
+    Ok(Prepared { order, created_at_ms, fill, event, stored })
+}
 
+async fn place(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Placed, Problem> {
+    let principal = state.auth.authenticate(headers)?;
+    let client = principal.id();
+    let key = single(headers, "idempotency-key")?.ok_or_else(|| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "idempotency-key-missing",
+            "Idempotency-Key required",
+            "send an Idempotency-Key header (a UUID) and reuse it when you retry",
+        )
+    })?;
+    // A key that is there but not ASCII is invalid, not missing.
+    let key = key.to_str().map_err(|_| invalid_key("only visible ASCII characters are allowed"))?;
+    let key = IdempotencyKey::new(key).map_err(|e| invalid_key(e.to_string()))?;
+    let req: OrderRequest = serde_json::from_slice(body).map_err(|e| {
+        let status = if e.is_data() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_REQUEST };
+        Problem::new(status, "invalid-order", "Invalid order", e.to_string())
+    })?;
+    check_account(&req.account_id)?;
+    if !principal.may_use(&req.account_id) {
+        return Err(forbidden(&req.account_id));
+    }
+    let fingerprint = fingerprint(&req);
+
+    // Claim first, validate after: a retry of an accepted order replays its
+    // stored response even if the instrument's rules have changed since. A
+    // refused order rolls the claim back, so the key stays free.
     // Claim, order, fill, event and stored response: one transaction.
     macro_rules! transaction {
         ($pool:expr, $begin:expr, $store:ty, $book:ty, $enqueue:path, $insert:literal) => {{
@@ -171,23 +241,32 @@ async fn place(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Pla
             let mut tx = $begin.await.map_err(|e| Problem::unavailable(&e))?;
             match store.claim_in(&mut tx, client, &key, &fingerprint).await.map_err(idempotency_problem)? {
                 Claim::Acquired(lease) => {
+                    let p = match prepare(state, &req) {
+                        Ok(p) => p,
+                        Err(refused) => {
+                            // Frees the key; a failed rollback drops the
+                            // connection, which rolls back as well.
+                            let _ = tx.rollback().await;
+                            return Err(refused);
+                        }
+                    };
                     sqlx::query($insert)
-                        .bind(&order.order_id)
+                        .bind(&p.order.order_id)
                         .bind(client)
-                        .bind(&order.account_id)
-                        .bind(&order.symbol)
-                        .bind(&order.side)
-                        .bind(&order.quantity)
-                        .bind(&order.price)
-                        .bind(created_at_ms)
+                        .bind(&p.order.account_id)
+                        .bind(&p.order.symbol)
+                        .bind(&p.order.side)
+                        .bind(&p.order.quantity)
+                        .bind(&p.order.price)
+                        .bind(p.created_at_ms)
                         .execute(&mut *tx)
                         .await
                         .map_err(|e| Problem::internal(&e))?;
-                    <$book>::new().apply_fill(&mut tx, &fill).await.map_err(positions_problem)?;
-                    $enqueue(&mut tx, &event).await.map_err(|e| Problem::internal(&e))?;
-                    store.complete_in(&mut tx, &lease, &stored).await.map_err(idempotency_problem)?;
+                    <$book>::new().apply_fill(&mut tx, &p.fill).await.map_err(positions_problem)?;
+                    $enqueue(&mut tx, &p.event).await.map_err(|e| Problem::internal(&e))?;
+                    store.complete_in(&mut tx, &lease, &p.stored).await.map_err(idempotency_problem)?;
                     tx.commit().await.map_err(|e| Problem::unavailable(&e))?;
-                    Placed::Created(stored)
+                    Placed::Created(p.stored)
                 }
                 Claim::Replay(previous) => Placed::Replay(previous),
                 Claim::InFlight { retry_after } => Placed::InFlight(retry_after.as_secs().max(1)),
@@ -262,25 +341,38 @@ fn stored_response(stored: StoredResponse, replayed: bool) -> Response {
     response
 }
 
-/// `GET /v1/orders/{id}`.
-pub(crate) async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+/// `GET /v1/orders/{id}`: the caller's own orders only; another client's
+/// order is 404, as if it did not exist.
+pub(crate) async fn get(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let principal = match state.auth.authenticate(&headers) {
+        Ok(p) => p,
+        Err(problem) => return problem.into_response(),
+    };
+    let not_found = || Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", "no such order").into_response();
+    // Order ids are UUIDs; anything longer or not visible ASCII is no order,
+    // and never reaches a query.
+    if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return not_found();
+    }
     type Row = (String, String, String, String, String, String, String, i64);
     let row: Result<Option<Row>, sqlx::Error> = match &state.db {
         Database::Postgres(p) => {
             sqlx::query_as(
                 "SELECT order_id, status, account_id, symbol, side, price, quantity, created_at_ms
-                 FROM order_service_orders WHERE order_id = $1",
+                 FROM order_service_orders WHERE order_id = $1 AND client_id = $2",
             )
             .bind(&id)
+            .bind(principal.id())
             .fetch_optional(p)
             .await
         }
         Database::Sqlite(p) => {
             sqlx::query_as(
                 "SELECT order_id, status, account_id, symbol, side, price, quantity, created_at_ms
-                 FROM order_service_orders WHERE order_id = ?1",
+                 FROM order_service_orders WHERE order_id = ?1 AND client_id = ?2",
             )
             .bind(&id)
+            .bind(principal.id())
             .fetch_optional(p)
             .await
         }
@@ -290,9 +382,7 @@ pub(crate) async fn get(State(state): State<AppState>, Path(id): Path<String>) -
             Json(Order { order_id, status, account_id, symbol, side, price, quantity, created_at: rfc3339(created) })
                 .into_response()
         }
-        Ok(None) => {
-            Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", format!("no order {id:?}")).into_response()
-        }
+        Ok(None) => not_found(),
         Err(e) => Problem::unavailable(&e).into_response(),
     }
 }
@@ -302,12 +392,27 @@ pub(crate) struct PositionsQuery {
     account_id: Option<String>,
 }
 
-/// `GET /v1/positions?account_id=…`: open positions.
-pub(crate) async fn positions(State(state): State<AppState>, Query(q): Query<PositionsQuery>) -> Response {
+/// `GET /v1/positions?account_id=…`: open positions of an account the
+/// caller may use; any other account is 404.
+pub(crate) async fn positions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<PositionsQuery>,
+) -> Response {
+    let principal = match state.auth.authenticate(&headers) {
+        Ok(p) => p,
+        Err(problem) => return problem.into_response(),
+    };
     let Some(account) = q.account_id.filter(|a| !a.is_empty()) else {
         return Problem::new(StatusCode::BAD_REQUEST, "account-required", "account_id required", "add ?account_id=…")
             .into_response();
     };
+    if let Err(problem) = check_account(&account) {
+        return problem.into_response();
+    }
+    if !principal.may_use(&account) {
+        return Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", "no such account").into_response();
+    }
     let positions = match &state.db {
         Database::Postgres(p) => PgPositions::new().positions(p, &account, PositionFilter::Open).await,
         Database::Sqlite(p) => SqlitePositions::new().positions(p, &account, PositionFilter::Open).await,
@@ -324,18 +429,24 @@ pub(crate) async fn positions(State(state): State<AppState>, Query(q): Query<Pos
                 .collect();
             Json(serde_json::json!({ "account_id": account, "positions": rows })).into_response()
         }
+        Err(PositionsError::Database(e)) => Problem::unavailable(&e).into_response(),
         Err(e) => Problem::internal(&e).into_response(),
     }
 }
 
-/// `GET /healthz`: the database answers.
+/// `GET /healthz`: the database answers; the authentication mode, with a
+/// warning when it is the development mode that trusts `X-Client-Id`.
 pub(crate) async fn health(State(state): State<AppState>) -> Response {
     let ok = match &state.db {
         Database::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.is_ok(),
         Database::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.is_ok(),
     };
     if ok {
-        Json(serde_json::json!({ "status": "ok" })).into_response()
+        let mut body = serde_json::json!({ "status": "ok", "auth": state.auth.name() });
+        if state.auth.is_dev() {
+            body["warning"] = crate::auth::DEV_WARNING.into();
+        }
+        Json(body).into_response()
     } else {
         Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unhealthy", "Unhealthy", "the database does not answer")
             .into_response()

@@ -1,9 +1,15 @@
 //! Security headers on every response, and the CSP report endpoint.
 
-use axum::body::Bytes;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use spark_db::SharedClock;
 
+use crate::AppState;
 use crate::problem::Problem;
 
 /// The Content-Security-Policy: an API serves no scripts, styles or frames.
@@ -31,11 +37,27 @@ pub(crate) async fn headers(mut response: Response) -> Response {
 pub(crate) const MAX_REPORT: usize = 64 * 1024;
 
 /// `POST /csp-report`: `application/csp-report` (report-uri) or
-/// `application/reports+json` (Reporting API). 204, and a counter.
-pub(crate) async fn report(headers: HeaderMap, body: Bytes) -> Response {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+/// `application/reports+json` (Reporting API), media types matched without
+/// regard to case. 204 for a CSP report, 400 for anything else, 413 above
+/// 64 KiB, 429 when the sending address is over its rate. Only valid
+/// reports count in `csp_violations_total` (one per violation), so junk
+/// posted to a public endpoint cannot inflate the metric.
+pub(crate) async fn report(State(state): State<AppState>, request: Request) -> Response {
+    let source = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    if !state.reports.admit(source) {
+        return Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-reports",
+            "Too many reports",
+            "this address sent more CSP reports than the endpoint takes; retry after Retry-After",
+        )
+        .retry_after(1)
+        .into_response();
+    }
+    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let media = content_type.split(';').next().unwrap_or("").trim();
-    if media != "application/csp-report" && media != "application/reports+json" {
+    if !media.eq_ignore_ascii_case("application/csp-report") && !media.eq_ignore_ascii_case("application/reports+json")
+    {
         return Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported-media-type",
@@ -44,10 +66,175 @@ pub(crate) async fn report(headers: HeaderMap, body: Bytes) -> Response {
         )
         .into_response();
     }
-    if serde_json::from_slice::<serde_json::Value>(&body).is_err() {
-        return Problem::new(StatusCode::BAD_REQUEST, "invalid-report", "Invalid report", "the report is not JSON")
-            .into_response();
-    }
-    metrics::counter!("csp_violations_total").increment(1);
+    let Ok(body) = axum::body::to_bytes(request.into_body(), MAX_REPORT).await else {
+        return Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Payload too large",
+            format!("a CSP report is at most {MAX_REPORT} bytes"),
+        )
+        .into_response();
+    };
+    let Some(violations) = violations(&body) else {
+        return Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-report",
+            "Invalid report",
+            "send {\"csp-report\": {…}} or a Reporting API array of {\"type\": \"csp-violation\", \"body\": {…}}",
+        )
+        .into_response();
+    };
+    metrics::counter!("csp_violations_total").increment(violations);
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// How many violations a body reports, or `None` when it is not a CSP
+/// report: a `{"csp-report": {…}}` object (report-uri), or a non-empty
+/// Reporting API array whose every entry is a `csp-violation` with a body.
+fn violations(body: &[u8]) -> Option<u64> {
+    match serde_json::from_slice::<serde_json::Value>(body).ok()? {
+        serde_json::Value::Object(report) => report.get("csp-report").is_some_and(|r| r.is_object()).then_some(1),
+        serde_json::Value::Array(reports) if !reports.is_empty() => reports
+            .iter()
+            .all(|r| {
+                r.get("type").and_then(serde_json::Value::as_str) == Some("csp-violation")
+                    && r.get("body").is_some_and(serde_json::Value::is_object)
+            })
+            .then(|| u64::try_from(reports.len()).unwrap_or(u64::MAX)),
+        _ => None,
+    }
+}
+
+/// Reports a source address may send at once.
+pub(crate) const REPORT_BURST: i64 = 20;
+/// Reports a second each source address regains.
+pub(crate) const REPORTS_PER_SECOND: i64 = 1;
+/// Addresses tracked at most; beyond, new addresses share one bucket.
+pub(crate) const MAX_SOURCES: usize = 10_000;
+
+/// A token bucket per source address, in bounded memory: at most
+/// `max_sources` buckets; when full, buckets that have refilled (idle
+/// senders) are dropped, and if none has, new addresses share one overflow
+/// bucket, so a flood from many addresses is limited as one sender instead
+/// of growing the map or evicting the buckets of those already limited.
+#[derive(Debug)]
+pub(crate) struct ReportLimiter {
+    clock: SharedClock,
+    max_sources: usize,
+    state: Mutex<Buckets>,
+}
+
+#[derive(Debug, Default)]
+struct Buckets {
+    by_source: HashMap<Option<IpAddr>, Bucket>,
+    overflow: Option<Bucket>,
+}
+
+/// Tokens in thousandths, refilled by elapsed milliseconds: integer
+/// arithmetic, no drift.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    milli_tokens: i64,
+    at_ms: i64,
+}
+
+const FULL: i64 = REPORT_BURST * 1000;
+
+impl Bucket {
+    fn full(now: i64) -> Bucket {
+        Bucket { milli_tokens: FULL, at_ms: now }
+    }
+
+    fn refill(&mut self, now: i64) {
+        let elapsed = now.saturating_sub(self.at_ms).max(0);
+        self.milli_tokens = self.milli_tokens.saturating_add(elapsed.saturating_mul(REPORTS_PER_SECOND)).min(FULL);
+        self.at_ms = self.at_ms.max(now);
+    }
+
+    fn take(&mut self, now: i64) -> bool {
+        self.refill(now);
+        if self.milli_tokens >= 1000 {
+            self.milli_tokens -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl ReportLimiter {
+    pub(crate) fn new(clock: SharedClock, max_sources: usize) -> ReportLimiter {
+        ReportLimiter { clock, max_sources, state: Mutex::default() }
+    }
+
+    /// Whether one more report from `source` is admitted.
+    pub(crate) fn admit(&self, source: Option<IpAddr>) -> bool {
+        let now = self.clock.now_ms();
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !state.by_source.contains_key(&source) && state.by_source.len() >= self.max_sources {
+            state.by_source.retain(|_, b| {
+                b.refill(now);
+                b.milli_tokens < FULL
+            });
+        }
+        if let Some(bucket) = state.by_source.get_mut(&source) {
+            return bucket.take(now);
+        }
+        if state.by_source.len() < self.max_sources {
+            let mut bucket = Bucket::full(now);
+            let admitted = bucket.take(now);
+            state.by_source.insert(source, bucket);
+            return admitted;
+        }
+        state.overflow.get_or_insert_with(|| Bucket::full(now)).take(now)
+    }
+
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).by_source.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn each_source_gets_its_burst_then_its_rate() {
+        let clock = spark_db::ManualClock::new(1_000);
+        let limiter = ReportLimiter::new(Arc::new(clock.clone()), 100);
+        let a = Some(IpAddr::from([127, 0, 0, 1]));
+        let b = Some(IpAddr::from([127, 0, 0, 2]));
+        assert!((0..REPORT_BURST).all(|_| limiter.admit(a)));
+        assert!(!limiter.admit(a));
+        assert!(limiter.admit(b), "another address has its own bucket");
+        clock.advance(std::time::Duration::from_millis(999));
+        assert!(!limiter.admit(a));
+        clock.advance(std::time::Duration::from_millis(1));
+        assert!(limiter.admit(a));
+        assert!(!limiter.admit(a));
+    }
+
+    #[test]
+    fn memory_stays_bounded_and_a_flood_of_addresses_shares_one_bucket() {
+        let clock = spark_db::ManualClock::new(0);
+        let limiter = ReportLimiter::new(Arc::new(clock.clone()), 8);
+        let mut admitted = 0;
+        for i in 0..1000u32 {
+            if limiter.admit(Some(IpAddr::from(i.to_be_bytes()))) {
+                admitted += 1;
+            }
+            assert!(limiter.tracked() <= 8);
+        }
+        // 8 tracked addresses (one report each) and one shared overflow
+        // bucket with its burst.
+        assert_eq!(admitted, 8 + REPORT_BURST);
+        // Once the tracked senders are idle (refilled), new addresses get
+        // their own buckets again.
+        clock.advance(std::time::Duration::from_secs(60));
+        assert!(limiter.admit(Some(IpAddr::from([10, 0, 0, 1]))));
+        assert!(limiter.tracked() <= 8);
+    }
 }

@@ -19,41 +19,60 @@ fn demo_holds_every_guarantee_and_writes_its_summary() {
         "one_open_position_per_account_and_instrument",
         "positions_match_accepted_orders",
         "every_event_published",
+        "only_authorised_clients_served",
     ] {
         assert_eq!(written["checks"][check], true, "{check}");
     }
     assert_eq!(written["orders_accepted"], 200);
     assert_eq!(written["events_published"], 200);
     assert_eq!(written["rejected_422"], 30);
+    // The authentication probes: no token and a wrong token, another
+    // client's account, another client's order.
+    assert_eq!(written["unauthenticated_401"], 2);
+    assert_eq!(written["forbidden_403"], 1);
+    assert_eq!(written["hidden_404"], 1);
+    // Every request is counted: 200 orders, 20 keys raced 5 times and
+    // retried once, 30 refusals, 5 authentication probes.
+    assert_eq!(written["requests"], 200 + 20 * 5 + 20 + 30 + 5);
     assert!(written["replays"].as_u64().unwrap() >= 20);
     assert_eq!(written["open_positions"], 15);
     assert!(written["duration_ms"].as_u64().unwrap() < 30_000);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_http_drives_a_running_service() {
+/// A service on loopback that knows one bench client, allowed on
+/// `bench-acc-*`; returns its URL and the client's token.
+async fn service_with_bench_client() -> (String, String, spark_testkit::SqliteTestDb) {
     let db = spark_testkit::sqlite().await;
     let database = order_service::Database::connect(&db.url, 8).await.unwrap();
     order_service::migrate(&database).await.unwrap();
-    let app = order_service::app(order_service::AppState::new(database, order_service::Instruments::default_set()));
+    let token = order_service::auth::new_token();
+    let clients = order_service::Clients::from_toml(&format!(
+        "[[client]]\nid = \"bench\"\ntoken_sha256 = \"{}\"\naccounts = [\"bench-acc-*\"]\n",
+        order_service::auth::token_sha256(&token)
+    ))
+    .unwrap();
+    let app = order_service::app(order_service::AppState::new(
+        database,
+        order_service::Instruments::default_set(),
+        order_service::Auth::bearer(clients),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await.unwrap()
+    });
+    (url, token, db)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_http_drives_a_running_service() {
+    let (url, token, _db) = service_with_bench_client().await;
     let run = tokio::task::spawn_blocking(move || {
-        crate::spark(&[
-            "bench",
-            "http",
-            "--url",
-            &url,
-            "--seconds",
-            "2",
-            "--rate",
-            "100",
-            "--concurrency",
-            "8",
-            "--json",
-        ])
+        crate::spark_with(
+            &["bench", "http", "--url", &url, "--seconds", "2", "--rate", "100", "--concurrency", "8", "--json"],
+            None,
+            &[("SPARK_BENCH_TOKEN", &token)],
+        )
     })
     .await
     .unwrap();
@@ -61,10 +80,31 @@ async fn bench_http_drives_a_running_service() {
     let v = run.json();
     assert!(v["created_201"].as_u64().unwrap() > 50, "{v}");
     assert!(v["replayed_201"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["unauthenticated_401"], 0, "{v}");
     assert_eq!(v["server_5xx"], 0, "{v}");
     assert_eq!(v["transport_errors"], 0, "{v}");
     assert!(v["p95_ms"].as_f64().unwrap() > 0.0);
 
     let refused = crate::spark(&["bench", "http", "--url", "http://192.0.2.1:8080", "--seconds", "1"]);
     assert_eq!(refused.code, 2, "only loopback targets");
+}
+
+/// A bench the service does not authorise says so and exits 1, rather
+/// than reporting the speed of 401s as the service's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_http_without_a_valid_token_is_a_no() {
+    let (url, _token, _db) = service_with_bench_client().await;
+    let run = tokio::task::spawn_blocking(move || {
+        crate::spark_with(
+            &["bench", "http", "--url", &url, "--seconds", "1", "--rate", "20", "--json"],
+            None,
+            &[("SPARK_BENCH_TOKEN", "wrong")],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let v = run.json();
+    assert!(v["unauthenticated_401"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["created_201"], 0, "{v}");
 }

@@ -9,8 +9,19 @@ use std::time::{Duration, Instant};
 async fn serves_relays_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("svc.db").display());
+    let token = order_service::auth::new_token();
+    let clients = dir.path().join("clients.toml");
+    std::fs::write(
+        &clients,
+        format!(
+            "[[client]]\nid = \"c\"\ntoken_sha256 = \"{}\"\naccounts = [\"a\"]\n",
+            order_service::auth::token_sha256(&token)
+        ),
+    )
+    .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_order-service"))
-        .args(["--listen", "127.0.0.1:0", "--database-url", &url, "--relay", "log"])
+        .args(["--listen", "127.0.0.1:0", "--database-url", &url, "--relay", "log", "--clients"])
+        .arg(&clients)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -24,13 +35,16 @@ async fn serves_relays_and_stops_on_sigterm() {
     let client = reqwest::Client::new();
     let r = client
         .post(format!("{base}/v1/orders"))
-        .header("x-client-id", "c")
+        .header("authorization", format!("Bearer {token}"))
         .header("idempotency-key", "k")
         .body(r#"{"account_id":"a","symbol":"GARAN","side":"buy","quantity":"10","price":"101.30"}"#)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap().text().await.unwrap();
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["auth"], "bearer");
 
     // The in-process relay publishes the event: the outbox drains.
     let start = Instant::now();
@@ -50,4 +64,56 @@ async fn serves_relays_and_stops_on_sigterm() {
     let bad = Command::new(env!("CARGO_BIN_EXE_order-service")).args(["--database-url", "mysql://x"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert_eq!(String::from_utf8_lossy(&bad.stderr).lines().count(), 1);
+}
+
+/// Without --clients the service does not start, unless --dev-auth header
+/// asks for the development mode by name; that mode warns at startup and in
+/// /healthz.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_to_start_without_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("svc.db").display());
+    let open = Command::new(env!("CARGO_BIN_EXE_order-service"))
+        .args(["--listen", "127.0.0.1:0", "--database-url", &url])
+        .output()
+        .unwrap();
+    assert_eq!(open.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&open.stderr);
+    assert!(stderr.contains("--clients") && stderr.contains("--dev-auth header"), "{stderr}");
+    assert!(!dir.path().join("svc.db").exists(), "refused before touching the database");
+
+    let both = Command::new(env!("CARGO_BIN_EXE_order-service"))
+        .args(["--database-url", &url, "--clients", "x.toml", "--dev-auth", "header"])
+        .output()
+        .unwrap();
+    assert_eq!(both.status.code(), Some(2));
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[client]]\nid = \"c\"\ntoken_sha256 = \"nothex\"\naccounts = []\n").unwrap();
+    let bad = Command::new(env!("CARGO_BIN_EXE_order-service"))
+        .args(["--database-url", &url, "--clients"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("64 hex"));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_order-service"))
+        .args(["--listen", "127.0.0.1:0", "--database-url", &url, "--dev-auth", "header"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut warning = String::new();
+    stderr.read_line(&mut warning).unwrap();
+    assert!(warning.starts_with("warning: ") && warning.contains("X-Client-Id is trusted"), "{warning}");
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let base = line.trim().rsplit(' ').next().unwrap().to_owned();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let health = reqwest::get(format!("{base}/healthz")).await.unwrap().text().await.unwrap();
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["auth"], "dev-header");
+    assert!(health["warning"].as_str().unwrap().contains("never expose"));
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success());
 }

@@ -9,9 +9,24 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use order_service::{AppState, Database, Instruments, app};
+use order_service::{AppState, Auth, Database, Instruments, app};
 use serde_json::{Value, json};
 use tower::ServiceExt;
+
+/// Client `c1`: its own accounts and every `desk-*` account.
+const T1: &str = "token-of-client-one";
+/// Client `c2`: shares `acc-1` with `c1`.
+const T2: &str = "token-of-client-two";
+
+fn clients() -> order_service::Clients {
+    let text = format!(
+        "[[client]]\nid = \"c1\"\ntoken_sha256 = \"{}\"\naccounts = [\"acc-1\", \"acc-9\", \"desk-*\"]\n\n\
+         [[client]]\nid = \"c2\"\ntoken_sha256 = \"{}\"\naccounts = [\"acc-1\", \"acc-2\"]\n",
+        order_service::auth::token_sha256(T1),
+        order_service::auth::token_sha256(T2),
+    );
+    order_service::Clients::from_toml(&text).unwrap()
+}
 
 /// The app on one backend, with its database kept alive.
 #[allow(dead_code, reason = "the guards are held for their Drop")]
@@ -26,14 +41,18 @@ async fn sqlite() -> Service {
     let t = spark_testkit::sqlite().await;
     let db = Database::connect(&t.url, 8).await.unwrap();
     order_service::migrate(&db).await.unwrap();
-    Service { router: app(AppState::new(db.clone(), Instruments::default_set())), db, sqlite: Some(t), pg: None }
+    Service { router: app(state(&db)), db, sqlite: Some(t), pg: None }
 }
 
 async fn postgres() -> Option<Service> {
     let t = spark_testkit::postgres().await?;
     let db = Database::connect(&t.url, 32).await.unwrap();
     order_service::migrate(&db).await.unwrap();
-    Some(Service { router: app(AppState::new(db.clone(), Instruments::default_set())), db, sqlite: None, pg: Some(t) })
+    Some(Service { router: app(state(&db)), db, sqlite: None, pg: Some(t) })
+}
+
+fn state(db: &Database) -> AppState {
+    AppState::new(db.clone(), Instruments::default_set(), Auth::bearer(clients()))
 }
 
 struct Reply {
@@ -49,6 +68,11 @@ impl Reply {
 }
 
 impl Service {
+    /// The same database behind another router (another deployment).
+    fn with_state(&self, state: AppState) -> Service {
+        Service { router: app(state), db: self.db.clone(), sqlite: None, pg: None }
+    }
+
     async fn send(&self, req: Request<Body>) -> Reply {
         let res = self.router.clone().oneshot(req).await.unwrap();
         let (parts, body) = res.into_parts();
@@ -56,10 +80,10 @@ impl Service {
         Reply { status: parts.status, headers: parts.headers, body }
     }
 
-    async fn order(&self, client: Option<&str>, key: Option<&str>, body: &str) -> Reply {
+    async fn order(&self, token: Option<&str>, key: Option<&str>, body: &str) -> Reply {
         let mut r = Request::post("/v1/orders").header("content-type", "application/json");
-        if let Some(c) = client {
-            r = r.header("x-client-id", c);
+        if let Some(t) = token {
+            r = r.header("authorization", format!("Bearer {t}"));
         }
         if let Some(k) = key {
             r = r.header("idempotency-key", k);
@@ -67,8 +91,16 @@ impl Service {
         self.send(r.body(Body::from(body.to_owned())).unwrap()).await
     }
 
+    async fn get_as(&self, token: Option<&str>, path: &str) -> Reply {
+        let mut r = Request::get(path);
+        if let Some(t) = token {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        self.send(r.body(Body::empty()).unwrap()).await
+    }
+
     async fn get(&self, path: &str) -> Reply {
-        self.send(Request::get(path).body(Body::empty()).unwrap()).await
+        self.get_as(Some(T1), path).await
     }
 
     async fn count(&self, sql: &'static str) -> i64 {
@@ -101,8 +133,11 @@ fn assert_security_headers(r: &Reply) {
 
 fn assert_problem(r: &Reply, status: u16, kind: &str) {
     assert_eq!(r.status, status, "{}", r.body);
-    assert_eq!(r.headers["content-type"], "application/problem+json");
-    assert_eq!(r.json()["type"], format!("urn:spark:problem:{kind}"), "{}", r.body);
+    assert_eq!(r.headers["content-type"], "application/problem+json", "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["type"], format!("urn:spark:problem:{kind}"), "{}", r.body);
+    assert_eq!(v["status"], status, "{}", r.body);
+    assert!(v["title"].as_str().is_some_and(|t| !t.is_empty()), "{}", r.body);
     assert_security_headers(r);
 }
 
@@ -133,32 +168,35 @@ on_both!(
     in_flight_is_409,
     hundred_parallel_requests_same_key_make_one_order,
     hundred_parallel_orders_make_one_position,
-    security_headers_csp_reports_metrics_health,
+    security_headers_metrics_health,
+    bearer_tokens_accounts_and_ownership,
+    replay_comes_before_validation_and_fingerprints_are_canonical,
+    repeated_non_ascii_and_oversized_headers_are_400,
 );
 
 async fn order_lifecycle_and_every_refusal(s: Service) {
     let valid = body("acc-1", "100", "101.30");
     assert_problem(&s.order(None, Some("k1"), &valid).await, 401, "unauthenticated");
-    assert_problem(&s.order(Some("c1"), None, &valid).await, 400, "idempotency-key-missing");
-    assert_problem(&s.order(Some("c1"), Some("bad key"), &valid).await, 400, "idempotency-key-invalid");
+    assert_problem(&s.order(Some(T1), None, &valid).await, 400, "idempotency-key-missing");
+    assert_problem(&s.order(Some(T1), Some("bad key"), &valid).await, 400, "idempotency-key-invalid");
     let number = r#"{"account_id":"acc-1","symbol":"THYAO","side":"buy","quantity":"100","price":101.3}"#;
-    let r = s.order(Some("c1"), Some("k0"), number).await;
+    let r = s.order(Some(T1), Some("k0"), number).await;
     assert_problem(&r, 422, "invalid-order");
     assert!(r.json()["detail"].as_str().unwrap().contains("JSON strings"), "{}", r.body);
-    assert_problem(&s.order(Some("c1"), Some("k0"), "{not json").await, 400, "invalid-order");
-    let r = s.order(Some("c1"), Some("k0"), &body("acc-1", "100", "101.37")).await;
+    assert_problem(&s.order(Some(T1), Some("k0"), "{not json").await, 400, "invalid-order");
+    let r = s.order(Some(T1), Some("k0"), &body("acc-1", "100", "101.37")).await;
     assert_problem(&r, 422, "order-rules");
     assert_eq!(r.json()["violations"][0]["rule"], "price_off_tick");
     assert_eq!(r.json()["violations"][0]["below"], "101.30");
     assert_eq!(r.json()["violations"][0]["above"], "101.40");
-    let r = s.order(Some("c1"), Some("k0"), &body("acc-1", "10.5", "101.30")).await;
+    let r = s.order(Some(T1), Some("k0"), &body("acc-1", "10.5", "101.30")).await;
     assert_eq!(r.json()["violations"][0]["rule"], "quantity_off_step");
     let unknown =
-        json!({ "account_id": "a", "symbol": "NOPE", "side": "buy", "quantity": "1", "price": "1" }).to_string();
-    assert_problem(&s.order(Some("c1"), Some("k0"), &unknown).await, 422, "unknown-symbol");
+        json!({ "account_id": "acc-1", "symbol": "NOPE", "side": "buy", "quantity": "1", "price": "1" }).to_string();
+    assert_problem(&s.order(Some(T1), Some("k0"), &unknown).await, 422, "unknown-symbol");
     assert_eq!(s.count("SELECT COUNT(*) FROM order_service_orders").await, 0);
 
-    let first = s.order(Some("c1"), Some("k1"), &valid).await;
+    let first = s.order(Some(T1), Some("k1"), &valid).await;
     assert_eq!(first.status, 201, "{}", first.body);
     assert_security_headers(&first);
     let order = first.json();
@@ -171,16 +209,16 @@ async fn order_lifecycle_and_every_refusal(s: Service) {
     assert_eq!(first.headers["location"], format!("/v1/orders/{id}"));
     assert!(first.headers.get("idempotent-replayed").is_none());
 
-    let again = s.order(Some("c1"), Some("k1"), &valid).await;
+    let again = s.order(Some(T1), Some("k1"), &valid).await;
     assert_eq!((again.status, &again.body), (first.status, &first.body));
     assert_eq!(again.headers["idempotent-replayed"], "true");
     assert_problem(
-        &s.order(Some("c1"), Some("k1"), &body("acc-1", "200", "101.30")).await,
+        &s.order(Some(T1), Some("k1"), &body("acc-1", "200", "101.30")).await,
         422,
         "idempotency-key-reused",
     );
     // The same key from another client is another order.
-    assert_eq!(s.order(Some("c2"), Some("k1"), &valid).await.status, 201);
+    assert_eq!(s.order(Some(T2), Some("k1"), &valid).await.status, 201);
 
     let got = s.get(&format!("/v1/orders/{id}")).await;
     assert_eq!(got.status, 200);
@@ -195,9 +233,9 @@ async fn order_lifecycle_and_every_refusal(s: Service) {
 }
 
 async fn in_flight_is_409(s: Service) {
-    use spark_idempotency::{Claim, Fingerprint, IdempotencyStore, PgStore, SqliteStore};
+    use spark_idempotency::{Claim, IdempotencyStore, PgStore, SqliteStore};
     let valid = body("acc-1", "100", "101.30");
-    let fp = Fingerprint::of_request("POST", "/v1/orders", valid.as_bytes());
+    let fp = order_service::order_fingerprint(valid.as_bytes()).unwrap();
     let key = "held".parse().unwrap();
     // Another instance holds the key (leased, not completed).
     let claim = match &s.db {
@@ -205,7 +243,7 @@ async fn in_flight_is_409(s: Service) {
         Database::Sqlite(p) => SqliteStore::new(p.clone(), Default::default()).unwrap().claim("c1", &key, &fp).await,
     };
     assert!(matches!(claim.unwrap(), Claim::Acquired(_)));
-    let r = s.order(Some("c1"), Some("held"), &valid).await;
+    let r = s.order(Some(T1), Some("held"), &valid).await;
     assert_problem(&r, 409, "idempotency-key-in-flight");
     assert!(r.headers["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
 }
@@ -215,7 +253,7 @@ async fn hundred_parallel_requests_same_key_make_one_order(s: Service) {
     let tasks: Vec<_> = (0..100)
         .map(|_| {
             let s = s.clone();
-            tokio::spawn(async move { s.order(Some("c1"), Some("same"), &body("acc-1", "10", "101.30")).await })
+            tokio::spawn(async move { s.order(Some(T1), Some("same"), &body("acc-1", "10", "101.30")).await })
         })
         .collect();
     let mut bodies = std::collections::HashSet::new();
@@ -242,11 +280,12 @@ async fn hundred_parallel_orders_make_one_position(s: Service) {
             tokio::spawn(async move {
                 let qty = (i % 7 + 1).to_string();
                 loop {
-                    let r = s.order(Some("c1"), Some(&format!("k{i}")), &body("acc-9", &qty, "101.30")).await;
+                    let r = s.order(Some(T1), Some(&format!("k{i}")), &body("acc-9", &qty, "101.30")).await;
                     match r.status.as_u16() {
                         201 => return i % 7 + 1,
                         // Busy: retry with the same key, as a client would.
-                        409 | 503 => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                        // A 503 is a failure, not contention: it fails the test.
+                        409 => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
                         other => panic!("{other}: {}", r.body),
                     }
                 }
@@ -263,28 +302,14 @@ async fn hundred_parallel_orders_make_one_position(s: Service) {
     assert_eq!(pos["positions"][0]["quantity"], total.to_string());
 }
 
-async fn security_headers_csp_reports_metrics_health(s: Service) {
-    let health = s.get("/healthz").await;
+async fn security_headers_metrics_health(s: Service) {
+    let health = s.get_as(None, "/healthz").await;
     assert_eq!(health.status, 200);
     assert_security_headers(&health);
-    assert_problem(&s.get("/nowhere").await, 404, "not-found");
+    assert_eq!(health.json()["auth"], "bearer");
+    assert!(health.json().get("warning").is_none());
 
-    let report = |ct: &'static str, body: String| {
-        Request::post("/csp-report").header("content-type", ct).body(Body::from(body)).unwrap()
-    };
-    let legacy =
-        json!({ "csp-report": { "document-uri": "https://x", "violated-directive": "script-src" } }).to_string();
-    let modern = json!([{ "type": "csp-violation", "body": { "blockedURL": "inline" } }]).to_string();
-    let r = s.send(report("application/csp-report", legacy)).await;
-    assert_eq!(r.status, 204);
-    assert_security_headers(&r);
-    assert_eq!(s.send(report("application/reports+json", modern)).await.status, 204);
-    assert_problem(&s.send(report("text/plain", "{}".into())).await, 415, "unsupported-media-type");
-    assert_problem(&s.send(report("application/csp-report", "not json".into())).await, 400, "invalid-report");
-    let big = format!("{{\"x\":\"{}\"}}", "a".repeat(70 * 1024));
-    assert_eq!(s.send(report("application/csp-report", big)).await.status, 413);
-
-    assert_eq!(s.order(Some("c1"), Some("m1"), &body("acc-1", "1", "101.30")).await.status, 201);
+    assert_eq!(s.order(Some(T1), Some("m1"), &body("acc-1", "1", "101.30")).await.status, 201);
     let metrics = s.get("/metrics").await;
     assert_eq!(metrics.status, 200);
     for needle in [
@@ -295,8 +320,280 @@ async fn security_headers_csp_reports_metrics_health(s: Service) {
         "spark_outbox_oldest_pending_age_seconds",
         "db_pool_connections{state=\"idle\"}",
         "process_resident_memory_bytes",
-        "csp_violations_total",
     ] {
         assert!(metrics.body.contains(needle), "/metrics lacks {needle}");
     }
+}
+
+async fn bearer_tokens_accounts_and_ownership(s: Service) {
+    let valid = body("acc-1", "100", "101.30");
+    // Missing, unknown and malformed credentials: 401 with a challenge.
+    for auth in [
+        None,
+        Some("Bearer not-a-token".to_owned()),
+        Some(format!("Bearer {T1}x")),
+        Some(format!("Basic {T1}")),
+        Some("Bearer".to_owned()),
+        Some("Bearer ".to_owned()),
+        Some(format!("Bearer {T1} {T1}")),
+        Some(T1.to_owned()),
+    ] {
+        let mut r = Request::post("/v1/orders").header("idempotency-key", "a1");
+        if let Some(a) = &auth {
+            r = r.header("authorization", a);
+        }
+        let r = s.send(r.body(Body::from(valid.clone())).unwrap()).await;
+        assert_problem(&r, 401, "unauthenticated");
+        assert_eq!(r.headers["www-authenticate"], "Bearer", "{auth:?}");
+    }
+    // X-Client-Id proves nothing when tokens are configured.
+    let r = Request::post("/v1/orders").header("idempotency-key", "a1").header("x-client-id", "c1");
+    assert_problem(&s.send(r.body(Body::from(valid.clone())).unwrap()).await, 401, "unauthenticated");
+    let r =
+        Request::post("/v1/orders").header("idempotency-key", "a1").header("authorization", b"Bearer \xff".as_slice());
+    assert_problem(&s.send(r.body(Body::from(valid.clone())).unwrap()).await, 401, "unauthenticated");
+
+    // An account the client may not use: 403, and nothing written.
+    assert_problem(&s.order(Some(T2), Some("a2"), &body("acc-9", "100", "101.30")).await, 403, "account-forbidden");
+    assert_problem(&s.order(Some(T1), Some("a3"), &body("acc-2", "100", "101.30")).await, 403, "account-forbidden");
+    // A trailing `*` is a prefix: desk-* covers desk-42, not desk.
+    assert_eq!(s.order(Some(T1), Some("a4"), &body("desk-42", "100", "101.30")).await.status, 201);
+    assert_problem(&s.order(Some(T1), Some("a5"), &body("desk", "100", "101.30")).await, 403, "account-forbidden");
+    assert_eq!(s.count("SELECT COUNT(*) FROM order_service_orders").await, 1);
+
+    // Orders and positions: only the caller's own.
+    let mine = s.order(Some(T1), Some("a6"), &valid).await;
+    assert_eq!(mine.status, 201, "{}", mine.body);
+    let id = mine.json()["order_id"].as_str().unwrap().to_owned();
+    assert_eq!(s.get_as(Some(T1), &format!("/v1/orders/{id}")).await.status, 200);
+    assert_problem(&s.get_as(Some(T2), &format!("/v1/orders/{id}")).await, 404, "not-found");
+    assert_problem(&s.get_as(None, &format!("/v1/orders/{id}")).await, 401, "unauthenticated");
+    assert_problem(&s.get_as(Some("nope"), &format!("/v1/orders/{id}")).await, 401, "unauthenticated");
+    assert_eq!(s.get_as(Some(T1), "/v1/positions?account_id=desk-42").await.status, 200);
+    assert_problem(&s.get_as(Some(T2), "/v1/positions?account_id=desk-42").await, 404, "not-found");
+    assert_problem(&s.get_as(None, "/v1/positions?account_id=acc-1").await, 401, "unauthenticated");
+    let shared = s.get_as(Some(T2), "/v1/positions?account_id=acc-1").await;
+    assert_eq!(shared.json()["positions"][0]["quantity"], "100", "acc-1 is both clients' account");
+
+    // The idempotency scope is the authenticated client: the same key from
+    // c2 is c2's own order, not a replay of c1's.
+    let theirs = s.order(Some(T2), Some("a6"), &valid).await;
+    assert_eq!(theirs.status, 201);
+    assert!(theirs.headers.get("idempotent-replayed").is_none());
+    assert_ne!(theirs.json()["order_id"], mine.json()["order_id"]);
+}
+
+async fn replay_comes_before_validation_and_fingerprints_are_canonical(s: Service) {
+    let first = s.order(Some(T1), Some("r1"), &body("acc-1", "100", "101.30")).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+
+    // Same order: keys reordered, whitespace added, a decimal written with
+    // another scale.
+    let reordered = "{ \"price\" : \"101.3\",\n\t\"side\":\"buy\",  \"quantity\": \"100\", \
+                     \"symbol\": \"THYAO\", \"account_id\": \"acc-1\" }\n";
+    let again = s.order(Some(T1), Some("r1"), reordered).await;
+    assert_eq!((again.status, &again.body), (first.status, &first.body));
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    // A different price is a different order.
+    assert_problem(
+        &s.order(Some(T1), Some("r1"), &body("acc-1", "100", "101.40")).await,
+        422,
+        "idempotency-key-reused",
+    );
+
+    // The instrument's rules change (lots of 1000 now): the same body under
+    // a new key is refused, and that refusal does not consume the key...
+    let rules = order_service::instruments::DEFAULT_RULES
+        .replace(r#"lot = { step = "1", min = "1", max = "1000000" }"#, r#"lot = { step = "1000", min = "1000" }"#);
+    let toml = format!("[instruments.THYAO]\n{rules}");
+    let changed =
+        s.with_state(AppState::new(s.db.clone(), Instruments::from_toml(&toml).unwrap(), Auth::bearer(clients())));
+    let refused = changed.order(Some(T1), Some("r2"), &body("acc-1", "100", "101.30")).await;
+    assert_problem(&refused, 422, "order-rules");
+    assert_problem(&changed.order(Some(T1), Some("r2"), &body("acc-1", "100", "101.30")).await, 422, "order-rules");
+    // ...but the retry of the accepted order is its original 201.
+    let replay = changed.order(Some(T1), Some("r1"), &body("acc-1", "100", "101.30")).await;
+    assert_eq!((replay.status, &replay.body), (first.status, &first.body));
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+    // Even with the symbol gone from the configuration.
+    let garan_only = format!("[instruments.GARAN]\n{}", order_service::instruments::DEFAULT_RULES);
+    let gone = s.with_state(AppState::new(
+        s.db.clone(),
+        Instruments::from_toml(&garan_only).unwrap(),
+        Auth::bearer(clients()),
+    ));
+    let replay = gone.order(Some(T1), Some("r1"), &body("acc-1", "100", "101.30")).await;
+    assert_eq!((replay.status, &replay.body), (first.status, &first.body));
+    assert_eq!(s.count("SELECT COUNT(*) FROM order_service_orders").await, 1);
+}
+
+async fn repeated_non_ascii_and_oversized_headers_are_400(s: Service) {
+    let valid = body("acc-1", "100", "101.30");
+    let post = || {
+        Request::post("/v1/orders")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {T1}"))
+    };
+    for (name, first, second) in
+        [("idempotency-key", "k1", "k2"), ("authorization", "Bearer a", "Bearer b"), ("x-client-id", "c1", "c1")]
+    {
+        let r = Request::post("/v1/orders")
+            .header("authorization", format!("Bearer {T1}"))
+            .header("idempotency-key", "k")
+            .header(name, first)
+            .header(name, second);
+        let r = s.send(r.body(Body::from(valid.clone())).unwrap()).await;
+        assert_problem(&r, 400, "repeated-header");
+        assert!(r.json()["detail"].as_str().unwrap().contains(name), "{}", r.body);
+    }
+    // Present but not ASCII: invalid, not missing.
+    let r = s.send(post().header("idempotency-key", "ключ".as_bytes()).body(Body::from(valid.clone())).unwrap()).await;
+    assert_problem(&r, 400, "idempotency-key-invalid");
+    let r = s.send(post().header("idempotency-key", "k".repeat(256)).body(Body::from(valid.clone())).unwrap()).await;
+    assert_problem(&r, 400, "idempotency-key-invalid");
+    assert_eq!(
+        s.send(post().header("idempotency-key", "k".repeat(255)).body(Body::from(valid.clone())).unwrap()).await.status,
+        201
+    );
+    // Account ids: at most 64 characters, in orders and in the query.
+    let long = format!("desk-{}", "x".repeat(60));
+    assert_problem(&s.order(Some(T1), Some("l1"), &body(&long, "100", "101.30")).await, 400, "account-invalid");
+    assert_eq!(s.order(Some(T1), Some("l2"), &body(&long[..64], "100", "101.30")).await.status, 201);
+    assert_problem(&s.order(Some(T1), Some("l3"), &body("", "100", "101.30")).await, 400, "account-invalid");
+    assert_problem(&s.get(&format!("/v1/positions?account_id={long}")).await, 400, "account-invalid");
+    // A NUL, which PostgreSQL refuses in text: a 400 or 404, never a 503.
+    assert_problem(&s.order(Some(T1), Some("l4"), &body("desk-\u{0}", "100", "101.30")).await, 400, "account-invalid");
+    assert_problem(&s.get("/v1/positions?account_id=desk-%00").await, 400, "account-invalid");
+    assert_problem(&s.get("/v1/orders/a%00b").await, 404, "not-found");
+
+    // Development authentication: X-Client-Id, at most 128 characters.
+    let dev = s.with_state(AppState::new(s.db.clone(), Instruments::default_set(), Auth::dev_header()));
+    let as_client = |id: &[u8]| {
+        Request::post("/v1/orders")
+            .header("x-client-id", id)
+            .header("idempotency-key", "d1")
+            .body(Body::from(valid.clone()))
+            .unwrap()
+    };
+    assert_problem(&dev.send(as_client("c".repeat(129).as_bytes())).await, 400, "client-id-invalid");
+    assert_problem(&dev.send(as_client("ä".as_bytes())).await, 400, "client-id-invalid");
+    assert_eq!(dev.send(as_client("c".repeat(128).as_bytes())).await.status, 201);
+    let r = Request::post("/v1/orders").header("idempotency-key", "d1").body(Body::from(valid.clone())).unwrap();
+    assert_problem(&dev.send(r).await, 401, "unauthenticated");
+}
+
+/// Dev authentication says so in /healthz.
+#[tokio::test]
+async fn healthz_shows_dev_auth() {
+    let s = sqlite().await;
+    let dev = s.with_state(AppState::new(s.db.clone(), Instruments::default_set(), Auth::dev_header()));
+    let h = dev.get_as(None, "/healthz").await;
+    assert_eq!(h.status, 200);
+    assert_eq!(h.json()["auth"], "dev-header");
+    assert!(h.json()["warning"].as_str().unwrap().contains("X-Client-Id is trusted"), "{}", h.body);
+    // And every client may use every account, scoped by the header.
+    let r = Request::post("/v1/orders")
+        .header("x-client-id", "anyone")
+        .header("idempotency-key", "h1")
+        .body(Body::from(body("any-account", "100", "101.30")))
+        .unwrap();
+    assert_eq!(dev.send(r).await.status, 201);
+}
+
+/// Every error is problem+json with the security headers: the router's 404
+/// and 405, a body over the limit, and axum's path and query rejections.
+#[tokio::test]
+async fn every_error_is_problem_json_with_security_headers() {
+    let s = sqlite().await;
+    assert_problem(&s.get("/nowhere").await, 404, "not-found");
+    let r = s.send(Request::put("/v1/orders").body(Body::empty()).unwrap()).await;
+    assert_problem(&r, 405, "method-not-allowed");
+    assert!(r.headers["allow"].to_str().unwrap().contains("POST"), "{:?}", r.headers);
+    assert_problem(&s.send(Request::delete("/healthz").body(Body::empty()).unwrap()).await, 405, "method-not-allowed");
+    let big = format!("{{\"account_id\":\"{}\"}}", "a".repeat(70 * 1024));
+    let r = s.order(Some(T1), Some("big"), &big).await;
+    assert_problem(&r, 413, "payload-too-large");
+    // A path parameter that is not UTF-8, and a query axum cannot parse.
+    assert_problem(&s.get("/v1/orders/%FF%FE").await, 400, "bad-request");
+    assert_problem(&s.get("/v1/positions?account_id=a&account_id=b").await, 400, "bad-request");
+}
+
+fn violations(metrics: &str) -> f64 {
+    metrics.lines().find_map(|l| l.strip_prefix("csp_violations_total ")).map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// The burst a source address gets (`security::REPORT_BURST`).
+const REPORT_BURST: u32 = 20;
+
+/// The one test that posts CSP reports (the counter is process-wide).
+#[tokio::test]
+async fn csp_reports_are_validated_capped_limited_and_counted() {
+    use axum::extract::ConnectInfo;
+    let s = sqlite().await;
+    let clock = spark_db::ManualClock::new(1_000_000);
+    let s = s.with_state(state(&s.db).with_clock(Arc::new(clock.clone())));
+    let from = |ip: [u8; 4], ct: &str, body: String| {
+        let mut r = Request::post("/csp-report").header("content-type", ct).body(Body::from(body)).unwrap();
+        r.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from((ip, 40_000))));
+        r
+    };
+    // Until the rate-limit part, time moves on a minute before each report,
+    // so the bucket is always full.
+    let report = |ct: &str, body: String| {
+        clock.advance(std::time::Duration::from_secs(60));
+        from([127, 0, 0, 1], ct, body)
+    };
+    let legacy =
+        json!({ "csp-report": { "document-uri": "https://x", "violated-directive": "script-src" } }).to_string();
+    let modern = json!([
+        { "type": "csp-violation", "body": { "blockedURL": "inline" } },
+        { "type": "csp-violation", "body": { "blockedURL": "eval" } },
+    ])
+    .to_string();
+    let before = violations(&s.get("/metrics").await.body);
+
+    // Invalid reports: refused, and not counted.
+    assert_problem(&s.send(report("text/plain", legacy.clone())).await, 415, "unsupported-media-type");
+    for junk in [
+        "not json".to_owned(),
+        "{}".to_owned(),
+        json!({ "csp-report": "x" }).to_string(),
+        json!({ "anything": {} }).to_string(),
+        "[]".to_owned(),
+        json!([{ "type": "deprecation", "body": {} }]).to_string(),
+        json!([{ "type": "csp-violation", "body": {} }, 1]).to_string(),
+        json!([{ "type": "csp-violation" }]).to_string(),
+        "42".to_owned(),
+    ] {
+        assert_problem(&s.send(report("application/csp-report", junk.clone())).await, 400, "invalid-report");
+        assert_problem(&s.send(report("application/reports+json", junk)).await, 400, "invalid-report");
+    }
+    let big = json!({ "csp-report": { "x": "a".repeat(70 * 1024) } }).to_string();
+    assert_problem(&s.send(report("application/csp-report", big)).await, 413, "payload-too-large");
+    assert_eq!(violations(&s.get("/metrics").await.body), before, "invalid reports are not counted");
+
+    // Valid ones, with media types in any case and with parameters: counted
+    // once per violation.
+    let r = s.send(report("Application/CSP-Report; charset=utf-8", legacy.clone())).await;
+    assert_eq!(r.status, 204);
+    assert_security_headers(&r);
+    assert_eq!(s.send(report("APPLICATION/REPORTS+JSON", modern)).await.status, 204);
+    assert_eq!(violations(&s.get("/metrics").await.body), before + 3.0);
+
+    // The rate limit, with time standing still: 127.0.0.1 gets its burst,
+    // then 429; another address is not limited; a second refills one report.
+    let now = |ip: [u8; 4]| from(ip, "application/csp-report", legacy.clone());
+    clock.advance(std::time::Duration::from_secs(60));
+    for n in 0..REPORT_BURST {
+        assert_eq!(s.send(now([127, 0, 0, 1])).await.status, 204, "report {n} of the burst");
+    }
+    let limited = s.send(now([127, 0, 0, 1])).await;
+    assert_problem(&limited, 429, "too-many-reports");
+    assert!(limited.headers.contains_key("retry-after"));
+    assert_eq!(s.send(now([127, 0, 0, 2])).await.status, 204);
+    clock.advance(std::time::Duration::from_secs(1));
+    assert_eq!(s.send(now([127, 0, 0, 1])).await.status, 204);
+    assert_problem(&s.send(now([127, 0, 0, 1])).await, 429, "too-many-reports");
+    // Refused reports are not counted either.
+    assert_eq!(violations(&s.get("/metrics").await.body), before + 3.0 + f64::from(REPORT_BURST) + 2.0);
 }
