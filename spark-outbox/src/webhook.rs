@@ -127,11 +127,10 @@ pub fn verify(secret: &[u8], header: &str, body: &[u8], now_secs: i64, tolerance
     let mut signatures = Vec::new();
     for part in header.split(',') {
         match part.trim().split_once('=') {
-            Some(("t", v)) => {
-                if t.replace(v).is_some() {
-                    return Err(OutboxError::Signature("the header has more than one t= timestamp".to_owned()));
-                }
+            Some(("t", _)) if t.is_some() => {
+                return Err(OutboxError::Signature("the header has more than one t= timestamp".to_owned()));
             }
+            Some(("t", v)) => t = Some(v),
             // A signature that is not hex cannot match; skip it rather than
             // reject the header, so one bad entry does not hide a good one.
             Some(("v1", v)) => signatures.extend(hex::decode(v).ok()),
