@@ -66,6 +66,12 @@ async fn statuses_map_to_retry_or_permanent() {
         let err = sink.publish(&event()).await.unwrap_err();
         assert_eq!(matches!(err, PublishError::Transient(_)), transient, "{status}: {err}");
     }
+    // An event type that is not a valid header value fails the same way on
+    // every retry: permanent, not retried forever as a transport error.
+    hook.status.store(200, Ordering::SeqCst);
+    let mut bad = event();
+    bad.event_type = "order\naccepted".into();
+    assert!(matches!(sink.publish(&bad).await, Err(PublishError::Permanent(_))));
     // Nothing listening: a transient transport error.
     let dead = WebhookPublisher::new("http://127.0.0.1:9/hook", Duration::from_secs(1)).unwrap();
     assert!(matches!(dead.publish(&event()).await, Err(PublishError::Transient(_))));
