@@ -20,6 +20,33 @@ pub enum OutboxError {
     /// Running migrations failed.
     #[error("outbox migrations: {0}")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    /// A NATS subject (or subject prefix) that JetStream would reject or
+    /// read as a wildcard: empty, with whitespace, `*` or `>`, or an empty
+    /// token (`a..b`).
+    #[error("invalid NATS subject {subject:?}: {reason}")]
+    InvalidSubject {
+        /// The subject as given.
+        subject: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A sink that cannot be configured (a webhook URL that does not parse).
+    #[error("invalid sink configuration: {0}")]
+    SinkConfig(String),
+    /// A sink that cannot be reached or prepared (NATS connect, stream
+    /// lookup, HTTP client).
+    #[error("{what}")]
+    Sink {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A webhook signature header that does not verify: malformed, outside
+    /// the timestamp tolerance, or no `v1=` signature matches.
+    #[error("webhook signature rejected: {0}")]
+    Signature(String),
 }
 
 impl From<sqlx::Error> for OutboxError {

@@ -69,7 +69,7 @@ pub use crate::error::{OutboxError, PublishError, Result};
 pub use crate::event::{DeadLetter, Event, OutboxEvent, OutboxStats};
 pub use crate::inbox::{Inbox, InboxConnection, Processed};
 #[cfg(feature = "nats")]
-pub use crate::nats::NatsPublisher;
+pub use crate::nats::{DuplicateWindow, NatsPublisher};
 #[cfg(feature = "postgres")]
 pub use crate::postgres::PgOutbox;
 pub use crate::publisher::{ChannelPublisher, NullPublisher, Publisher};

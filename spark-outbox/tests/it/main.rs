@@ -4,6 +4,7 @@
 mod common;
 
 mod inbox;
+mod nats;
 mod postgres;
 mod sqlite;
 mod webhook;
