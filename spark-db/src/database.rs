@@ -1,8 +1,5 @@
 //! The one database handle of the workspace.
 
-use std::str::FromStr;
-use std::time::Duration;
-
 use sqlx::migrate::Migrator;
 
 use crate::error::DbError;
@@ -96,6 +93,7 @@ impl Migrations {
 /// assert!(db.server_time_ms().await? > 0);
 /// # Ok(()) }
 /// ```
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 #[derive(Debug, Clone)]
 pub enum Database {
     /// PostgreSQL.
@@ -106,6 +104,7 @@ pub enum Database {
     Sqlite(sqlx::SqlitePool),
 }
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 impl Database {
     /// Connects to `postgres://…` or `sqlite://PATH` with a pool of up to
     /// `max_connections` (SQLite: at most 8; it has one writer anyway).
@@ -123,11 +122,11 @@ impl Database {
         match Backend::of_url(url)? {
             #[cfg(feature = "postgres")]
             Backend::Postgres => {
-                let options = sqlx::postgres::PgConnectOptions::from_str(url)
+                let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url)
                     .map_err(|source| DbError::InvalidUrl { url: redact_url(url), source })?;
                 let pool = sqlx::postgres::PgPoolOptions::new()
                     .max_connections(max_connections)
-                    .acquire_timeout(Duration::from_secs(10))
+                    .acquire_timeout(std::time::Duration::from_secs(10))
                     .connect_with(options)
                     .await
                     .map_err(|source| DbError::Connect { url: redact_url(url), source })?;
@@ -135,11 +134,11 @@ impl Database {
             }
             #[cfg(feature = "sqlite")]
             Backend::Sqlite => {
-                let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(url)
                     .map_err(|source| DbError::InvalidUrl { url: redact_url(url), source })?
                     .create_if_missing(true)
                     .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-                    .busy_timeout(Duration::from_secs(10));
+                    .busy_timeout(std::time::Duration::from_secs(10));
                 let pool = sqlx::sqlite::SqlitePoolOptions::new()
                     .max_connections(max_connections.min(8))
                     .connect_with(options)

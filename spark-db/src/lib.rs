@@ -20,6 +20,9 @@
 //!
 //! - `sqlite` (default): the embedded backend, SQLite bundled.
 //! - `postgres`: the production backend.
+//!
+//! [`Database`] exists when at least one backend is enabled; the clock and
+//! [`Migrations`] always do.
 
 mod clock;
 mod database;
@@ -27,6 +30,8 @@ mod error;
 mod url;
 
 pub use crate::clock::{Clock, ManualClock, SharedClock, SystemClock, duration_ms, system_clock};
-pub use crate::database::{Backend, Database, Migrations};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use crate::database::Database;
+pub use crate::database::{Backend, Migrations};
 pub use crate::error::DbError;
 pub use crate::url::redact_url;
