@@ -1,10 +1,11 @@
 //! The PostgreSQL backend: concurrent writers, serialized per position by
 //! the partial unique index and row locks.
 
-use sqlx::{PgConnection, PgPool};
+use spark_db::SharedClock;
+use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::model::{Book, Fill, Position, Step, step};
-use crate::sql::{self, ATTEMPTS, ClockFn, LINK_FILL, PositionFilter, position_select, unique};
+use crate::sql::{self, ATTEMPTS, LINK_FILL, PositionFilter, position_select, unique};
 use crate::{PositionsError, Result, metrics};
 
 /// Inserts an open position; `$conflict` is what to do if one is open.
@@ -28,7 +29,7 @@ const OPEN_OR_INCREASE: &str = insert_open!(
     "ON CONFLICT (account_id, instrument) WHERE status = 'open' DO UPDATE SET
         quantity = spark_positions.quantity + excluded.quantity,
         cost_basis = spark_positions.cost_basis + excluded.cost_basis,
-        price_scale = GREATEST(spark_positions.price_scale, excluded.price_scale),
+        price_scale = excluded.price_scale,
         version = spark_positions.version + 1
      WHERE sign(spark_positions.quantity) = sign(excluded.quantity)
        AND spark_positions.currency = excluded.currency"
@@ -44,7 +45,7 @@ const OPEN_OR_INCREASE: &str = insert_open!(
 /// index makes the second insert an update of the first.
 #[derive(Clone)]
 pub struct PgPositions {
-    clock: ClockFn,
+    clock: SharedClock,
 }
 
 sql::book_impls!(PgPositions);
@@ -59,16 +60,30 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 }
 
 impl PgPositions {
-    /// Applies `fill` inside the caller's transaction.
+    /// Applies `fill` inside the caller's transaction, in a savepoint of its
+    /// own: a refused fill leaves nothing behind (not even its id, so the
+    /// corrected fill can be sent again under the same id) and the
+    /// transaction stays usable. On a connection outside a transaction the
+    /// fill is applied in a transaction of its own.
     ///
     /// # Errors
     ///
-    /// [`PositionsError::AlreadyApplied`] for a fill id seen before (the
-    /// transaction stays usable), [`PositionsError::CurrencyMismatch`],
+    /// [`PositionsError::AlreadyApplied`] for a fill id applied before,
+    /// [`PositionsError::InvalidFill`] and [`PositionsError::PriceScale`]
+    /// for a fill that cannot be applied, [`PositionsError::CurrencyMismatch`],
     /// [`PositionsError::DuplicateOpenPosition`] if the partial index refuses
     /// a row, and database errors.
     pub async fn apply_fill(&self, conn: &mut PgConnection, fill: &Fill) -> Result<Step> {
-        let (q, now, price_scale) = sql::claim_fill!(self, conn, fill, "::numeric");
+        let q = sql::validate(fill)?;
+        let mut savepoint = conn.begin().await?;
+        let outcome = self.apply_in(&mut savepoint, fill, q).await;
+        sql::finish(savepoint, outcome).await
+    }
+
+    async fn apply_in(&self, conn: &mut PgConnection, fill: &Fill, q: spark_money::Decimal) -> Result<Step> {
+        let now = self.clock.now_ms();
+        let price_scale = sql::price_scale(fill);
+        sql::claim_fill!(&mut *conn, fill, now, "::numeric");
         let notional = crate::model::times(q, fill.price)?;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
@@ -106,10 +121,10 @@ impl PgPositions {
             }
             let step = step(Some(current.book()), q, fill.price)?;
             let (id, version) = match step {
-                Step::Reduce(b) => (current.id, self.write(conn, &current, b, None).await?),
-                Step::Close(b) => (current.id, self.write(conn, &current, b, Some(now)).await?),
+                Step::Reduce(b) => (current.id, self.write(conn, &current, b, None, price_scale).await?),
+                Step::Close(b) => (current.id, self.write(conn, &current, b, Some(now), price_scale).await?),
                 Step::Flip { closed, opened } => {
-                    self.write(conn, &current, closed, Some(now)).await?;
+                    self.write(conn, &current, closed, Some(now), price_scale).await?;
                     let row: sql::Row = sqlx::query_as(insert_open!(""))
                         .bind(&fill.account_id)
                         .bind(&fill.instrument)
@@ -137,11 +152,18 @@ impl PgPositions {
     }
 
     /// Writes a reduced or closed position (we hold its row lock).
-    async fn write(&self, conn: &mut PgConnection, pos: &Position, b: Book, closed_at: Option<i64>) -> Result<i64> {
+    async fn write(
+        &self,
+        conn: &mut PgConnection,
+        pos: &Position,
+        b: Book,
+        closed_at: Option<i64>,
+        price_scale: i32,
+    ) -> Result<i64> {
         let version: i64 = sqlx::query_scalar(
             "UPDATE spark_positions SET quantity = $2::numeric, cost_basis = $3::numeric, realized_pnl = $4::numeric,
                 status = CASE WHEN $5::bigint IS NULL THEN 'open' ELSE 'closed' END, closed_at_ms = $5,
-                version = version + 1
+                price_scale = $7, version = version + 1
              WHERE id = $1 AND version = $6 RETURNING version",
         )
         .bind(pos.id)
@@ -150,6 +172,7 @@ impl PgPositions {
         .bind(b.realized.to_string())
         .bind(closed_at)
         .bind(pos.version)
+        .bind(price_scale)
         .fetch_one(&mut *conn)
         .await?;
         Ok(version)

@@ -1,9 +1,7 @@
 //! What both backends share: row decoding, and the parts of the store that
 //! are the same SQL on both (written in `$n` syntax; SQLite gets `?n`).
 
-use std::sync::Arc;
-
-use spark_money::{Currency, Money, parse_decimal};
+use spark_money::{Currency, Decimal, Money, parse_decimal};
 
 use crate::model::{Fill, Position, Status};
 use crate::{PositionsError, Result};
@@ -44,7 +42,7 @@ pub(crate) fn position(row: Row) -> Result<Position> {
     })
 }
 
-/// Which positions [`list`](crate::postgres::PgPositions::positions) returns.
+/// Which positions a book's `positions` returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PositionFilter {
     /// Open positions only.
@@ -52,16 +50,6 @@ pub enum PositionFilter {
     Open,
     /// Open and closed, newest first.
     All,
-}
-
-/// Milliseconds since the Unix epoch, from an injectable source.
-pub(crate) type ClockFn = Arc<dyn Fn() -> i64 + Send + Sync>;
-
-pub(crate) fn system_clock() -> ClockFn {
-    Arc::new(|| {
-        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-    })
 }
 
 /// `SELECT` list and `FROM` for positions; `$dec` casts a decimal column to
@@ -156,13 +144,13 @@ macro_rules! book_impls {
     ($book:ident) => {
         impl std::fmt::Debug for $book {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.debug_struct(stringify!($book)).finish_non_exhaustive()
+                f.debug_struct(stringify!($book)).field("clock", &self.clock).finish()
             }
         }
 
         impl Default for $book {
             fn default() -> Self {
-                $book { clock: crate::sql::system_clock() }
+                $book { clock: spark_db::system_clock() }
             }
         }
 
@@ -173,9 +161,10 @@ macro_rules! book_impls {
                 $book::default()
             }
 
-            /// A book whose timestamps come from `clock` (Unix ms).
+            /// A book whose timestamps (opened, closed, applied) come from
+            /// `clock`, e.g. a [`spark_db::ManualClock`] in tests.
             #[must_use]
-            pub fn with_clock(clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+            pub fn with_clock(clock: impl spark_db::Clock + 'static) -> Self {
                 $book { clock: std::sync::Arc::new(clock) }
             }
         }
@@ -184,16 +173,38 @@ macro_rules! book_impls {
 
 pub(crate) use book_impls;
 
-/// The start of `apply_fill` on both backends: refuse a zero fill, then
-/// claim the fill id (a repeat is `AlreadyApplied` and changes nothing).
-/// Evaluates to `(signed quantity, now, price scale)`.
+/// The checks a fill must pass before anything about it is written: a
+/// refused fill leaves no trace, so the same id can be sent again once
+/// corrected. Returns the signed quantity.
+pub(crate) fn validate(fill: &Fill) -> Result<Decimal> {
+    let q = fill.signed_quantity();
+    if q.is_zero() {
+        return Err(PositionsError::InvalidFill { fill_id: fill.fill_id.clone(), reason: "quantity is zero" });
+    }
+    if fill.price_scale > MAX_PRICE_SCALE || fill.price.get().normalize().scale() > fill.price_scale {
+        return Err(PositionsError::PriceScale {
+            fill_id: fill.fill_id.clone(),
+            price: fill.price,
+            price_scale: fill.price_scale,
+        });
+    }
+    Ok(q)
+}
+
+/// The most decimal places a `Decimal` carries.
+const MAX_PRICE_SCALE: u32 = 28;
+
+/// The price scale as the `INTEGER` column stores it (at most 28, checked
+/// by [`validate`]).
+pub(crate) fn price_scale(fill: &Fill) -> i32 {
+    i32::try_from(fill.price_scale).unwrap_or(i32::MAX)
+}
+
+/// Claims the fill id (a repeat is `AlreadyApplied` and changes nothing).
+/// Run inside the savepoint of `apply_fill`, so that a fill refused later
+/// gives its id back.
 macro_rules! claim_fill {
-    ($self:ident, $conn:ident, $fill:ident, $cast:literal) => {{
-        let q = $fill.signed_quantity();
-        if q.is_zero() {
-            return Err(PositionsError::InvalidFill { fill_id: $fill.fill_id.clone(), reason: "quantity is zero" });
-        }
-        let now = ($self.clock)();
+    ($conn:expr, $fill:ident, $now:ident, $cast:literal) => {{
         let claimed = sqlx::query(crate::sql::claim_fill_sql!($cast))
             .bind(&$fill.fill_id)
             .bind(&$fill.account_id)
@@ -202,18 +213,38 @@ macro_rules! claim_fill {
             .bind($fill.quantity.to_string())
             .bind($fill.price.to_string())
             .bind($fill.currency.code())
-            .bind(now)
-            .fetch_optional(&mut *$conn)
+            .bind($now)
+            .fetch_optional($conn)
             .await?;
         if claimed.is_none() {
             crate::metrics::duplicate();
             return Err(PositionsError::AlreadyApplied { fill_id: $fill.fill_id.clone() });
         }
-        (q, now, i32::try_from($fill.price.get().scale()).unwrap_or(28))
     }};
 }
 
 pub(crate) use claim_fill;
+
+/// Ends the savepoint `apply_fill` runs in (or the transaction of its own on
+/// a connection outside one): released when the fill was applied, rolled
+/// back when it was refused, so that a refused fill never leaves its id
+/// behind to make a corrected retry `AlreadyApplied`, and a failed statement
+/// does not poison the caller's transaction.
+pub(crate) async fn finish<DB: sqlx::Database, T>(
+    savepoint: sqlx::Transaction<'_, DB>,
+    outcome: Result<T>,
+) -> Result<T> {
+    match outcome {
+        Ok(done) => {
+            savepoint.commit().await?;
+            Ok(done)
+        }
+        Err(refused) => {
+            savepoint.rollback().await?;
+            Err(refused)
+        }
+    }
+}
 
 pub(crate) const LINK_FILL: &str =
     "UPDATE spark_position_fills SET position_id = $1, position_version = $2 WHERE fill_id = $3";

@@ -1,10 +1,11 @@
 //! The SQLite backend: one writer at a time, every number computed in Rust
 //! (SQLite has no exact decimal type; decimals are stored as text).
 
-use sqlx::{SqliteConnection, SqlitePool};
+use spark_db::SharedClock;
+use sqlx::{Connection, SqliteConnection, SqlitePool};
 
 use crate::model::{Fill, Position, Step, step};
-use crate::sql::{self, ATTEMPTS, ClockFn, PositionFilter, position_select, unique};
+use crate::sql::{self, ATTEMPTS, PositionFilter, position_select, unique};
 use crate::{PositionsError, Result, metrics};
 
 /// The SQLite position book.
@@ -16,12 +17,13 @@ use crate::{PositionsError, Result, metrics};
 /// up front.
 #[derive(Clone)]
 pub struct SqlitePositions {
-    clock: ClockFn,
+    clock: SharedClock,
 }
 
 sql::book_impls!(SqlitePositions);
 
-/// The migrations that create the tables (see [`crate::postgres::migrator`]).
+/// The migrations that create the tables; they ignore migrations they do
+/// not know, so they run beside an application's own.
 #[must_use]
 pub fn migrator() -> sqlx::migrate::Migrator {
     let mut m = sqlx::migrate!("./migrations/sqlite");
@@ -35,17 +37,33 @@ const INSERT_OPEN: &str = "INSERT INTO spark_positions
 
 const UPDATE: &str = "UPDATE spark_positions SET quantity = ?2, cost_basis = ?3, realized_pnl = ?4,
         status = CASE WHEN ?5 IS NULL THEN 'open' ELSE 'closed' END, closed_at_ms = ?5,
-        price_scale = MAX(price_scale, ?7), version = version + 1
+        price_scale = ?7, version = version + 1
      WHERE id = ?1 AND version = ?6 RETURNING version";
 
 impl SqlitePositions {
-    /// Applies `fill` inside the caller's transaction.
+    /// Applies `fill` inside the caller's transaction, in a savepoint of its
+    /// own: a refused fill leaves nothing behind (not even its id, so the
+    /// corrected fill can be sent again under the same id) and the
+    /// transaction stays usable. On a connection outside a transaction the
+    /// fill is applied in a transaction of its own.
     ///
     /// # Errors
     ///
-    /// As [`PgPositions::apply_fill`](crate::PgPositions::apply_fill).
+    /// [`PositionsError::AlreadyApplied`] for a fill id applied before,
+    /// [`PositionsError::InvalidFill`] and [`PositionsError::PriceScale`]
+    /// for a fill that cannot be applied, [`PositionsError::CurrencyMismatch`],
+    /// [`PositionsError::Contention`], and database errors.
     pub async fn apply_fill(&self, conn: &mut SqliteConnection, fill: &Fill) -> Result<Step> {
-        let (q, now, price_scale) = sql::claim_fill!(self, conn, fill, "");
+        let q = sql::validate(fill)?;
+        let mut savepoint = conn.begin().await?;
+        let outcome = self.apply_in(&mut savepoint, fill, q).await;
+        sql::finish(savepoint, outcome).await
+    }
+
+    async fn apply_in(&self, conn: &mut SqliteConnection, fill: &Fill, q: spark_money::Decimal) -> Result<Step> {
+        let now = self.clock.now_ms();
+        let price_scale = sql::price_scale(fill);
+        sql::claim_fill!(&mut *conn, fill, now, "");
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 metrics::conflict_retried();

@@ -156,6 +156,7 @@ async fn place(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Pla
         quantity: req.quantity,
         price: req.price,
         currency: rules.currency(),
+        price_scale: rules.tick_table().price_scale(),
     };
     let event = spark_outbox::OutboxEvent::new(
         "order",
