@@ -93,20 +93,21 @@
 //! - `sqlite` (default): `SqlitePositions`, with SQLite bundled.
 //! - `postgres`: `PgPositions`, the production backend.
 
+mod book;
 mod error;
 pub mod metrics;
 pub mod model;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-mod sql;
+mod row;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+pub use crate::book::{BookBackend, PositionFilter, Positions};
 pub use crate::error::{PositionsError, Result};
 pub use crate::model::{Fill, Position, Status, Step};
 #[cfg(feature = "postgres")]
 pub use crate::postgres::PgPositions;
-pub use crate::sql::PositionFilter;
 #[cfg(feature = "sqlite")]
 pub use crate::sqlite::SqlitePositions;
 
