@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use rust_decimal::Decimal;
 
-use crate::int::{decimal, div_rem, parts, to_common_scale};
+use crate::int::{decimal, div_rem, parts, stripped_parts, to_common_scale};
 use crate::{MoneyError, Price, Quantity};
 
 /// How [`LotSize::align`] moves a quantity that is not a multiple of the step.
@@ -109,9 +109,23 @@ impl LotSize {
     pub(crate) fn snap(&self, qty: Quantity) -> Result<(Quantity, Option<Quantity>, bool, bool), MoneyError> {
         let overflow = MoneyError::Overflow { op: "lot alignment" };
         let (step_m, step_scale) = parts(self.step.0);
-        let (q_m, s_m, _) = to_common_scale(parts(qty.0), (step_m, step_scale)).ok_or(overflow.clone())?;
+        // Trailing zeros (`100.000…0`) make no difference to the multiple,
+        // only to whether the common scale fits: strip them when it does not.
+        // The results below are built from the step as given, so they keep
+        // its decimal places.
+        let (q_m, s_m, _) = to_common_scale(parts(qty.0), (step_m, step_scale))
+            .or_else(|| to_common_scale(stripped_parts(qty.0), stripped_parts(self.step.0)))
+            .ok_or(overflow.clone())?;
         let (k, r) = div_rem(q_m, s_m);
-        let at = |k: u128| k.checked_mul(step_m).and_then(|m| decimal(m, false, step_scale)).map(Quantity);
+        // At the step's scale if that fits, else at the fewest places that
+        // hold the value exactly.
+        let (short_m, short_scale) = stripped_parts(self.step.0);
+        let at = |k: u128| {
+            k.checked_mul(step_m)
+                .and_then(|m| decimal(m, false, step_scale))
+                .or_else(|| k.checked_mul(short_m).and_then(|m| decimal(m, false, short_scale)))
+                .map(Quantity)
+        };
         let below = at(k).ok_or(overflow)?;
         let above = if r == 0 { Some(below) } else { k.checked_add(1).and_then(at) };
         let nearest_is_above = r != 0 && (s_m - r < r || (s_m - r == r && k % 2 == 1));
@@ -183,18 +197,21 @@ impl MinNotional {
         self.0
     }
 
-    /// Whether `price * qty` reaches the minimum. The product is compared
-    /// exactly.
+    /// Whether `price * qty` reaches the minimum, compared exactly: the
+    /// product is never rounded, however many digits it has, and trailing
+    /// zeros on either operand make no difference.
+    ///
+    /// ```
+    /// use spark_money::{MinNotional, parse_decimal};
+    ///
+    /// let min = MinNotional::new(parse_decimal("10130")?)?;
+    /// assert!(min.is_met("101.30".parse()?, "100.00000000000000000000000".parse()?));
+    /// assert!(!min.is_met("101.30".parse()?, "99.99999999999999999999999".parse()?));
+    /// # Ok::<(), spark_money::MoneyError>(())
+    /// ```
     #[must_use]
     pub fn is_met(&self, price: Price, qty: Quantity) -> bool {
-        // Truncating the product at 28 places cannot change the comparison,
-        // since the minimum has at most 28 places. A product whose mantissa
-        // overflows even u128 is checked with rust_decimal's rounding product,
-        // which fails only above Decimal::MAX: no minimum is that large.
-        match crate::int::mul_round(price.0, qty.0, crate::int::MAX_SCALE, crate::Rounding::Down) {
-            Some(n) => n >= self.0,
-            None => price.0.checked_mul(qty.0).is_none_or(|n| n >= self.0),
-        }
+        crate::int::product_at_least(price.0, qty.0, self.0)
     }
 }
 

@@ -194,7 +194,9 @@ impl Money {
     /// [`MoneyError::Overflow`] if the shares cannot be computed exactly.
     pub fn allocate<W: Into<Decimal> + Copy>(&self, weights: &[W]) -> Result<Vec<Money>, MoneyError> {
         let total_units = self.to_minor_units()?;
-        let weights: Vec<Decimal> = weights.iter().map(|&w| w.into()).collect();
+        // Without trailing zeros, so that `1.000…0` weighs like `1` and the
+        // common scale stays small.
+        let weights: Vec<Decimal> = weights.iter().map(|&w| w.into().normalize()).collect();
         if weights.is_empty() {
             return Err(MoneyError::InvalidWeights { reason: "no weights given" });
         }
@@ -247,8 +249,14 @@ impl Money {
 /// scale); a changed scale betrays that, and money must not be rounded
 /// silently.
 fn exact_sum(a: Decimal, b: Decimal) -> Option<Decimal> {
-    let sum = a.checked_add(b)?;
-    (sum.scale() == a.scale().max(b.scale()) || sum.is_zero()).then_some(sum)
+    let exact = |a: Decimal, b: Decimal| {
+        let sum = a.checked_add(b)?;
+        (sum.scale() == a.scale().max(b.scale()) || sum.is_zero()).then_some(sum)
+    };
+    // Trailing zeros (`1.0000000000000000000000000000`) can push the sum past
+    // 96 bits at the larger scale although it fits without them: try again
+    // without them before refusing.
+    exact(a, b).or_else(|| exact(a.normalize(), b.normalize()))
 }
 
 impl fmt::Display for Money {

@@ -161,12 +161,26 @@ pub fn mul_div(a: Decimal, b: Decimal, c: Decimal, dp: u32, mode: Rounding) -> R
     if c.is_zero() {
         return Err(overflow);
     }
-    let ((am, asc), (bm, bsc), (cm, csc)) = (int::parts(a), int::parts(b), int::parts(c));
-    // a*b/c = (am*bm*10^(csc+dp)) / (cm*10^(asc+bsc)) in units of 10^-dp.
-    let numerator =
-        am.checked_mul(bm).and_then(|n| n.checked_mul(int::pow10(csc + dp)?)).ok_or_else(|| overflow.clone())?;
-    let denominator = int::pow10(asc + bsc).and_then(|p| cm.checked_mul(p)).ok_or_else(|| overflow.clone())?;
     let negative = (a.is_sign_negative() != b.is_sign_negative()) != c.is_sign_negative();
+    // Trailing zeros change no result, only whether the intermediate fits:
+    // they are stripped when the raw mantissas overflow, so `100.000…0`
+    // divides exactly like `100`.
+    let (numerator, denominator) = match mul_div_terms(int::parts(a), int::parts(b), int::parts(c), dp) {
+        Some(terms) => terms,
+        None => mul_div_terms(int::stripped_parts(a), int::stripped_parts(b), int::stripped_parts(c), dp)
+            .ok_or_else(|| overflow.clone())?,
+    };
     let (q, _) = int::div_round(numerator, denominator, negative, mode);
     int::decimal(q, negative && q != 0, dp).ok_or(overflow)
+}
+
+/// `a * b / c` in units of `10^-dp` as an integer fraction of magnitudes:
+/// `(am * bm * 10^(csc + dp)) / (cm * 10^(asc + bsc))`, with the common power
+/// of ten cancelled first. `None` if either side exceeds a `u128`.
+fn mul_div_terms(a: (u128, u32), b: (u128, u32), c: (u128, u32), dp: u32) -> Option<(u128, u128)> {
+    let (up, down) = (c.1 + dp, a.1 + b.1);
+    let common = up.min(down);
+    let numerator = a.0.checked_mul(b.0)?.checked_mul(int::pow10(up - common)?)?;
+    let denominator = c.0.checked_mul(int::pow10(down - common)?)?;
+    Some((numerator, denominator))
 }

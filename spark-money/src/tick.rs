@@ -272,6 +272,23 @@ impl TickTable {
         toml::from_str(text).map_err(|e| MoneyError::toml(text, &e))
     }
 
+    /// The decimal places a valid price needs: the most of any tick or band
+    /// bound, trailing zeros aside (2 for Borsa Istanbul equities, whose
+    /// ticks run from 0.01 to 2.50). Carry it with fills so that an average
+    /// price is rounded to the instrument's places.
+    ///
+    /// ```
+    /// use spark_money::{Decimal, TickTable};
+    ///
+    /// assert_eq!(TickTable::bist_equity().price_scale(), 2);
+    /// assert_eq!(TickTable::fixed(Decimal::new(50, 2))?.price_scale(), 1);
+    /// # Ok::<(), spark_money::MoneyError>(())
+    /// ```
+    #[must_use]
+    pub fn price_scale(&self) -> u32 {
+        self.bands.iter().map(|b| b.lower.normalize().scale().max(b.tick.normalize().scale())).max().unwrap_or(0)
+    }
+
     /// The bands, in increasing order.
     #[must_use]
     pub fn bands(&self) -> &[Band] {

@@ -37,6 +37,17 @@ pub enum PositionsError {
         /// Why.
         reason: &'static str,
     },
+    /// A fill whose price has more decimal places than the instrument's
+    /// price scale (or a scale above 28).
+    #[error("fill {fill_id:?}: price {price} has more decimal places than its price scale {price_scale}")]
+    PriceScale {
+        /// The fill.
+        fill_id: String,
+        /// The fill's price.
+        price: spark_money::Price,
+        /// The price scale the fill carried.
+        price_scale: u32,
+    },
     /// Concurrent writers kept changing the position; the caller may retry
     /// the transaction.
     #[error("position for account {account_id:?} in {instrument:?} kept changing; retry the transaction")]

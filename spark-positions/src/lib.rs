@@ -30,7 +30,23 @@
 //! text there and every computation happens in Rust). The one rounding —
 //! the share of cost taken out by a partial reduction — is done once, in
 //! Rust, with banker's rounding ([`model::step`] explains the accounting),
-//! and the average price is derived on read ([`Position::average_price`]).
+//! and the average price is derived on read ([`Position::average_price`]),
+//! rounded half-even to the instrument's price scale that every [`Fill`]
+//! carries ([`Fill::price_scale`]), the same on both backends.
+//!
+//! # A refused fill leaves no trace
+//!
+//! `apply_fill` checks what it can before touching the database, then works
+//! in a savepoint of the caller's transaction: a fill refused for any reason
+//! (another currency, a price finer than its scale, a contended row) rolls
+//! back to it, so its id is not recorded and the corrected fill can be sent
+//! again under the same id. Only an applied fill makes a repeat
+//! [`PositionsError::AlreadyApplied`].
+//!
+//! # Time
+//!
+//! Timestamps come from a [`spark_db::Clock`]: the system clock by default,
+//! or any other through `with_clock` (a [`spark_db::ManualClock`] in tests).
 //!
 //! Whatever the rounding, `realized PnL == cost basis − Σ(signed qty × price)`
 //! holds exactly, so a position that goes flat has realized exactly its cash
@@ -54,6 +70,7 @@
 //!     quantity: qty.parse().unwrap(),
 //!     price: price.parse().unwrap(),
 //!     currency: Currency::TRY,
+//!     price_scale: 2, // BIST equities: TickTable::bist_equity().price_scale()
 //! };
 //!
 //! let mut tx = pool.begin().await?;
@@ -73,23 +90,24 @@
 //!
 //! # Features
 //!
-//! - `sqlite` (default): [`SqlitePositions`], with SQLite bundled.
-//! - `postgres`: [`PgPositions`], the production backend.
+//! - `sqlite` (default): `SqlitePositions`, with SQLite bundled.
+//! - `postgres`: `PgPositions`, the production backend.
 
+mod book;
 mod error;
 pub mod metrics;
 pub mod model;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-mod sql;
+mod row;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+pub use crate::book::{BookBackend, PositionFilter, Positions};
 pub use crate::error::{PositionsError, Result};
 pub use crate::model::{Fill, Position, Status, Step};
 #[cfg(feature = "postgres")]
 pub use crate::postgres::PgPositions;
-pub use crate::sql::PositionFilter;
 #[cfg(feature = "sqlite")]
 pub use crate::sqlite::SqlitePositions;
 

@@ -22,6 +22,12 @@ pub struct Fill {
     pub price: Price,
     /// The currency of the price.
     pub currency: Currency,
+    /// The instrument's price scale: the decimal places of its tick (2 for
+    /// Borsa Istanbul equities, see
+    /// [`TickTable::price_scale`](spark_money::TickTable::price_scale)). The
+    /// average price is rounded, half-even, to this many places; a price
+    /// with more places is refused.
+    pub price_scale: u32,
 }
 
 impl Fill {
@@ -149,9 +155,17 @@ impl Position {
         Book { quantity: self.quantity, cost_basis: self.cost_basis, realized: self.realized_pnl.amount() }
     }
 
+    /// The instrument's price scale, as the last fill that changed the
+    /// position carried it ([`Fill::price_scale`]).
+    #[must_use]
+    pub fn price_scale(&self) -> u32 {
+        self.price_scale
+    }
+
     /// The average entry price, `|cost basis| / |quantity|`, derived here
-    /// with banker's rounding to the most decimal places of any fill price
-    /// (never stored, never rounded in SQL). `None` when flat.
+    /// with banker's rounding to the instrument's price scale
+    /// ([`Fill::price_scale`]), the same on both backends (never stored,
+    /// never rounded in SQL). `None` when flat.
     ///
     /// # Errors
     ///

@@ -1,38 +1,13 @@
 //! The PostgreSQL backend: concurrent writers, serialized per position by
 //! the partial unique index and row locks.
 
+use spark_money::Decimal;
 use sqlx::{PgConnection, PgPool};
 
+use crate::book::{ATTEMPTS, BookBackend, PositionFilter, Positions, already_applied, price_scale, record, unique};
 use crate::model::{Book, Fill, Position, Step, step};
-use crate::sql::{self, ATTEMPTS, ClockFn, LINK_FILL, PositionFilter, position_select, unique};
+use crate::row::{self, Row};
 use crate::{PositionsError, Result, metrics};
-
-/// Inserts an open position; `$conflict` is what to do if one is open.
-macro_rules! insert_open {
-    ($conflict:literal) => {
-        concat!(
-            "INSERT INTO spark_positions
-                (account_id, instrument, status, quantity, cost_basis, realized_pnl, currency, price_scale, opened_at_ms, version)
-             VALUES ($1, $2, 'open', $3::numeric, $4::numeric, 0, $5, $6, $7, 1) ",
-            $conflict,
-            " RETURNING id, account_id, instrument, status, quantity::text, cost_basis::text, realized_pnl::text,
-                currency, price_scale, opened_at_ms, closed_at_ms, version"
-        )
-    };
-}
-
-/// The open/increase path: SQL adds the fill (exact NUMERIC addition) when a
-/// position in the same direction is open, and does nothing (no row back)
-/// when it goes the other way.
-const OPEN_OR_INCREASE: &str = insert_open!(
-    "ON CONFLICT (account_id, instrument) WHERE status = 'open' DO UPDATE SET
-        quantity = spark_positions.quantity + excluded.quantity,
-        cost_basis = spark_positions.cost_basis + excluded.cost_basis,
-        price_scale = GREATEST(spark_positions.price_scale, excluded.price_scale),
-        version = spark_positions.version + 1
-     WHERE sign(spark_positions.quantity) = sign(excluded.quantity)
-       AND spark_positions.currency = excluded.currency"
-);
 
 /// The PostgreSQL position book.
 ///
@@ -42,12 +17,13 @@ const OPEN_OR_INCREASE: &str = insert_open!(
 /// row (`FOR UPDATE`) and write values computed in Rust. Two concurrent
 /// fills can therefore never create two open positions: the partial unique
 /// index makes the second insert an update of the first.
-#[derive(Clone)]
-pub struct PgPositions {
-    clock: ClockFn,
-}
+pub type PgPositions = Positions<PgBackend>;
 
-sql::book_impls!(PgPositions);
+/// The PostgreSQL backend of [`Positions`].
+#[derive(Debug, Clone, Copy)]
+pub struct PgBackend;
+
+impl crate::book::private::Sealed for PgBackend {}
 
 /// The migrations that create the tables; they ignore migrations they do
 /// not know, so they run beside an application's own.
@@ -58,24 +34,84 @@ pub fn migrator() -> sqlx::migrate::Migrator {
     m
 }
 
-impl PgPositions {
-    /// Applies `fill` inside the caller's transaction.
-    ///
-    /// # Errors
-    ///
-    /// [`PositionsError::AlreadyApplied`] for a fill id seen before (the
-    /// transaction stays usable), [`PositionsError::CurrencyMismatch`],
-    /// [`PositionsError::DuplicateOpenPosition`] if the partial index refuses
-    /// a row, and database errors.
-    pub async fn apply_fill(&self, conn: &mut PgConnection, fill: &Fill) -> Result<Step> {
-        let (q, now, price_scale) = sql::claim_fill!(self, conn, fill, "::numeric");
+/// Claims the fill id; no row back means it was applied before.
+const CLAIM_FILL: &str = "INSERT INTO spark_position_fills
+        (fill_id, account_id, instrument, side, quantity, price, currency, applied_at_ms)
+     VALUES ($1, $2, $3, $4, $5::numeric, $6::numeric, $7, $8)
+     ON CONFLICT (fill_id) DO NOTHING RETURNING fill_id";
+
+/// The open/increase path: SQL adds the fill (exact NUMERIC addition) when a
+/// position in the same direction is open, and does nothing (no row back)
+/// when it goes the other way or is in another currency.
+const OPEN_OR_INCREASE: &str = "INSERT INTO spark_positions
+        (account_id, instrument, status, quantity, cost_basis, realized_pnl, currency, price_scale, opened_at_ms, version)
+     VALUES ($1, $2, 'open', $3::numeric, $4::numeric, 0, $5, $6, $7, 1)
+     ON CONFLICT (account_id, instrument) WHERE status = 'open' DO UPDATE SET
+        quantity = spark_positions.quantity + excluded.quantity,
+        cost_basis = spark_positions.cost_basis + excluded.cost_basis,
+        price_scale = excluded.price_scale,
+        version = spark_positions.version + 1
+     WHERE sign(spark_positions.quantity) = sign(excluded.quantity)
+       AND spark_positions.currency = excluded.currency
+     RETURNING id, account_id, instrument, status, quantity::text, cost_basis::text, realized_pnl::text,
+        currency, price_scale, opened_at_ms, closed_at_ms, version";
+
+/// Opens the other side of a flip (the closed row no longer blocks it).
+const INSERT_OPEN: &str = "INSERT INTO spark_positions
+        (account_id, instrument, status, quantity, cost_basis, realized_pnl, currency, price_scale, opened_at_ms, version)
+     VALUES ($1, $2, 'open', $3::numeric, $4::numeric, 0, $5, $6, $7, 1) RETURNING id";
+
+const SELECT_OPEN_FOR_UPDATE: &str = "SELECT id, account_id, instrument, status, quantity::text, cost_basis::text,
+        realized_pnl::text, currency, price_scale, opened_at_ms, closed_at_ms, version
+     FROM spark_positions WHERE account_id = $1 AND instrument = $2 AND status = 'open' FOR UPDATE";
+
+const SELECT_OPEN: &str = "SELECT id, account_id, instrument, status, quantity::text, cost_basis::text,
+        realized_pnl::text, currency, price_scale, opened_at_ms, closed_at_ms, version
+     FROM spark_positions WHERE account_id = $1 AND instrument = $2 AND status = 'open'";
+
+const SELECT_OPEN_OF_ACCOUNT: &str = "SELECT id, account_id, instrument, status, quantity::text, cost_basis::text,
+        realized_pnl::text, currency, price_scale, opened_at_ms, closed_at_ms, version
+     FROM spark_positions WHERE account_id = $1 AND status = 'open' ORDER BY id DESC";
+
+const SELECT_ALL_OF_ACCOUNT: &str = "SELECT id, account_id, instrument, status, quantity::text, cost_basis::text,
+        realized_pnl::text, currency, price_scale, opened_at_ms, closed_at_ms, version
+     FROM spark_positions WHERE account_id = $1 ORDER BY id DESC";
+
+/// Writes a reduced or closed position (the fill holds its row lock).
+const UPDATE: &str = "UPDATE spark_positions SET quantity = $2::numeric, cost_basis = $3::numeric,
+        realized_pnl = $4::numeric, status = CASE WHEN $5::bigint IS NULL THEN 'open' ELSE 'closed' END,
+        closed_at_ms = $5, price_scale = $7, version = version + 1
+     WHERE id = $1 AND version = $6 RETURNING version";
+
+const LINK_FILL: &str = "UPDATE spark_position_fills SET position_id = $1, position_version = $2 WHERE fill_id = $3";
+
+impl BookBackend for PgBackend {
+    type Db = sqlx::Postgres;
+    const NAME: &'static str = "PgPositions";
+
+    async fn apply(conn: &mut PgConnection, fill: &Fill, q: Decimal, now: i64) -> Result<Step> {
+        let claimed: Option<(String,)> = sqlx::query_as(CLAIM_FILL)
+            .bind(&fill.fill_id)
+            .bind(&fill.account_id)
+            .bind(&fill.instrument)
+            .bind(fill.side.as_str())
+            .bind(fill.quantity.to_string())
+            .bind(fill.price.to_string())
+            .bind(fill.currency.code())
+            .bind(now)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if claimed.is_none() {
+            return Err(already_applied(fill));
+        }
+        let price_scale = price_scale(fill);
         let notional = crate::model::times(q, fill.price)?;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 metrics::conflict_retried();
             }
             // The open/increase path, in one statement.
-            let row: Option<sql::Row> = sqlx::query_as(OPEN_OR_INCREASE)
+            let row: Option<Row> = sqlx::query_as(OPEN_OR_INCREASE)
                 .bind(&fill.account_id)
                 .bind(&fill.instrument)
                 .bind(q.to_string())
@@ -87,30 +123,29 @@ impl PgPositions {
                 .await
                 .map_err(|e| unique(e, fill))?;
             if let Some(row) = row {
-                let pos = sql::position(row)?;
+                let pos = row::position(row)?;
                 let step = if pos.version == 1 { Step::Open(pos.book()) } else { Step::Increase(pos.book()) };
-                sql::record(if pos.version == 1 { "open" } else { "increase" });
-                self.link(conn, fill, pos.id, pos.version).await?;
+                record(if pos.version == 1 { "open" } else { "increase" });
+                link(conn, fill, pos.id, pos.version).await?;
                 return Ok(step);
             }
             // Opposite direction (or another currency): lock and compute.
-            let sql = concat!(
-                position_select!("::text"),
-                "WHERE account_id = $1 AND instrument = $2 AND status = 'open' FOR UPDATE"
-            );
-            let current: Option<sql::Row> =
-                sqlx::query_as(sql).bind(&fill.account_id).bind(&fill.instrument).fetch_optional(&mut *conn).await?;
-            let Some(current) = current.map(sql::position).transpose()? else { continue };
+            let current: Option<Row> = sqlx::query_as(SELECT_OPEN_FOR_UPDATE)
+                .bind(&fill.account_id)
+                .bind(&fill.instrument)
+                .fetch_optional(&mut *conn)
+                .await?;
+            let Some(current) = current.map(row::position).transpose()? else { continue };
             if current.currency() != fill.currency {
                 return Err(PositionsError::CurrencyMismatch { fill: fill.currency, position: current.currency() });
             }
             let step = step(Some(current.book()), q, fill.price)?;
             let (id, version) = match step {
-                Step::Reduce(b) => (current.id, self.write(conn, &current, b, None).await?),
-                Step::Close(b) => (current.id, self.write(conn, &current, b, Some(now)).await?),
+                Step::Reduce(b) => (current.id, write(conn, &current, b, None, price_scale).await?),
+                Step::Close(b) => (current.id, write(conn, &current, b, Some(now), price_scale).await?),
                 Step::Flip { closed, opened } => {
-                    self.write(conn, &current, closed, Some(now)).await?;
-                    let row: sql::Row = sqlx::query_as(insert_open!(""))
+                    write(conn, &current, closed, Some(now), price_scale).await?;
+                    let id: i64 = sqlx::query_scalar(INSERT_OPEN)
                         .bind(&fill.account_id)
                         .bind(&fill.instrument)
                         .bind(opened.quantity.to_string())
@@ -121,44 +156,60 @@ impl PgPositions {
                         .fetch_one(&mut *conn)
                         .await
                         .map_err(|e| unique(e, fill))?;
-                    (row.0, 1)
+                    (id, 1)
                 }
                 Step::Open(_) | Step::Increase(_) => continue,
             };
-            sql::record(match step {
+            record(match step {
                 Step::Reduce(_) => "reduce",
                 Step::Close(_) => "close",
                 _ => "flip",
             });
-            self.link(conn, fill, id, version).await?;
+            link(conn, fill, id, version).await?;
             return Ok(step);
         }
         Err(PositionsError::Contention { account_id: fill.account_id.clone(), instrument: fill.instrument.clone() })
     }
 
-    /// Writes a reduced or closed position (we hold its row lock).
-    async fn write(&self, conn: &mut PgConnection, pos: &Position, b: Book, closed_at: Option<i64>) -> Result<i64> {
-        let version: i64 = sqlx::query_scalar(
-            "UPDATE spark_positions SET quantity = $2::numeric, cost_basis = $3::numeric, realized_pnl = $4::numeric,
-                status = CASE WHEN $5::bigint IS NULL THEN 'open' ELSE 'closed' END, closed_at_ms = $5,
-                version = version + 1
-             WHERE id = $1 AND version = $6 RETURNING version",
-        )
+    async fn open_position(pool: &PgPool, account_id: &str, instrument: &str) -> Result<Option<Position>> {
+        let row: Option<Row> =
+            sqlx::query_as(SELECT_OPEN).bind(account_id).bind(instrument).fetch_optional(pool).await?;
+        row.map(row::position).transpose()
+    }
+
+    async fn positions(pool: &PgPool, account_id: &str, filter: PositionFilter) -> Result<Vec<Position>> {
+        let sql = match filter {
+            PositionFilter::Open => SELECT_OPEN_OF_ACCOUNT,
+            PositionFilter::All => SELECT_ALL_OF_ACCOUNT,
+        };
+        let rows: Vec<Row> = sqlx::query_as(sql).bind(account_id).fetch_all(pool).await?;
+        rows.into_iter().map(row::position).collect()
+    }
+}
+
+/// Writes a reduced or closed position (the fill holds its row lock).
+async fn write(
+    conn: &mut PgConnection,
+    pos: &Position,
+    b: Book,
+    closed_at: Option<i64>,
+    price_scale: i32,
+) -> Result<i64> {
+    let version: i64 = sqlx::query_scalar(UPDATE)
         .bind(pos.id)
         .bind(b.quantity.to_string())
         .bind(b.cost_basis.to_string())
         .bind(b.realized.to_string())
         .bind(closed_at)
         .bind(pos.version)
+        .bind(price_scale)
         .fetch_one(&mut *conn)
         .await?;
-        Ok(version)
-    }
+    Ok(version)
+}
 
-    async fn link(&self, conn: &mut PgConnection, fill: &Fill, id: i64, version: i64) -> Result<()> {
-        sqlx::query(LINK_FILL).bind(id).bind(version).bind(&fill.fill_id).execute(&mut *conn).await?;
-        Ok(())
-    }
-
-    sql::reads!(PgPool, "::text", "$1", "$2");
+/// Records which position version the fill produced.
+async fn link(conn: &mut PgConnection, fill: &Fill, id: i64, version: i64) -> Result<()> {
+    sqlx::query(LINK_FILL).bind(id).bind(version).bind(&fill.fill_id).execute(&mut *conn).await?;
+    Ok(())
 }

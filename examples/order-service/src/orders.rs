@@ -197,6 +197,7 @@ fn prepare(state: &AppState, req: &OrderRequest) -> Result<Prepared, Problem> {
         quantity: req.quantity,
         price: req.price,
         currency: rules.currency(),
+        price_scale: rules.tick_table().price_scale(),
     };
     let event = spark_outbox::OutboxEvent::new(
         "order",

@@ -135,6 +135,7 @@ async fn positions_list_on_sqlite() {
         quantity: qty.parse().unwrap(),
         price: price.parse().unwrap(),
         currency: Currency::TRY,
+        price_scale: 2,
     };
     let mut tx = pool.begin().await.unwrap();
     book.apply_fill(&mut tx, &fill("1", "THYAO", Side::Buy, "100", "101.30")).await.unwrap();

@@ -17,6 +17,8 @@ fn hot_paths_do_not_allocate() {
     let bad: Price = "101.37".parse().unwrap();
     let qty: Quantity = "10".parse().unwrap();
     let bad_qty: Quantity = "0.5".parse().unwrap();
+    let padded_qty: Quantity = "10.00000000000000000000000000".parse().unwrap();
+    let long_price: Price = "101.3000000000000000000000001".parse().unwrap();
 
     let info = allocation_counter::measure(|| {
         for mode in Rounding::ALL {
@@ -30,6 +32,10 @@ fn hot_paths_do_not_allocate() {
         assert!(rules.validate(Side::Buy, good, qty).is_ok());
         let violations = rules.validate(Side::Buy, bad, bad_qty).unwrap_err();
         assert_eq!(violations.len(), 4);
+        // Trailing zeros take the stripping and wide-integer paths, which
+        // must not allocate either.
+        assert!(rules.validate(Side::Buy, good, padded_qty).is_ok());
+        assert!(rules.validate(Side::Buy, long_price, padded_qty).is_err());
     });
     assert_eq!(info.count_total, 0, "heap allocations on the hot path: {info:?}");
 

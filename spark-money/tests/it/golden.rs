@@ -305,3 +305,75 @@ fn money_mul_rounds_once_from_the_exact_product() {
     assert_eq!(yen.mul(d("0.001"), Rounding::HalfEven).unwrap().to_string(), "1 JPY");
     assert_eq!(yen.mul(d("-0.0015"), Rounding::Floor).unwrap().to_string(), "-2 JPY");
 }
+
+fn q(s: &str) -> Quantity {
+    s.parse().unwrap()
+}
+
+/// 28 fractional digits are legal input; the trailing zeros must not make an
+/// exact product overflow.
+#[test]
+fn trailing_zeros_do_not_overflow_exact_products() {
+    let qty = q("100.00000000000000000000000");
+    assert_eq!(spark_money::notional(p("101.30"), qty), Some(d("10130")));
+    // 101.30 * 100 with 26 zeros: the raw product has 28 places and a
+    // 33-digit mantissa.
+    assert_eq!(spark_money::notional(p("101.30"), q("100.00000000000000000000000000")), Some(d("10130")));
+    // The everyday case keeps its natural scale.
+    assert_eq!(spark_money::notional(p("101.30"), q("100")).unwrap().to_string(), "10130.00");
+
+    let rules = InstrumentRules::from_toml(
+        "currency = \"TRY\"\ntick_table = { preset = \"bist\" }\nmin_notional = \"10130\"\n[lot]\nstep = \"1\"\n",
+    )
+    .unwrap();
+    assert!(rules.validate(Side::Buy, p("101.30"), qty).is_ok());
+    let stricter = InstrumentRules::from_toml(
+        "currency = \"TRY\"\ntick_table = { preset = \"bist\" }\nmin_notional = \"10131\"\n[lot]\nstep = \"1\"\n",
+    )
+    .unwrap();
+    let violations = stricter.validate(Side::Buy, p("101.30"), qty).unwrap_err();
+    assert!(
+        matches!(violations.iter().next(), Some(Violation::NotionalBelowMin { notional: Some(n), .. }) if *n == d("10130")),
+        "{violations:?}"
+    );
+
+    // mul_div: the raw intermediate a * b * 10^k overflows 128 bits.
+    let avg = spark_money::mul_div(
+        d("10130.000000000000000000000"),
+        d("1.0000000000000000000000000000"),
+        d("100.00000000000000000000000000"),
+        2,
+        Rounding::HalfEven,
+    )
+    .unwrap();
+    assert_eq!(avg.to_string(), "101.30");
+
+    // Money: the sum fits once the zeros are gone.
+    let one = Money::new(d("1.0000000000000000000000000000"), Currency::TRY);
+    assert_eq!(one.add(&Money::new(d("10"), Currency::TRY)).unwrap().amount(), d("11"));
+    assert_eq!(one.mul(d("100.00000000000000000000000000"), Rounding::HalfEven).unwrap().to_string(), "100.00 TRY");
+
+    // Lot alignment: the common scale of 10^11 and a 28-place step overflows.
+    let lot = LotSize::step(q("1.0000000000000000000000000000")).unwrap();
+    assert!(lot.is_valid(q("100000000000")));
+    assert_eq!(lot.align(q("100000000000.5"), LotRounding::Down).unwrap(), q("100000000000"));
+}
+
+/// `is_met` compares the exact product, never a rounded one.
+#[test]
+fn min_notional_is_exact() {
+    let one = spark_money::MinNotional::new(d("1")).unwrap();
+    // (1 + 1e-28) * (1 - 1e-28) = 1 - 1e-56: a hair below 1. rust_decimal's
+    // product rounds it to 1, which used to pass.
+    assert!(!one.is_met(p("1.0000000000000000000000000001"), q("0.9999999999999999999999999999")));
+    assert!(one.is_met(p("1.0000000000000000000000000001"), q("1")));
+    assert!(one.is_met(p("0.5000000000000000000000000000"), q("2.0000000000000000000000000000")));
+    assert!(!one.is_met(p("0.4999999999999999999999999999"), q("2.0000000000000000000000000000")));
+    // A product far above Decimal::MAX meets any minimum.
+    let max = spark_money::MinNotional::new(Decimal::MAX).unwrap();
+    assert!(max.is_met(p("79228162514264337593543950335"), q("2")));
+    assert!(!max.is_met(p("79228162514264337593543950335"), q("0.9999999999999999999999999999")));
+    // Zero quantity meets only a zero minimum.
+    assert!(!one.is_met(p("101.30"), q("0")));
+    assert!(spark_money::MinNotional::new(d("0")).unwrap().is_met(p("101.30"), q("0")));
+}

@@ -25,6 +25,27 @@ fn any_table() -> impl Strategy<Value = TickTable> {
     ]
 }
 
+/// `d` with `k` trailing zeros appended (as many as fit): the same number,
+/// written longer.
+fn padded(d: Decimal, k: u32) -> Decimal {
+    let mut p = d;
+    p.rescale((d.scale() + k).min(28));
+    assert_eq!(p, d, "padding must not change the value");
+    p
+}
+
+fn pad_price(p: Price, k: u32) -> Price {
+    Price::new(padded(p.get(), k)).unwrap()
+}
+
+fn pad_qty(q: Quantity, k: u32) -> Quantity {
+    Quantity::new(padded(q.get(), k)).unwrap()
+}
+
+fn any_qty() -> impl Strategy<Value = Quantity> {
+    (0i64..=10_000_000, 0u32..=4).prop_map(|(m, s)| Quantity::new(Decimal::new(m, s)).unwrap())
+}
+
 fn unit(dp: u32) -> Decimal {
     Decimal::new(1, dp)
 }
@@ -183,5 +204,68 @@ proptest! {
             && rules.lot().is_valid(qty)
             && price.get() * qty.get() >= Decimal::from(500);
         prop_assert_eq!(rules.validate(side, price, qty).is_ok(), ok);
+    }
+
+    /// Appending trailing zeros to any input never changes any result: the
+    /// same number written longer is the same number.
+    #[test]
+    fn trailing_zeros_change_no_result(
+        x in any_decimal(), y in any_decimal(), z in any_decimal(),
+        price in any_price(), qty in any_qty(),
+        kx in 0u32..=28, ky in 0u32..=28, kz in 0u32..=28,
+        dp in 0u32..=8, mode in any_mode(), table in any_table(),
+        side in prop_oneof![Just(Side::Buy), Just(Side::Sell)],
+        min in 0i64..100_000_000, step in 1i64..100, ss in 0u32..=3,
+    ) {
+        let (xp, yp, zp) = (padded(x, kx), padded(y, ky), padded(z, kz));
+        // Ok values as text, so that a changed scale shows; errors compare
+        // numerically (they name the input as given).
+        let show = |r: Result<Decimal, spark_money::MoneyError>| r.map(|d| d.to_string());
+
+        prop_assert_eq!(show(round(xp, dp, mode)), show(round(x, dp, mode)));
+        if !z.is_zero() {
+            prop_assert_eq!(
+                show(spark_money::mul_div(xp, yp, zp, dp, mode)),
+                show(spark_money::mul_div(x, y, z, dp, mode))
+            );
+        }
+
+        let (pp, qp) = (pad_price(price, kx), pad_qty(qty, ky));
+        prop_assert_eq!(spark_money::notional(pp, qp), spark_money::notional(price, qty));
+        prop_assert!(spark_money::notional(pp, qp).is_some());
+        let min_notional = spark_money::MinNotional::new(Decimal::new(min, 2)).unwrap();
+        let met = min_notional.is_met(price, qty);
+        prop_assert_eq!(met, price.get() * qty.get() >= min_notional.get());
+        prop_assert_eq!(min_notional.is_met(pp, qp), met);
+        prop_assert_eq!(spark_money::MinNotional::new(padded(min_notional.get(), kz)).unwrap().is_met(pp, qp), met);
+
+        for tick_mode in [TickRounding::Nearest, TickRounding::Down, TickRounding::Up, TickRounding::Reject, TickRounding::Passive(side)] {
+            prop_assert_eq!(
+                table.align(pp, tick_mode).map(|p| p.to_string()),
+                table.align(price, tick_mode).map(|p| p.to_string())
+            );
+        }
+        let step = Quantity::new(Decimal::new(step, ss)).unwrap();
+        let lot = LotSize::new(step, step, None).unwrap();
+        let lot_padded = LotSize::new(pad_qty(step, kz), pad_qty(step, kz), None).unwrap();
+        for lot_mode in [LotRounding::Down, LotRounding::Up, LotRounding::Nearest, LotRounding::Reject] {
+            let plain = lot.align(qty, lot_mode).map(|q| q.to_string());
+            prop_assert_eq!(lot.align(qp, lot_mode).map(|q| q.to_string()), plain);
+            prop_assert_eq!(
+                lot_padded.align(qp, lot_mode).map(|q| q.get()).ok(),
+                lot.align(qty, lot_mode).map(|q| q.get()).ok()
+            );
+        }
+
+        let rules = InstrumentRules::new(table.clone(), lot, Some(min_notional), Currency::TRY);
+        prop_assert_eq!(rules.validate(side, pp, qp), rules.validate(side, price, qty));
+
+        let (mx, mxp) = (Money::new(x, Currency::TRY), Money::new(xp, Currency::TRY));
+        let (my, myp) = (Money::new(y, Currency::TRY), Money::new(yp, Currency::TRY));
+        prop_assert_eq!(mxp.add(&myp).map(|m| m.amount()).ok(), mx.add(&my).map(|m| m.amount()).ok());
+        prop_assert_eq!(mxp.sub(&myp).map(|m| m.amount()).ok(), mx.sub(&my).map(|m| m.amount()).ok());
+        prop_assert_eq!(mxp.mul(yp, mode).map(|m| m.to_string()).ok(), mx.mul(y, mode).map(|m| m.to_string()).ok());
+        prop_assert_eq!(mxp.round_to_minor(mode).map(|m| m.to_string()).ok(), mx.round_to_minor(mode).map(|m| m.to_string()).ok());
+        prop_assert_eq!(mxp.to_minor_units().ok(), mx.to_minor_units().ok());
     }
 }

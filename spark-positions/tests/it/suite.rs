@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use spark_db::ManualClock;
 use spark_money::{Currency, Decimal, Side};
 use spark_positions::{Fill, PgPositions, Position, PositionFilter, PositionsError, SqlitePositions, Status, Step};
 use spark_testkit::{PgTestDb, SqliteTestDb};
@@ -20,13 +21,45 @@ impl Backend {
     async fn sqlite() -> Backend {
         let db = spark_testkit::sqlite().await;
         spark_positions::sqlite::migrator().run(&db.pool).await.unwrap();
-        Backend::Sqlite(Arc::new(db), SqlitePositions::with_clock(|| 1_000))
+        Backend::Sqlite(Arc::new(db), SqlitePositions::with_clock(ManualClock::new(1_000)))
     }
 
     async fn postgres() -> Option<Backend> {
         let db = spark_testkit::postgres().await?;
         spark_positions::postgres::migrator().run(&db.pool).await.unwrap();
-        Some(Backend::Postgres(Arc::new(db), PgPositions::with_clock(|| 1_000)))
+        Some(Backend::Postgres(Arc::new(db), PgPositions::with_clock(ManualClock::new(1_000))))
+    }
+
+    /// The same database, with a book on `clock`.
+    fn with_clock(&self, clock: ManualClock) -> Backend {
+        match self {
+            Backend::Sqlite(db, _) => Backend::Sqlite(db.clone(), SqlitePositions::with_clock(clock)),
+            Backend::Postgres(db, _) => Backend::Postgres(db.clone(), PgPositions::with_clock(clock)),
+        }
+    }
+
+    /// Applies `fills` one after the other in one transaction, which it
+    /// commits whatever each fill's outcome: a caller that carries on after
+    /// a refused fill.
+    async fn apply_in_one_transaction(&self, fills: &[&Fill]) -> Vec<Result<Step, PositionsError>> {
+        let mut out = Vec::new();
+        match self {
+            Backend::Sqlite(db, book) => {
+                let mut tx = db.pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+                for f in fills {
+                    out.push(book.apply_fill(&mut tx, f).await);
+                }
+                tx.commit().await.unwrap();
+            }
+            Backend::Postgres(db, book) => {
+                let mut tx = db.pool.begin().await.unwrap();
+                for f in fills {
+                    out.push(book.apply_fill(&mut tx, f).await);
+                }
+                tx.commit().await.unwrap();
+            }
+        }
+        out
     }
 
     /// Applies one fill in its own transaction.
@@ -104,6 +137,7 @@ fn fill(id: &str, side: Side, qty: &str, price: &str) -> Fill {
         quantity: qty.parse().unwrap(),
         price: price.parse().unwrap(),
         currency: Currency::TRY,
+        price_scale: 2,
     }
 }
 
@@ -134,7 +168,11 @@ on_both!(
     reapplying_every_fill_changes_nothing,
     direct_sql_cannot_open_a_second_position,
     concurrent_fills_keep_one_open_position_and_exact_pnl,
+    without_the_index_the_concurrency_check_fails,
     bad_fills_are_typed_errors,
+    refused_fills_give_their_id_back,
+    average_price_uses_the_instruments_price_scale,
+    timestamps_come_from_the_injected_clock,
 );
 
 async fn lifecycle_open_increase_reduce_close_flip(b: Backend) {
@@ -208,20 +246,84 @@ async fn direct_sql_cannot_open_a_second_position(b: Backend) {
     assert_eq!(b.count("SELECT COUNT(*) FROM spark_positions WHERE status = 'open'").await, 1);
 }
 
-async fn concurrent_fills_keep_one_open_position_and_exact_pnl(b: Backend) {
-    // 64 tasks, 4 fills each, buys and sells of varying size and price.
+/// The most open rows any one (account, instrument) has. Grouped, so that it
+/// would see a duplicate that a plain count of open rows cannot tell from two
+/// instruments.
+const MOST_OPEN_PER_KEY: &str = "SELECT COALESCE(MAX(n), 0) FROM
+    (SELECT COUNT(*) AS n FROM spark_positions WHERE status = 'open' GROUP BY account_id, instrument) AS per_key";
+
+/// What a concurrent run saw.
+struct Run {
+    /// The most open rows of one key that the monitor saw while the writers
+    /// ran.
+    most_open_seen: i64,
+    /// The same after the run.
+    most_open_after: i64,
+    /// How many of the naive writers managed to insert their open row.
+    naive_inserted: usize,
+    /// The signed quantity each book task applied, or its error.
+    book: Vec<Result<Decimal, PositionsError>>,
+}
+
+impl Run {
+    /// What the run says is wrong with the one-open-position guarantee.
+    fn violations(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.most_open_seen > 1 {
+            out.push(format!("the monitor saw {} open positions for one key at once", self.most_open_seen));
+        }
+        if self.most_open_after > 1 {
+            out.push(format!("{} open positions for one key after the run", self.most_open_after));
+        }
+        if self.naive_inserted > 1 {
+            out.push(format!("{} racing inserts of the same open position all succeeded", self.naive_inserted));
+        }
+        out
+    }
+}
+
+/// 64 book tasks apply 4 fills each to acc-1/THYAO while 8 naive writers
+/// (code that bypasses the crate: check, then insert, in two statements)
+/// race to open acc-2/GARAN, and a monitor polls the most open rows per key.
+async fn run_concurrently(b: &Backend) -> Run {
+    const NAIVE: usize = 8;
     let done = Arc::new(AtomicBool::new(false));
     let monitor = {
         let (b, done) = (b.clone(), done.clone());
         tokio::spawn(async move {
-            let mut max_open = 0;
-            while !done.load(Ordering::SeqCst) {
-                max_open = max_open.max(b.count("SELECT COUNT(*) FROM spark_positions WHERE status = 'open'").await);
+            let mut most = 0;
+            // Bounded: the writers finish long before.
+            for _ in 0..1_000_000 {
+                if done.load(Ordering::SeqCst) {
+                    break;
+                }
+                most = most.max(b.count(MOST_OPEN_PER_KEY).await);
                 tokio::task::yield_now().await;
             }
-            max_open
+            most
         })
     };
+    // Every naive writer checks before any of them inserts, so without the
+    // index all of them insert: the race is certain, not left to timing.
+    let barrier = Arc::new(tokio::sync::Barrier::new(NAIVE));
+    let naive: Vec<_> = (0..NAIVE)
+        .map(|_| {
+            let (b, barrier) = (b.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let open = b
+                    .count("SELECT COUNT(*) FROM spark_positions WHERE account_id = 'acc-2' AND instrument = 'GARAN' AND status = 'open'")
+                    .await;
+                barrier.wait().await;
+                open == 0
+                    && b.exec(
+                        "INSERT INTO spark_positions (account_id, instrument, status, quantity, cost_basis, realized_pnl, currency, price_scale, opened_at_ms, version)
+                         VALUES ('acc-2', 'GARAN', 'open', 1, 1, 0, 'TRY', 2, 0, 1)",
+                    )
+                    .await
+                    .is_ok()
+            })
+        })
+        .collect();
     let tasks: Vec<_> = (0..64)
         .map(|t| {
             let b = b.clone();
@@ -233,20 +335,38 @@ async fn concurrent_fills_keep_one_open_position_and_exact_pnl(b: Backend) {
                     let price = format!("{}.{:02}", 100 + (t + i) % 9, (t * 13 + i) % 100);
                     let f = fill(&format!("t{t}-{i}"), side, &qty, &price);
                     let q = f.signed_quantity();
-                    b.apply(&f).await.unwrap();
+                    b.apply(&f).await?;
                     signed += q;
                 }
-                signed
+                Ok(signed)
             })
         })
         .collect();
-    let mut total = Decimal::ZERO;
+    let mut book = Vec::new();
     for t in tasks {
-        total += t.await.unwrap();
+        book.push(t.await.unwrap());
+    }
+    let mut naive_inserted = 0;
+    for n in naive {
+        naive_inserted += usize::from(n.await.unwrap());
     }
     done.store(true, Ordering::SeqCst);
-    assert!(monitor.await.unwrap() <= 1, "two open positions were seen at once");
-    assert!(b.count("SELECT COUNT(*) FROM spark_positions WHERE status = 'open'").await <= 1);
+    Run {
+        most_open_seen: monitor.await.unwrap(),
+        most_open_after: b.count(MOST_OPEN_PER_KEY).await,
+        naive_inserted,
+        book,
+    }
+}
+
+async fn concurrent_fills_keep_one_open_position_and_exact_pnl(b: Backend) {
+    let run = run_concurrently(&b).await;
+    assert_eq!(run.violations(), Vec::<String>::new());
+    assert_eq!(run.naive_inserted, 1, "the index lets exactly one racing insert through");
+    let mut total = Decimal::ZERO;
+    for signed in &run.book {
+        total += signed.as_ref().unwrap();
+    }
 
     let open_qty = b.open("acc-1", "THYAO").await.map_or(Decimal::ZERO, |p| p.quantity());
     assert_eq!(open_qty, total, "final quantity is the sum of signed fills");
@@ -266,6 +386,17 @@ async fn concurrent_fills_keep_one_open_position_and_exact_pnl(b: Backend) {
     assert_eq!(model.realized, model.cost + model.cash);
 }
 
+/// The check above can fail: with the partial unique index dropped, the same
+/// run reports duplicate open positions.
+async fn without_the_index_the_concurrency_check_fails(b: Backend) {
+    b.exec("DROP INDEX spark_positions_one_open").await.unwrap();
+    let run = run_concurrently(&b).await;
+    let violations = run.violations();
+    assert!(!violations.is_empty(), "the check must fail without the index");
+    assert!(run.most_open_after > 1, "{violations:?}");
+    assert_eq!(run.naive_inserted, 8, "{violations:?}");
+}
+
 async fn bad_fills_are_typed_errors(b: Backend) {
     b.apply(&fill("a", Side::Buy, "10", "5.00")).await.unwrap();
     let mut usd = fill("b", Side::Buy, "1", "5.00");
@@ -276,4 +407,79 @@ async fn bad_fills_are_typed_errors(b: Backend) {
     assert!(matches!(b.apply(&usd).await, Err(PositionsError::CurrencyMismatch { .. })));
     assert!(matches!(b.apply(&fill("z", Side::Buy, "0", "5.00")).await, Err(PositionsError::InvalidFill { .. })));
     assert_eq!(b.open("acc-1", "THYAO").await.unwrap().quantity().to_string(), "10");
+}
+
+/// A refused fill leaves nothing behind: the same fill id, corrected or not,
+/// is judged again instead of being `AlreadyApplied`, whether the caller
+/// carries on in the same transaction or commits it.
+async fn refused_fills_give_their_id_back(b: Backend) {
+    b.apply(&fill("a", Side::Buy, "10", "5.00")).await.unwrap();
+    let mut usd = fill("b", Side::Buy, "1", "5.00");
+    usd.currency = Currency::USD;
+    let corrected = fill("b", Side::Buy, "1", "5.00");
+    // Refused, then corrected under the same id, in one transaction.
+    let out = b.apply_in_one_transaction(&[&usd, &corrected]).await;
+    assert!(matches!(out[0], Err(PositionsError::CurrencyMismatch { .. })), "{:?}", out[0]);
+    assert!(matches!(out[1], Ok(Step::Increase(_))), "{:?}", out[1]);
+    assert_eq!(b.open("acc-1", "THYAO").await.unwrap().quantity().to_string(), "11");
+
+    // Refused in a transaction the caller commits anyway: the identical fill
+    // is refused again for what it is, then the corrected one applies.
+    usd.fill_id = "c".into();
+    let out = b.apply_in_one_transaction(&[&usd]).await;
+    assert!(matches!(out[0], Err(PositionsError::CurrencyMismatch { .. })), "{:?}", out[0]);
+    let again = b.apply(&usd).await;
+    assert!(matches!(again, Err(PositionsError::CurrencyMismatch { .. })), "{again:?}");
+    b.apply(&fill("c", Side::Sell, "1", "5.00")).await.unwrap();
+
+    // An invalid fill (a price finer than the instrument's scale), then the
+    // corrected one.
+    let out =
+        b.apply_in_one_transaction(&[&fill("d", Side::Buy, "1", "5.005"), &fill("d", Side::Buy, "1", "5.01")]).await;
+    assert!(matches!(out[0], Err(PositionsError::PriceScale { .. })), "{:?}", out[0]);
+    assert!(out[1].is_ok(), "{:?}", out[1]);
+
+    // Only the fills that applied are recorded, and a real repeat is still
+    // AlreadyApplied.
+    assert_eq!(b.count("SELECT COUNT(*) FROM spark_position_fills").await, 4);
+    assert!(matches!(b.apply(&corrected).await, Err(PositionsError::AlreadyApplied { .. })));
+    assert_eq!(b.open("acc-1", "THYAO").await.unwrap().quantity().to_string(), "11");
+}
+
+/// The average is rounded, half-even, to the instrument's price scale that
+/// the fills carry, not to the places the prices happen to be written with.
+async fn average_price_uses_the_instruments_price_scale(b: Backend) {
+    // 3 at 10.1 and 1 at 10.2: 40.5 / 4 = 10.125, a tie at two places.
+    b.apply(&fill("a", Side::Buy, "3", "10.1")).await.unwrap();
+    b.apply(&fill("b", Side::Buy, "1", "10.2")).await.unwrap();
+    let open = b.open("acc-1", "THYAO").await.unwrap();
+    assert_eq!(open.price_scale(), 2);
+    assert_eq!(open.average_price().unwrap().unwrap().to_string(), "10.12");
+    // A reduction at a price written with one place keeps the scale on both
+    // backends: 40.5 - 40.5 * 1/4 (10.125 -> 10.1 at the cost's scale) = 30.4;
+    // 30.4 / 3 = 10.1333… -> 10.13.
+    b.apply(&fill("c", Side::Sell, "1", "10.3")).await.unwrap();
+    let open = b.open("acc-1", "THYAO").await.unwrap();
+    assert_eq!((open.price_scale(), open.cost_basis().to_string()), (2, "30.4".to_owned()));
+    assert_eq!(open.average_price().unwrap().unwrap().to_string(), "10.13");
+    // A flip opens the rest at the fill's scale.
+    let mut flip = fill("d", Side::Sell, "4", "10.5");
+    flip.price_scale = 3;
+    b.apply(&flip).await.unwrap();
+    let open = b.open("acc-1", "THYAO").await.unwrap();
+    assert_eq!((open.quantity().to_string(), open.price_scale()), ("-1".to_owned(), 3));
+    assert_eq!(open.average_price().unwrap().unwrap().to_string(), "10.500");
+}
+
+/// Every timestamp comes from the clock the book was given.
+async fn timestamps_come_from_the_injected_clock(b: Backend) {
+    let clock = ManualClock::new(5_000);
+    let b = b.with_clock(clock.clone());
+    b.apply(&fill("a", Side::Buy, "10", "5.00")).await.unwrap();
+    clock.set(7_000);
+    b.apply(&fill("b", Side::Sell, "10", "5.10")).await.unwrap();
+    let all = b.positions("acc-1", PositionFilter::All).await;
+    assert_eq!((all[0].opened_at_ms(), all[0].closed_at_ms()), (5_000, Some(7_000)));
+    assert_eq!(b.count("SELECT MIN(applied_at_ms) FROM spark_position_fills").await, 5_000);
+    assert_eq!(b.count("SELECT MAX(applied_at_ms) FROM spark_position_fills").await, 7_000);
 }
