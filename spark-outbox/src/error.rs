@@ -1,5 +1,7 @@
 //! Errors.
 
+use std::time::Duration;
+
 /// Everything that can go wrong in `spark-outbox`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -11,20 +13,62 @@ pub enum OutboxError {
     /// A relay configuration that cannot work.
     #[error("invalid relay configuration: {0}")]
     Config(&'static str),
+    /// A lease too short for the batch: a relay could still be publishing
+    /// when its claim runs out and another relay claims the same events.
+    #[error(
+        "lease {lease:?} is shorter than ceil(batch {batch} / concurrency {concurrency}) x publish timeout \
+         {publish_timeout:?} x 1.5 = {minimum:?}"
+    )]
+    LeaseTooShort {
+        /// The lease asked for.
+        lease: Duration,
+        /// Events claimed per batch.
+        batch: u32,
+        /// Publishes in flight at once.
+        concurrency: usize,
+        /// The longest one publish may take.
+        publish_timeout: Duration,
+        /// The shortest lease that fits the batch.
+        minimum: Duration,
+    },
     /// A stored row that cannot be read back.
     #[error("stored outbox event is unreadable: {0}")]
     Corrupt(String),
     /// The database failed.
-    #[error("outbox store: {0}")]
+    #[error("outbox store")]
     Database(#[source] sqlx::Error),
     /// Running migrations failed.
-    #[error("outbox migrations: {0}")]
+    #[error("outbox migrations")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    /// A relay task stopped before it was told to: a fatal store error (the
+    /// schema is missing) or a panic.
+    #[error("outbox relay {relay} died: {reason}")]
+    RelayDied {
+        /// The relay's name.
+        relay: String,
+        /// What stopped it.
+        reason: String,
+    },
 }
 
 impl From<sqlx::Error> for OutboxError {
     fn from(err: sqlx::Error) -> Self {
         OutboxError::Database(err)
+    }
+}
+
+impl OutboxError {
+    /// Whether retrying cannot help: the outbox table or one of its columns
+    /// is missing (the schema is not migrated). A relay stops on these
+    /// instead of logging them forever.
+    #[must_use]
+    pub fn is_fatal(&self) -> bool {
+        let OutboxError::Database(sqlx::Error::Database(e)) = self else { return false };
+        // PostgreSQL: undefined_table, undefined_column. SQLite reports both
+        // as a generic error, recognisable only by its message.
+        matches!(e.code().as_deref(), Some("42P01" | "42703"))
+            || e.message().contains("no such table")
+            || e.message().contains("no such column")
     }
 }
 

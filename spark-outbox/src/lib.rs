@@ -73,10 +73,10 @@ pub use crate::nats::NatsPublisher;
 #[cfg(feature = "postgres")]
 pub use crate::postgres::PgOutbox;
 pub use crate::publisher::{ChannelPublisher, NullPublisher, Publisher};
-pub use crate::relay::{BatchReport, Relay, RelayBuilder, RelayReport};
+pub use crate::relay::{BatchReport, DeadLetterPolicy, Relay, RelayBuilder, RelayHandle, RelayReport};
 #[cfg(feature = "sqlite")]
 pub use crate::sqlite::SqliteOutbox;
-pub use crate::store::OutboxStore;
+pub use crate::store::{Claim, ClaimToken, Failed, Failure, OutboxStore, Unreadable};
 #[cfg(feature = "webhook")]
 pub use crate::webhook::WebhookPublisher;
 
