@@ -153,12 +153,25 @@ pub(crate) fn stats(pending: i64, dead: i64, published: i64, oldest: Option<i64>
 pub(crate) type DeadRow =
     (i64, String, String, String, String, String, String, i64, i32, Option<String>, Option<String>, Option<i64>, i64);
 
-pub(crate) fn dead_letter(row: DeadRow) -> Result<DeadLetter> {
+pub(crate) fn dead_letter(row: DeadRow) -> DeadLetter {
     let (seq, id, at, aid, et, payload, headers, created, attempts, last_error, skipped_by, skipped_at_ms, blocked) =
         row;
-    let event = decode((seq, id, at, aid, et, payload, headers, created, attempts))?;
+    // A row dead-lettered because it could not be decoded must still be
+    // listed: its raw payload is shown as a string, unreadable headers as
+    // none (`last_error` says what was wrong).
+    let event = Event {
+        id: Uuid::parse_str(&id).unwrap_or_default(),
+        seq,
+        aggregate_type: at,
+        aggregate_id: aid,
+        event_type: et,
+        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
+        headers: serde_json::from_str(&headers).unwrap_or_default(),
+        created_at_ms: created,
+        attempts,
+    };
     let blocked = if skipped_at_ms.is_some() { 0 } else { u64::try_from(blocked).unwrap_or(0) };
-    Ok(DeadLetter { event, attempts, last_error, blocked, skipped_by, skipped_at_ms })
+    DeadLetter { event, attempts, last_error, blocked, skipped_by, skipped_at_ms }
 }
 
 /// The body of `enqueue` on both backends: validate, give the event a UUIDv7,

@@ -247,7 +247,7 @@ impl OutboxStore for PgOutbox {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter().map(crate::event::dead_letter).collect()
+        Ok(rows.into_iter().map(crate::event::dead_letter).collect())
     }
 
     async fn retry_dead(&self, id: Option<Uuid>) -> Result<u64> {
@@ -454,7 +454,9 @@ async fn run_listener(cfg: Listen, relays: Vec<Arc<Notify>>, health: Arc<Health>
         // channel, so waiting for them can be raced against the probe's
         // deadline without cancelling a read half-way.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
-        let reader = tokio::spawn(async move {
+        // Aborted on drop, so stopping the listener (aborting its task)
+        // also closes the LISTEN connection the reader holds.
+        let reader = TaskSlot(Some(tokio::spawn(async move {
             loop {
                 // `try_recv` reports a lost connection as `Ok(None)` instead
                 // of reconnecting silently, so the health stays honest.
@@ -467,7 +469,7 @@ async fn run_listener(cfg: Listen, relays: Vec<Arc<Notify>>, health: Arc<Health>
                     return;
                 }
             }
-        });
+        })));
         let mut probe: Option<(String, tokio::time::Instant)> = None;
         let mut next_probe = tokio::time::Instant::now();
         loop {
@@ -510,7 +512,7 @@ async fn run_listener(cfg: Listen, relays: Vec<Arc<Notify>>, health: Arc<Health>
                 }
             }
         }
-        reader.abort();
+        drop(reader);
         set_up(&health, false);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -121,9 +121,10 @@ impl<S: OutboxStore> RelayBuilder<S> {
         self
     }
     /// Exponential backoff with full jitter: failure `n` waits a random time
-    /// up to `min(cap, base × 2^(n-1))` (defaults 500 ms and 5 min). The
-    /// relay as a whole backs off the same way while every event of its
-    /// batches fails transiently (the sink is down).
+    /// up to `min(cap, base × 2^(n-1))` (defaults 500 ms and 5 min). While
+    /// every event of its batches fails transiently (the sink is down) the
+    /// relay as a whole backs off the same way and the events are given back
+    /// uncounted, so an outage does not use up their retry budget.
     #[must_use]
     pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
         self.backoff_base = base;
@@ -461,7 +462,11 @@ impl<S: OutboxStore> Relay<S> {
             // until the lease runs out.
             .ready_chunks(usize::try_from(self.cfg.batch_size).unwrap_or(usize::MAX));
         let mut not_started = Vec::new();
-        let (mut transient, mut started) = (0u64, 0u64);
+        // Transient failures are recorded at the end of the batch: if every
+        // event failed transiently, the sink is down and that is charged to
+        // the relay (it backs off), not to the events.
+        let mut transient = Vec::new();
+        let mut started = 0u64;
         while let Some(chunk) = outcomes.next().await {
             let now = store.clock().now_ms();
             let mut published = Vec::new();
@@ -475,9 +480,12 @@ impl<S: OutboxStore> Relay<S> {
                         ::metrics::counter!(metrics::ATTEMPTS, "result" => "ok").increment(1);
                         published.push(event.seq);
                     }
+                    Some(Err(err @ PublishError::Transient(_))) => {
+                        started += 1;
+                        transient.push((event, err));
+                    }
                     Some(Err(err)) => {
                         started += 1;
-                        transient += u64::from(matches!(err, PublishError::Transient(_)));
                         failures.push((event, err));
                     }
                 }
@@ -492,14 +500,28 @@ impl<S: OutboxStore> Relay<S> {
                 self.failed(&event, &err, token, now, &mut report).await?;
             }
         }
-        if !not_started.is_empty() {
-            tracing::warn!(relay = %self.id, events = not_started.len(), "outbox lease nearly over; events given back");
-            store.release(&not_started, token).await?;
-            report.released += not_started.len() as u64;
-        }
         // One failing event says nothing about the sink; two or more, all
         // transient and nothing delivered, say it is down.
-        report.outage = started >= 2 && transient == started;
+        report.outage = started >= 2 && transient.len() as u64 == started;
+        if report.outage {
+            report.failed += started;
+            ::metrics::counter!(metrics::ATTEMPTS, "result" => "transient").increment(started);
+            let first = &transient[0].1;
+            tracing::warn!(relay = %self.id, events = started, error = %first, "outbox sink down: every event of the batch failed");
+            not_started.extend(transient.iter().map(|(e, _)| e.seq));
+        } else {
+            let now = store.clock().now_ms();
+            for (event, err) in transient {
+                self.failed(&event, &err, token, now, &mut report).await?;
+            }
+        }
+        if !not_started.is_empty() {
+            store.release(&not_started, token).await?;
+            if !report.outage {
+                tracing::warn!(relay = %self.id, events = not_started.len(), "outbox lease nearly over; events given back");
+                report.released += not_started.len() as u64;
+            }
+        }
         Ok(report)
     }
 
@@ -576,7 +598,8 @@ pub struct BatchReport {
     /// claim held the event.
     pub lost: u64,
     /// Two or more events were tried and every one failed transiently: the
-    /// sink looks down.
+    /// sink looks down. They were given back without counting an attempt,
+    /// and [`Relay::run`] backs off as a whole.
     pub outage: bool,
 }
 

@@ -209,7 +209,7 @@ impl OutboxStore for SqliteOutbox {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter().map(crate::event::dead_letter).collect()
+        Ok(rows.into_iter().map(crate::event::dead_letter).collect())
     }
 
     async fn retry_dead(&self, id: Option<Uuid>) -> Result<u64> {

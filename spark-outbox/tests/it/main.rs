@@ -5,5 +5,6 @@ mod common;
 
 mod inbox;
 mod postgres;
+mod relay;
 mod sqlite;
 mod webhook;

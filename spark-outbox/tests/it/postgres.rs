@@ -12,18 +12,18 @@ use sqlx::PgPool;
 
 use crate::common::{Recorder, eventually, receiver};
 
-async fn db() -> Option<PgTestDb> {
+pub(crate) async fn db() -> Option<PgTestDb> {
     let db = spark_testkit::postgres().await?;
     migrator().run(&db.pool).await.unwrap();
     Some(db)
 }
 
-fn event(aggregate: &str, n: i64) -> OutboxEvent {
+pub(crate) fn event(aggregate: &str, n: i64) -> OutboxEvent {
     OutboxEvent::new("order", aggregate, "order.accepted", serde_json::json!({ "n": n }))
 }
 
 /// Enqueues each event in its own committed transaction.
-async fn emit(pool: &PgPool, events: &[OutboxEvent]) -> Vec<uuid::Uuid> {
+pub(crate) async fn emit(pool: &PgPool, events: &[OutboxEvent]) -> Vec<uuid::Uuid> {
     let mut ids = Vec::new();
     for e in events {
         let mut tx = pool.begin().await.unwrap();
@@ -33,7 +33,7 @@ async fn emit(pool: &PgPool, events: &[OutboxEvent]) -> Vec<uuid::Uuid> {
     ids
 }
 
-async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+pub(crate) async fn count(pool: &PgPool, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
