@@ -87,3 +87,18 @@ pub enum PublishError {
     #[error("permanent: {0}")]
     Permanent(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `{:#}` (anyhow) prints the chain; the outer message must not repeat
+    /// the cause.
+    #[test]
+    fn a_cause_is_printed_once() {
+        let err = OutboxError::Database(sqlx::Error::RowNotFound);
+        assert_eq!(err.to_string(), "outbox store");
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert_eq!(chain.matches("no rows returned").count(), 1, "{chain}");
+    }
+}

@@ -283,9 +283,7 @@ impl OutboxStore for PgOutbox {
 /// probe. Runs until the task is aborted.
 #[must_use = "the listener stops when the handle is aborted; keep it"]
 pub fn listen(listen_url: String, relays: Vec<Arc<Notify>>) -> JoinHandle<()> {
-    let listener = Listen::new(listen_url).spawn(relays);
-    let task = listener.task.take_task();
-    task
+    Listen::new(listen_url).spawn(relays).task.take_task()
 }
 
 /// A LISTEN connection that checks itself.
