@@ -214,54 +214,67 @@ impl<S: OutboxStore> RelayBuilder<S> {
     ///
     /// As [`build`](Self::build).
     pub fn spawn<P: Publisher>(self, publisher: P) -> Result<RelayHandle> {
-        let publisher = Arc::new(publisher);
         let count = self.relays;
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let (died_tx, died_rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut wakers = Vec::new();
-        let mut tasks = Vec::new();
+        let mut relays = Vec::with_capacity(count);
         for i in 0..count {
             let mut builder = self.clone();
             if let (Some(id), true) = (&self.id, count > 1) {
                 builder.id = Some(format!("{id}-{i}"));
             }
-            let relay = builder.build()?;
-            wakers.push(relay.waker());
-            let id = relay.id.clone();
-            let (publisher, mut stop, died) = (publisher.clone(), stop_rx.clone(), died_tx.clone());
-            let relay_id = id.clone();
-            tasks.push((
-                id,
-                tokio::spawn(async move {
-                    let stopped = async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    };
-                    let result = match AssertUnwindSafe(relay.run(publisher, stopped)).catch_unwind().await {
-                        Ok(Ok(report)) => Ok(report),
-                        Ok(Err(e)) => Err(OutboxError::RelayDied { relay: relay_id, reason: chain(&e) }),
-                        Err(panic) => Err(OutboxError::RelayDied {
-                            relay: relay_id,
-                            reason: format!("panicked: {}", panic_message(panic.as_ref())),
-                        }),
-                    };
-                    if let Err(e) = &result {
-                        tracing::error!(error = %e, "outbox relay task died");
-                        let _ = died.send(());
-                    }
-                    result
-                }),
-            ));
+            relays.push(builder.build()?);
         }
+        Ok(spawn_relays(relays, Arc::new(publisher), self.listen_url))
+    }
+}
+
+/// Runs `relays` as tasks sharing `publisher`, plus LISTEN on `listen_url`.
+fn spawn_relays<S: OutboxStore, P: Publisher>(
+    relays: Vec<Relay<S>>,
+    publisher: Arc<P>,
+    listen_url: Option<String>,
+) -> RelayHandle {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (died_tx, died_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut wakers = Vec::new();
+    let mut tasks = Vec::new();
+    for relay in relays {
+        wakers.push(relay.waker());
+        let id = relay.id.clone();
+        let (publisher, mut stop, died) = (publisher.clone(), stop_rx.clone(), died_tx.clone());
+        let relay_id = id.clone();
+        tasks.push((
+            id,
+            tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                let result = match AssertUnwindSafe(relay.run(publisher, stopped)).catch_unwind().await {
+                    Ok(Ok(report)) => Ok(report),
+                    Ok(Err(e)) => Err(OutboxError::RelayDied { relay: relay_id, reason: chain(&e) }),
+                    Err(panic) => Err(OutboxError::RelayDied {
+                        relay: relay_id,
+                        reason: format!("panicked: {}", panic_message(panic.as_ref())),
+                    }),
+                };
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "outbox relay task died");
+                    let _ = died.send(());
+                }
+                result
+            }),
+        ));
+    }
+    #[cfg(feature = "postgres")]
+    let listener = listen_url.map(|url| crate::postgres::Listen::new(url).spawn(wakers.clone()));
+    #[cfg(not(feature = "postgres"))]
+    let _ = listen_url;
+    RelayHandle {
+        stop: stop_tx,
+        died: died_rx,
+        tasks,
+        wakers,
         #[cfg(feature = "postgres")]
-        let listener = self.listen_url.map(|url| crate::postgres::Listen::new(url).spawn(wakers.clone()));
-        Ok(RelayHandle {
-            stop: stop_tx,
-            died: died_rx,
-            tasks,
-            wakers,
-            #[cfg(feature = "postgres")]
-            listener,
-        })
+        listener,
     }
 }
 
@@ -320,6 +333,15 @@ impl<S: OutboxStore> Relay<S> {
             relays: 1,
             listen_url: None,
         }
+    }
+
+    /// Runs this one relay on the tokio runtime with `publisher` (plus the
+    /// LISTEN wake-up if the builder had [`listen`](RelayBuilder::listen)).
+    /// [`RelayBuilder::spawn`] does the same for
+    /// [`relays`](RelayBuilder::relays) relays.
+    pub fn spawn<P: Publisher>(self, publisher: P) -> RelayHandle {
+        let listen_url = self.cfg.listen_url.clone();
+        spawn_relays(vec![self], Arc::new(publisher), listen_url)
     }
 
     /// The relay's name.

@@ -267,7 +267,7 @@ async fn a_panicking_publisher_is_a_failure_and_the_relay_goes_on() {
     emit(&db.pool, &[event("boom", 1), event("fine", 1)]).await;
     let store = PgOutbox::new(db.pool.clone());
     let sink = Scripted::new(|e| if e.aggregate_id == "boom" { panic!("sink bug") } else { Ok(()) });
-    let relay = Relay::builder(store.clone()).max_permanent_attempts(1).spawn(sink.clone()).unwrap();
+    let relay = Relay::builder(store.clone()).max_permanent_attempts(1).build().unwrap().spawn(sink.clone());
     eventually(Duration::from_secs(10), "the panic to be dead-lettered", || async {
         store.stats().await.unwrap().dead == 1
     })
