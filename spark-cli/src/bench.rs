@@ -20,41 +20,10 @@ pub(crate) enum BenchCommand {
     Idempotency(IdempotencyBench),
     /// Outbox enqueue and publish throughput, and enqueue-to-ack lag at a
     /// steady rate with LISTEN/NOTIFY.
-    Outbox(OutboxBench),
+    Outbox(crate::bench_outbox::OutboxBench),
     /// Load on POST /v1/orders of a running order service: throughput and
     /// p50/p95/p99, with unique and repeated keys.
     Http(crate::bench_http::HttpBench),
-}
-
-#[derive(Debug, Args)]
-#[allow(clippy::struct_field_names, reason = "field names are the CLI flags")]
-pub(crate) struct OutboxBench {
-    /// `postgres://…` or `sqlite://PATH`.
-    #[arg(long, env = "SPARK_DATABASE_URL", hide_env_values = true)]
-    pub(crate) database_url: String,
-    /// null (measure the relay alone) or nats.
-    #[arg(long, value_enum, default_value = "null")]
-    pub(crate) sink: crate::outbox::Sink,
-    /// NATS server URL (--sink nats).
-    #[arg(long, env = "NATS_URL", required_if_eq("sink", "nats"))]
-    pub(crate) nats_url: Option<String>,
-    /// Events in the backlog phase.
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
-    pub(crate) events: u64,
-    /// Distinct aggregates the events are spread over (per-aggregate order
-    /// allows one event of an aggregate in flight at a time; in the example
-    /// order service every order is its own aggregate).
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub(crate) aggregates: u64,
-    /// Relays draining it.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub(crate) relays: u32,
-    /// Events per second in the steady phase (lag).
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub(crate) rate: u32,
-    /// Seconds of the steady phase.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
-    pub(crate) steady_seconds: u64,
 }
 
 #[derive(Debug, Args)]

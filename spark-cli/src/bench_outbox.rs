@@ -6,15 +6,46 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
+use clap::Args;
 use serde::Serialize;
 use spark_outbox::{Event, OutboxEvent, PublishError, Publisher, Relay};
 
-use crate::bench::OutboxBench;
 use crate::db::Db;
 use crate::outbox::{Sink, SinkArgs, store};
 use crate::output::{CmdResult, Output};
 
 const AGGREGATE_TYPE: &str = "spark-bench";
+
+#[derive(Debug, Args)]
+#[allow(clippy::struct_field_names, reason = "field names are the CLI flags")]
+pub(crate) struct OutboxBench {
+    /// `postgres://…` or `sqlite://PATH`.
+    #[arg(long, env = "SPARK_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// null (measure the relay alone) or nats.
+    #[arg(long, value_enum, default_value = "null")]
+    sink: Sink,
+    /// NATS server URL (--sink nats).
+    #[arg(long, env = "NATS_URL", required_if_eq("sink", "nats"))]
+    nats_url: Option<String>,
+    /// Events in the backlog phase.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    events: u64,
+    /// Distinct aggregates the events are spread over (per-aggregate order
+    /// allows one event of an aggregate in flight at a time; in the example
+    /// order service every order is its own aggregate).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    aggregates: u64,
+    /// Relays draining it.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    relays: u32,
+    /// Events per second in the steady phase (lag).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    rate: u32,
+    /// Seconds of the steady phase.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    steady_seconds: u64,
+}
 
 /// Wraps the sink and records enqueue-to-ack lag while `recording`.
 struct Lag {
@@ -124,26 +155,13 @@ pub(crate) async fn run(args: OutboxBench, out: &Output) -> CmdResult {
     // Phase 2: drain it.
     progress(&format!("phase 2/3: drain with {relays} relay(s)"));
     let outbox = store(&db);
-    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let mut wakers = Vec::new();
-    let mut relay_tasks = Vec::new();
     let started = Instant::now();
-    for _ in 0..relays {
-        let relay = Relay::builder(outbox.clone()).poll_interval(Duration::from_millis(200)).build()?;
-        wakers.push(relay.waker());
-        let (p, mut stop) = (lag.clone(), stop_tx.subscribe());
-        relay_tasks.push(tokio::spawn(async move {
-            relay
-                .run(p, async move {
-                    stop.recv().await.ok();
-                })
-                .await
-        }));
+    let mut builder =
+        Relay::builder(outbox.clone()).relays(usize::try_from(relays)?).poll_interval(Duration::from_millis(200));
+    if let Db::Postgres(_) = &db {
+        builder = builder.listen(args.database_url.clone());
     }
-    let listener = match &db {
-        Db::Postgres(_) => Some(spark_outbox::postgres::listen(args.database_url.clone(), wakers)),
-        Db::Sqlite(_) => None,
-    };
+    let handle = builder.spawn(lag.clone())?;
     loop {
         if outbox.stats().await?.pending == 0 {
             break;
@@ -175,13 +193,7 @@ pub(crate) async fn run(args: OutboxBench, out: &Output) -> CmdResult {
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = stop_tx.send(());
-    for t in relay_tasks {
-        t.await.context("relay panicked")??;
-    }
-    if let Some(l) = listener {
-        l.abort();
-    }
+    handle.shutdown().await?;
     let mut lags = lag.lags.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     lags.sort_unstable();
     let pct = |p: f64| {

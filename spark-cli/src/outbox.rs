@@ -1,4 +1,4 @@
-//! `spark outbox relay|stats|dead-letters|retry`.
+//! `spark outbox relay|stats|dead-letters|retry|skip`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,7 +6,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
-use spark_outbox::{NatsPublisher, OutboxStore, PgOutbox, Publisher, Relay, SqliteOutbox, WebhookPublisher};
+use spark_outbox::{
+    DeadLetterPolicy, NatsPublisher, OutboxStore, PgOutbox, Publisher, Relay, SqliteOutbox, WebhookPublisher,
+};
 
 use crate::db::{DatabaseArgs, Db, redact};
 use crate::output::{CmdResult, Output};
@@ -17,10 +19,23 @@ pub(crate) enum OutboxCommand {
     Relay(RelayArgs),
     /// Pending events, dead letters, and the lag.
     Stats(DatabaseArgs),
-    /// List dead letters with their last error.
+    /// List dead letters with their last error and the events each one
+    /// holds back.
     DeadLetters(DeadLetterArgs),
-    /// Put a dead letter (or all of them) back in the queue.
+    /// Put a dead letter (or all of them) back in the queue, in order.
     Retry(RetryArgs),
+    /// Release the aggregate held back by a dead letter, on purpose: the
+    /// events behind it go out without it. Records who and when.
+    Skip(SkipArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum DeadLetterMode {
+    /// A dead letter holds back the rest of its aggregate until it is
+    /// retried or skipped.
+    Block,
+    /// A dead letter drops out of its aggregate's order; the rest go on.
+    Skip,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -100,9 +115,19 @@ pub(crate) struct RelayArgs {
     /// Poll interval in milliseconds, the fallback when no NOTIFY arrives.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     poll_interval_ms: u64,
-    /// Claim lease in seconds.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Publishes in flight at once per relay.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    concurrency: u32,
+    /// The longest one publish may take, in milliseconds.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    publish_timeout_ms: u64,
+    /// Claim lease in seconds; at least ceil(batch / concurrency) x publish
+    /// timeout x 1.5.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     lease_secs: u64,
+    /// What a dead letter does to the rest of its aggregate.
+    #[arg(long, value_enum, default_value = "block")]
+    dead_letters: DeadLetterMode,
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +147,17 @@ pub(crate) struct RetryArgs {
     /// Every dead letter.
     #[arg(long)]
     all: bool,
+    #[command(flatten)]
+    db: DatabaseArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SkipArgs {
+    /// The dead letter's event id.
+    id: uuid::Uuid,
+    /// Who is releasing the aggregate [default: $USER].
+    #[arg(long)]
+    by: Option<String>,
     #[command(flatten)]
     db: DatabaseArgs,
 }
@@ -157,13 +193,22 @@ pub(crate) async fn run(cmd: OutboxCommand, out: &Output) -> CmdResult {
                 }
                 dead.iter()
                     .map(|d| {
+                        let held = match (&d.skipped_by, d.blocked) {
+                            (Some(by), _) => format!(
+                                "skipped by {by} at {}",
+                                d.skipped_at_ms.map_or_else(String::new, |ms| format!("{ms} ms"))
+                            ),
+                            (None, 0) => "blocks nothing".to_owned(),
+                            (None, n) => format!("BLOCKS {n} event(s) of its aggregate"),
+                        };
                         format!(
-                            "{}  {}/{}  {}  attempts {}  {}",
+                            "{}  {}/{}  {}  attempts {}  {}  {}",
                             d.event.id,
                             d.event.aggregate_type,
                             d.event.aggregate_id,
                             d.event.event_type,
                             d.attempts,
+                            held,
                             d.last_error.as_deref().unwrap_or("")
                         )
                     })
@@ -183,6 +228,19 @@ pub(crate) async fn run(cmd: OutboxCommand, out: &Output) -> CmdResult {
             }
             out.emit(&json!({ "requeued": n }), || format!("requeued {n} dead letter(s)"))
         }
+        OutboxCommand::Skip(args) => {
+            let by = match args.by.or_else(|| std::env::var("USER").ok()).filter(|b| !b.trim().is_empty()) {
+                Some(by) => by,
+                None => return Err(anyhow::anyhow!("--by is required when $USER is not set").into()),
+            };
+            let store = store(&Db::connect(&args.db.database_url, 2).await?);
+            if !store.skip_dead(args.id, &by).await.context(HINT)? {
+                return Err(anyhow::anyhow!("no dead letter with id {} that is not already skipped", args.id).into());
+            }
+            out.emit(&json!({ "skipped": args.id, "by": by }), || {
+                format!("skipped {}: its aggregate goes on (recorded as skipped by {by})", args.id)
+            })
+        }
     }
 }
 
@@ -195,48 +253,37 @@ async fn relay(args: RelayArgs, out: &Output) -> CmdResult {
         args.relays
     };
     let publisher = args.sink.publisher().await?;
-    let store = store(&db);
-    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let mut wakers = Vec::new();
-    let mut tasks = Vec::new();
-    for _ in 0..relays {
-        let relay = Relay::builder(store.clone())
-            .batch_size(args.batch)
-            .poll_interval(Duration::from_millis(args.poll_interval_ms))
-            .lease(Duration::from_secs(args.lease_secs))
-            .build()?;
-        wakers.push(relay.waker());
-        let (publisher, mut stop) = (publisher.clone(), stop_tx.subscribe());
-        tasks.push(tokio::spawn(async move {
-            relay
-                .run(publisher, async move {
-                    stop.recv().await.ok();
-                })
-                .await
-        }));
+    let mut builder = Relay::builder(store(&db))
+        .relays(usize::try_from(relays)?)
+        .batch_size(args.batch)
+        .concurrency(usize::try_from(args.concurrency)?)
+        .publish_timeout(Duration::from_millis(args.publish_timeout_ms))
+        .poll_interval(Duration::from_millis(args.poll_interval_ms))
+        .lease(Duration::from_secs(args.lease_secs))
+        .dead_letter_policy(match args.dead_letters {
+            DeadLetterMode::Block => DeadLetterPolicy::Block,
+            DeadLetterMode::Skip => DeadLetterPolicy::Skip,
+        });
+    if let Db::Postgres(_) = &db {
+        builder = builder.listen(args.listen_url.clone().unwrap_or_else(|| args.db.database_url.clone()));
     }
-    let listener = match &db {
-        Db::Postgres(_) => {
-            let url = args.listen_url.clone().unwrap_or_else(|| args.db.database_url.clone());
-            Some(spark_outbox::postgres::listen(url, wakers))
-        }
-        Db::Sqlite(_) => None,
-    };
+    let mut handle = builder.spawn(publisher)?;
     if !out.is_json() {
         eprintln!("relaying from {} with {relays} relay(s); Ctrl-C or SIGTERM stops", redact(&args.db.database_url));
     }
-    shutdown_signal().await;
-    let _ = stop_tx.send(());
-    let mut total = spark_outbox::RelayReport::default();
-    for t in tasks {
-        let r = t.await.context("relay task failed")??;
-        total.published += r.published;
-        total.failed += r.failed;
-        total.dead += r.dead;
+    tokio::select! {
+        () = shutdown_signal() => {}
+        () = handle.died() => {}
     }
-    if let Some(l) = listener {
-        l.abort();
-    }
+    let total = match handle.shutdown().await {
+        Ok(total) => total,
+        Err(e) => {
+            // A relay that died leaves the process unable to do its one
+            // job: say so and exit non-zero, so a supervisor restarts it.
+            eprintln!("error: {}", crate::output::one_line(&format!("{:#}", anyhow::Error::new(e))));
+            return Err(crate::output::Failure::No);
+        }
+    };
     out.emit(&total, || {
         format!(
             "stopped: {} published, {} failed attempts, {} dead-lettered",

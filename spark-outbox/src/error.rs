@@ -1,5 +1,7 @@
 //! Errors.
 
+use std::time::Duration;
+
 /// Everything that can go wrong in `spark-outbox`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -11,14 +13,32 @@ pub enum OutboxError {
     /// A relay configuration that cannot work.
     #[error("invalid relay configuration: {0}")]
     Config(&'static str),
+    /// A lease too short for the batch: a relay could still be publishing
+    /// when its claim runs out and another relay claims the same events.
+    #[error(
+        "lease {lease:?} is shorter than ceil(batch {batch} / concurrency {concurrency}) x publish timeout \
+         {publish_timeout:?} x 1.5 = {minimum:?}"
+    )]
+    LeaseTooShort {
+        /// The lease asked for.
+        lease: Duration,
+        /// Events claimed per batch.
+        batch: u32,
+        /// Publishes in flight at once.
+        concurrency: usize,
+        /// The longest one publish may take.
+        publish_timeout: Duration,
+        /// The shortest lease that fits the batch.
+        minimum: Duration,
+    },
     /// A stored row that cannot be read back.
     #[error("stored outbox event is unreadable: {0}")]
     Corrupt(String),
     /// The database failed.
-    #[error("outbox store: {0}")]
+    #[error("outbox store")]
     Database(#[source] sqlx::Error),
     /// Running migrations failed.
-    #[error("outbox migrations: {0}")]
+    #[error("outbox migrations")]
     Migrate(#[source] sqlx::migrate::MigrateError),
     /// A NATS subject (or subject prefix) that JetStream would reject or
     /// read as a wildcard: empty, with whitespace, `*` or `>`, or an empty
@@ -47,11 +67,35 @@ pub enum OutboxError {
     /// the timestamp tolerance, or no `v1=` signature matches.
     #[error("webhook signature rejected: {0}")]
     Signature(String),
+    /// A relay task stopped before it was told to: a fatal store error (the
+    /// schema is missing) or a panic.
+    #[error("outbox relay {relay} died: {reason}")]
+    RelayDied {
+        /// The relay's name.
+        relay: String,
+        /// What stopped it.
+        reason: String,
+    },
 }
 
 impl From<sqlx::Error> for OutboxError {
     fn from(err: sqlx::Error) -> Self {
         OutboxError::Database(err)
+    }
+}
+
+impl OutboxError {
+    /// Whether retrying cannot help: the outbox table or one of its columns
+    /// is missing (the schema is not migrated). A relay stops on these
+    /// instead of logging them forever.
+    #[must_use]
+    pub fn is_fatal(&self) -> bool {
+        let OutboxError::Database(sqlx::Error::Database(e)) = self else { return false };
+        // PostgreSQL: undefined_table, undefined_column. SQLite reports both
+        // as a generic error, recognisable only by its message.
+        matches!(e.code().as_deref(), Some("42P01" | "42703"))
+            || e.message().contains("no such table")
+            || e.message().contains("no such column")
     }
 }
 
@@ -69,4 +113,19 @@ pub enum PublishError {
     /// (the receiver may be mid-deploy), then dead-lettered.
     #[error("permanent: {0}")]
     Permanent(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `{:#}` (anyhow) prints the chain; the outer message must not repeat
+    /// the cause.
+    #[test]
+    fn a_cause_is_printed_once() {
+        let err = OutboxError::Database(sqlx::Error::RowNotFound);
+        assert_eq!(err.to_string(), "outbox store");
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert_eq!(chain.matches("no rows returned").count(), 1, "{chain}");
+    }
 }

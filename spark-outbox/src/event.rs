@@ -74,7 +74,8 @@ pub struct Event {
     pub headers: BTreeMap<String, String>,
     /// When it was enqueued (Unix ms).
     pub created_at_ms: i64,
-    /// Delivery attempts so far, this one included.
+    /// Failed delivery attempts so far. A claim that ends without a failure
+    /// (a crash, a shutdown, a lease that ran out) does not count.
     #[serde(skip)]
     pub attempts: i32,
 }
@@ -85,10 +86,19 @@ pub struct DeadLetter {
     /// The event.
     #[serde(flatten)]
     pub event: Event,
-    /// How many attempts were made.
+    /// How many attempts failed.
     pub attempts: i32,
     /// The last error.
     pub last_error: Option<String>,
+    /// Pending events of the same aggregate queued behind it: under
+    /// [`DeadLetterPolicy::Block`](crate::DeadLetterPolicy::Block) they wait
+    /// until the dead letter is retried or skipped. 0 once skipped.
+    pub blocked: u64,
+    /// Who released the aggregate past this dead letter (`spark outbox
+    /// skip --by`), if anyone.
+    pub skipped_by: Option<String>,
+    /// When it was skipped (Unix ms).
+    pub skipped_at_ms: Option<i64>,
 }
 
 /// The raw row of an event; decoded into [`Event`].
@@ -128,22 +138,40 @@ pub(crate) fn now_ms() -> i64 {
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
-pub(crate) fn stats(pending: i64, dead: i64, published: i64, oldest: Option<i64>) -> OutboxStats {
+pub(crate) fn stats(pending: i64, dead: i64, published: i64, oldest: Option<i64>, now_ms: i64) -> OutboxStats {
     let count = |n: i64| u64::try_from(n).unwrap_or(0);
     OutboxStats {
         pending: count(pending),
         dead: count(dead),
         published: count(published),
-        oldest_pending_age_ms: oldest.map(|created| (now_ms() - created).max(0)),
+        oldest_pending_age_ms: oldest.map(|created| (now_ms - created).max(0)),
     }
 }
 
-pub(crate) type DeadRow = (i64, String, String, String, String, String, String, i64, i32, Option<String>);
+/// A dead letter's row: the event's [`Row`], then `last_error`, `skipped_by`,
+/// `skipped_at_ms` and the count of pending events behind it.
+pub(crate) type DeadRow =
+    (i64, String, String, String, String, String, String, i64, i32, Option<String>, Option<String>, Option<i64>, i64);
 
-pub(crate) fn dead_letter(row: DeadRow) -> Result<DeadLetter> {
-    let (seq, id, at, aid, et, payload, headers, created, attempts, last_error) = row;
-    let event = decode((seq, id, at, aid, et, payload, headers, created, attempts))?;
-    Ok(DeadLetter { event, attempts, last_error })
+pub(crate) fn dead_letter(row: DeadRow) -> DeadLetter {
+    let (seq, id, at, aid, et, payload, headers, created, attempts, last_error, skipped_by, skipped_at_ms, blocked) =
+        row;
+    // A row dead-lettered because it could not be decoded must still be
+    // listed: its raw payload is shown as a string, unreadable headers as
+    // none (`last_error` says what was wrong).
+    let event = Event {
+        id: Uuid::parse_str(&id).unwrap_or_default(),
+        seq,
+        aggregate_type: at,
+        aggregate_id: aid,
+        event_type: et,
+        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
+        headers: serde_json::from_str(&headers).unwrap_or_default(),
+        created_at_ms: created,
+        attempts,
+    };
+    let blocked = if skipped_at_ms.is_some() { 0 } else { u64::try_from(blocked).unwrap_or(0) };
+    DeadLetter { event, attempts, last_error, blocked, skipped_by, skipped_at_ms }
 }
 
 /// The body of `enqueue` on both backends: validate, give the event a UUIDv7,

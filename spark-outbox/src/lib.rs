@@ -8,13 +8,24 @@
 //! - **Relays** ([`Relay`]) claim batches in one statement with
 //!   `FOR UPDATE SKIP LOCKED` (several relays, processes or hosts share the
 //!   work with no other coordination), lease what they claim (a relay killed
-//!   with SIGKILL loses nothing), publish, and delete or mark published.
-//! - **Per-aggregate order:** an aggregate's next event is not claimed while
-//!   an earlier one is in flight or backing off; other aggregates flow.
-//! - **Failures:** exponential backoff with full jitter, capped; then a dead
-//!   letter with its last error, which can be listed and replayed.
-//! - **Wakeup:** [`postgres::listen`] on a dedicated connection, plus
-//!   polling as a fallback.
+//!   with SIGKILL loses nothing), publish, and delete or mark published as
+//!   each publish completes. Every completion is fenced by the claim's
+//!   [`ClaimToken`]; on PostgreSQL leases are on the database's clock.
+//! - **Per-aggregate order is absolute:** an aggregate's next event is not
+//!   claimed while an earlier one is in flight, backing off, or dead
+//!   ([`DeadLetterPolicy::Block`], the default) until the dead letter is
+//!   retried or skipped on purpose.
+//! - **Failures:** exponential backoff with full jitter (cap 5 min);
+//!   transient failures are retried for a time budget (24 h), errors the
+//!   sink refused a few times; then a dead letter with its last error. A
+//!   whole batch failing transiently (the sink is down) makes the relay back
+//!   off as a whole. Unreadable rows are dead-lettered; a panicking
+//!   publisher is a failed attempt.
+//! - **Runner:** [`RelayBuilder::spawn`] starts N relays and the LISTEN
+//!   wake-up; [`RelayHandle::shutdown`] stops them and reports.
+//! - **Wakeup:** [`postgres::Listen`] on a dedicated connection, which
+//!   probes itself with a NOTIFY and reconnects when the probe does not
+//!   arrive, plus polling as a fallback.
 //! - **Sinks:** [`Publisher`] — [`WebhookPublisher`] (HMAC-signed),
 //!   [`NatsPublisher`] (JetStream, `Nats-Msg-Id` dedupe), [`ChannelPublisher`]
 //!   for tests, [`NullPublisher`] for benchmarks.
@@ -73,10 +84,10 @@ pub use crate::nats::{DuplicateWindow, NatsPublisher};
 #[cfg(feature = "postgres")]
 pub use crate::postgres::PgOutbox;
 pub use crate::publisher::{ChannelPublisher, NullPublisher, Publisher};
-pub use crate::relay::{BatchReport, Relay, RelayBuilder, RelayReport};
+pub use crate::relay::{BatchReport, DeadLetterPolicy, Relay, RelayBuilder, RelayHandle, RelayReport};
 #[cfg(feature = "sqlite")]
 pub use crate::sqlite::SqliteOutbox;
-pub use crate::store::OutboxStore;
+pub use crate::store::{Claim, ClaimToken, Failed, Failure, OutboxStore, Unreadable};
 #[cfg(feature = "webhook")]
 pub use crate::webhook::WebhookPublisher;
 

@@ -1,34 +1,62 @@
 //! The relay: claim, publish, mark; back off on failure; dead-letter.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
-use crate::event::now_ms;
 use crate::store::millis;
-use crate::{Event, OutboxError, OutboxStore, PublishError, Publisher, Result, metrics};
+use crate::{Event, Failed, Failure, OutboxError, OutboxStore, PublishError, Publisher, Result, metrics};
+
+/// What a dead letter does to the events of its aggregate queued behind it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeadLetterPolicy {
+    /// They wait until the dead letter is retried (`spark outbox retry`) or
+    /// skipped on purpose (`spark outbox skip`): event N+1 is never published
+    /// before event N. The default.
+    #[default]
+    Block,
+    /// They go on: the dead letter is dropped from the aggregate's sequence.
+    /// For events that do not depend on each other.
+    Skip,
+}
 
 /// Builds a [`Relay`]; every knob has a default.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RelayBuilder<S> {
     store: Arc<S>,
     id: Option<String>,
     batch_size: u32,
     concurrency: usize,
     lease: Duration,
+    publish_timeout: Duration,
     poll_interval: Duration,
     retention: Option<Duration>,
-    max_attempts: u32,
+    retry_budget: Duration,
     max_permanent_attempts: u32,
     backoff_base: Duration,
     backoff_cap: Duration,
+    dead_letters: DeadLetterPolicy,
+    relays: usize,
+    listen_url: Option<String>,
+}
+
+// Not derived: a derive would require `S: Clone`, and the store is shared.
+impl<S> Clone for RelayBuilder<S> {
+    fn clone(&self) -> Self {
+        RelayBuilder { store: self.store.clone(), id: self.id.clone(), listen_url: self.listen_url.clone(), ..*self }
+    }
 }
 
 impl<S: OutboxStore> RelayBuilder<S> {
-    /// A name for this relay in `locked_by` and logs (default: a random one).
+    /// A name for this relay in `locked_by` and logs (default: a random
+    /// one). Names are for people: claims are fenced by a per-claim token,
+    /// so two relays with the same name do not confuse each other.
     #[must_use]
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = Some(id.into());
@@ -48,11 +76,20 @@ impl<S: OutboxStore> RelayBuilder<S> {
         self.concurrency = n;
         self
     }
-    /// How long a claim lasts (default 30 s). A relay killed while holding
-    /// a batch loses nothing: its events return after the lease.
+    /// How long a claim lasts (default 60 s). A relay killed while holding
+    /// a batch loses nothing: its events return after the lease. Must cover
+    /// the batch: at least `ceil(batch / concurrency) × publish_timeout ×
+    /// 1.5`.
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        self
+    }
+    /// The longest one publish may take before it counts as a transient
+    /// failure (default 5 s).
+    #[must_use]
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
         self
     }
     /// How often to poll when no NOTIFY arrives (default 1 s).
@@ -68,11 +105,12 @@ impl<S: OutboxStore> RelayBuilder<S> {
         self.retention = Some(keep);
         self
     }
-    /// Attempts before a transiently failing event becomes a dead letter
-    /// (default 10).
+    /// How long an event may keep failing transiently, from its first
+    /// failure, before it becomes a dead letter (default 24 h). A time, not
+    /// a count, so a sink outage costs an event only the outage's length.
     #[must_use]
-    pub fn max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = n;
+    pub fn retry_budget(mut self, budget: Duration) -> Self {
+        self.retry_budget = budget;
         self
     }
     /// Attempts before an event the sink refused (a permanent error) becomes
@@ -82,12 +120,39 @@ impl<S: OutboxStore> RelayBuilder<S> {
         self.max_permanent_attempts = n;
         self
     }
-    /// Exponential backoff with full jitter: attempt `n` waits a random time
-    /// up to `min(cap, base * 2^(n-1))` (defaults 500 ms and 60 s).
+    /// Exponential backoff with full jitter: failure `n` waits a random time
+    /// up to `min(cap, base × 2^(n-1))` (defaults 500 ms and 5 min). While
+    /// every event of its batches fails transiently (the sink is down) the
+    /// relay as a whole backs off the same way and the events are given back
+    /// uncounted, so an outage does not use up their retry budget.
     #[must_use]
     pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
         self.backoff_base = base;
         self.backoff_cap = cap;
+        self
+    }
+    /// What a dead letter does to its aggregate (default
+    /// [`DeadLetterPolicy::Block`]).
+    #[must_use]
+    pub fn dead_letter_policy(mut self, policy: DeadLetterPolicy) -> Self {
+        self.dead_letters = policy;
+        self
+    }
+    /// How many relays [`spawn`](Self::spawn) starts (default 1). On
+    /// PostgreSQL they share the work through `SKIP LOCKED`; run one on
+    /// SQLite.
+    #[must_use]
+    pub fn relays(mut self, n: usize) -> Self {
+        self.relays = n;
+        self
+    }
+    /// Wake the relays [`spawn`](Self::spawn) starts on NOTIFY, with a
+    /// LISTEN connection on `url` (see [`crate::postgres::Listen`]); they
+    /// poll as well.
+    #[cfg(feature = "postgres")]
+    #[must_use]
+    pub fn listen(mut self, url: impl Into<String>) -> Self {
+        self.listen_url = Some(url.into());
         self
     }
 
@@ -95,23 +160,121 @@ impl<S: OutboxStore> RelayBuilder<S> {
     ///
     /// # Errors
     ///
-    /// [`OutboxError::Config`] for a zero batch, concurrency, lease or
-    /// attempts, or a cap below the base.
+    /// [`OutboxError::Config`] for a zero batch, concurrency, lease, timeout
+    /// or attempts, or a cap below the base; [`OutboxError::LeaseTooShort`]
+    /// for a lease that does not cover a batch.
     pub fn build(self) -> Result<Relay<S>> {
-        if self.batch_size == 0 || self.concurrency == 0 {
-            return Err(OutboxError::Config("batch size and concurrency must be at least 1"));
+        if self.batch_size == 0 || self.concurrency == 0 || self.relays == 0 {
+            return Err(OutboxError::Config("batch size, concurrency and relays must be at least 1"));
         }
-        if self.lease.is_zero() || self.poll_interval.is_zero() {
-            return Err(OutboxError::Config("lease and poll interval must be longer than zero"));
+        if self.lease.is_zero() || self.poll_interval.is_zero() || self.publish_timeout.is_zero() {
+            return Err(OutboxError::Config("lease, publish timeout and poll interval must be longer than zero"));
         }
-        if self.max_attempts == 0 || self.max_permanent_attempts == 0 {
-            return Err(OutboxError::Config("attempts must be at least 1"));
+        if self.max_permanent_attempts == 0 {
+            return Err(OutboxError::Config("permanent attempts must be at least 1"));
         }
         if self.backoff_cap < self.backoff_base {
             return Err(OutboxError::Config("the backoff cap must not be below its base"));
         }
+        let rounds = u32::try_from(usize::try_from(self.batch_size).unwrap_or(usize::MAX).div_ceil(self.concurrency))
+            .unwrap_or(u32::MAX);
+        let minimum = self.publish_timeout.saturating_mul(rounds).saturating_mul(3) / 2;
+        if self.lease < minimum {
+            return Err(OutboxError::LeaseTooShort {
+                lease: self.lease,
+                batch: self.batch_size,
+                concurrency: self.concurrency,
+                publish_timeout: self.publish_timeout,
+                minimum,
+            });
+        }
         let id = self.id.clone().unwrap_or_else(|| format!("relay-{:08x}", fastrand::u32(..)));
         Ok(Relay { cfg: self, id, wake: Arc::new(Notify::new()) })
+    }
+
+    /// Builds [`relays`](Self::relays) relays and runs them on the tokio
+    /// runtime with `publisher`, plus the LISTEN wake-up if
+    /// [`listen`](Self::listen) was given: the whole runner in one call.
+    /// Stop it with [`RelayHandle::shutdown`].
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use spark_outbox::{NullPublisher, Relay, SqliteOutbox};
+    ///
+    /// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+    /// spark_outbox::sqlite::migrator().run(&pool).await?;
+    /// let handle = Relay::builder(SqliteOutbox::new(pool)).spawn(NullPublisher)?;
+    /// let report = handle.shutdown().await?;
+    /// assert_eq!(report.published, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build).
+    pub fn spawn<P: Publisher>(self, publisher: P) -> Result<RelayHandle> {
+        let count = self.relays;
+        let mut relays = Vec::with_capacity(count);
+        for i in 0..count {
+            let mut builder = self.clone();
+            if let (Some(id), true) = (&self.id, count > 1) {
+                builder.id = Some(format!("{id}-{i}"));
+            }
+            relays.push(builder.build()?);
+        }
+        Ok(spawn_relays(relays, Arc::new(publisher), self.listen_url))
+    }
+}
+
+/// Runs `relays` as tasks sharing `publisher`, plus LISTEN on `listen_url`.
+fn spawn_relays<S: OutboxStore, P: Publisher>(
+    relays: Vec<Relay<S>>,
+    publisher: Arc<P>,
+    listen_url: Option<String>,
+) -> RelayHandle {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (died_tx, died_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut wakers = Vec::new();
+    let mut tasks = Vec::new();
+    for relay in relays {
+        wakers.push(relay.waker());
+        let id = relay.id.clone();
+        let (publisher, mut stop, died) = (publisher.clone(), stop_rx.clone(), died_tx.clone());
+        let relay_id = id.clone();
+        tasks.push((
+            id,
+            tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                let result = match AssertUnwindSafe(relay.run(publisher, stopped)).catch_unwind().await {
+                    Ok(Ok(report)) => Ok(report),
+                    Ok(Err(e)) => Err(OutboxError::RelayDied { relay: relay_id, reason: chain(&e) }),
+                    Err(panic) => Err(OutboxError::RelayDied {
+                        relay: relay_id,
+                        reason: format!("panicked: {}", panic_message(panic.as_ref())),
+                    }),
+                };
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "outbox relay task died");
+                    let _ = died.send(());
+                }
+                result
+            }),
+        ));
+    }
+    #[cfg(feature = "postgres")]
+    let listener = listen_url.map(|url| crate::postgres::Listen::new(url).spawn(wakers.clone()));
+    #[cfg(not(feature = "postgres"))]
+    let _ = listen_url;
+    RelayHandle {
+        stop: stop_tx,
+        died: died_rx,
+        tasks,
+        wakers,
+        #[cfg(feature = "postgres")]
+        listener,
     }
 }
 
@@ -136,10 +299,21 @@ pub struct RelayReport {
     pub failed: u64,
     /// Events dead-lettered.
     pub dead: u64,
+    /// Claimed events given back unpublished (too little lease left).
+    pub released: u64,
+}
+
+impl RelayReport {
+    fn add(&mut self, batch: &BatchReport) {
+        self.published += batch.published;
+        self.failed += batch.failed;
+        self.dead += batch.dead;
+        self.released += batch.released;
+    }
 }
 
 impl<S: OutboxStore> Relay<S> {
-    /// A builder over `store`.
+    /// A builder over `store`. The relay reads the store's clock.
     #[must_use]
     pub fn builder(store: S) -> RelayBuilder<S> {
         RelayBuilder {
@@ -147,14 +321,27 @@ impl<S: OutboxStore> Relay<S> {
             id: None,
             batch_size: 500,
             concurrency: 64,
-            lease: Duration::from_secs(30),
+            lease: Duration::from_secs(60),
+            publish_timeout: Duration::from_secs(5),
             poll_interval: Duration::from_secs(1),
             retention: None,
-            max_attempts: 10,
+            retry_budget: Duration::from_secs(24 * 3600),
             max_permanent_attempts: 3,
             backoff_base: Duration::from_millis(500),
-            backoff_cap: Duration::from_secs(60),
+            backoff_cap: Duration::from_secs(300),
+            dead_letters: DeadLetterPolicy::Block,
+            relays: 1,
+            listen_url: None,
         }
+    }
+
+    /// Runs this one relay on the tokio runtime with `publisher` (plus the
+    /// LISTEN wake-up if the builder had [`listen`](RelayBuilder::listen)).
+    /// [`RelayBuilder::spawn`] does the same for
+    /// [`relays`](RelayBuilder::relays) relays.
+    pub fn spawn<P: Publisher>(self, publisher: P) -> RelayHandle {
+        let listen_url = self.cfg.listen_url.clone();
+        spawn_relays(vec![self], Arc::new(publisher), listen_url)
     }
 
     /// The relay's name.
@@ -172,17 +359,22 @@ impl<S: OutboxStore> Relay<S> {
 
     /// Runs until `shutdown` completes, then finishes the batch in hand and
     /// returns. Database errors are logged and retried after the poll
-    /// interval, so a database restart does not stop the relay.
+    /// interval, so a database restart does not stop the relay. While every
+    /// event of its batches fails transiently (the sink is down) the relay
+    /// backs off as a whole, with the event backoff, instead of claiming and
+    /// failing event after event.
     ///
     /// # Errors
     ///
-    /// None today; the `Result` leaves room for fatal errors.
+    /// A fatal store error ([`OutboxError::is_fatal`]: the schema is not
+    /// migrated).
     pub async fn run<P: Publisher>(&self, publisher: P, shutdown: impl Future<Output = ()>) -> Result<RelayReport> {
         let mut report = RelayReport::default();
         let mut shutdown = std::pin::pin!(shutdown);
         // `None` until the first pass (subtracting from `Instant::now()`
         // could underflow on a freshly booted machine).
         let mut last_housekeeping: Option<Instant> = None;
+        let mut outages = 0u32;
         tracing::info!(relay = %self.id, "outbox relay started");
         loop {
             // Gauges and cleanup scan the table: every few seconds is
@@ -193,16 +385,32 @@ impl<S: OutboxStore> Relay<S> {
             }
             let claimed = match self.run_once(&publisher).await {
                 Ok(batch) => {
-                    report.published += batch.published;
-                    report.failed += batch.failed;
-                    report.dead += batch.dead;
+                    report.add(&batch);
+                    if batch.outage {
+                        outages = outages.saturating_add(1);
+                    } else if batch.published > 0 {
+                        outages = 0;
+                    }
                     batch.claimed
                 }
+                Err(e) if e.is_fatal() => {
+                    tracing::error!(relay = %self.id, error = %chain(&e), "outbox relay stopped: the store is unusable");
+                    return Err(e);
+                }
                 Err(e) => {
-                    tracing::warn!(relay = %self.id, error = %e, "outbox relay: claim failed; retrying");
+                    tracing::warn!(relay = %self.id, error = %chain(&e), "outbox relay: store failed; retrying");
                     0
                 }
             };
+            if claimed > 0 && outages > 0 {
+                let pause = self.backoff(outages);
+                tracing::warn!(relay = %self.id, ?pause, "outbox sink down (a whole batch failed); relay backs off");
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                continue;
+            }
             if claimed > 0 {
                 // More may be waiting; only stop between batches.
                 if futures_util::FutureExt::now_or_never(shutdown.as_mut()).is_some() {
@@ -220,63 +428,157 @@ impl<S: OutboxStore> Relay<S> {
         Ok(report)
     }
 
-    /// Claims one batch, publishes it and records the outcomes.
+    /// Claims one batch, publishes it and records each outcome as it comes
+    /// in. An event is started only while enough of the lease is left for
+    /// its publish to finish; the rest are given back.
     ///
     /// # Errors
     ///
-    /// When the database fails; events already published stay published.
-    pub async fn run_once<P: Publisher>(&self, publisher: &P) -> Result<BatchReport> {
-        let events = self.cfg.store.claim(&self.id, self.cfg.batch_size, self.cfg.lease).await?;
-        let mut report = BatchReport { claimed: events.len() as u64, ..BatchReport::default() };
-        if events.is_empty() {
-            return Ok(report);
-        }
-        let results: Vec<(Event, Result<(), PublishError>)> = futures_util::stream::iter(events)
-            .map(|event| async move {
-                let result = publisher.publish(&event).await;
-                (event, result)
-            })
-            .buffer_unordered(self.cfg.concurrency)
-            .collect()
-            .await;
-        let mut published = Vec::new();
-        let now = now_ms();
-        for (event, result) in results {
-            match result {
-                Ok(()) => {
-                    metrics::latency(now - event.created_at_ms);
-                    ::metrics::counter!(metrics::ATTEMPTS, "result" => "ok").increment(1);
-                    published.push(event.seq);
-                }
-                Err(err) => {
+    /// When the database fails; events already published stay published,
+    /// the rest return after the lease.
+    pub async fn run_once<P: Publisher + ?Sized>(&self, publisher: &P) -> Result<BatchReport> {
+        let store = &self.cfg.store;
+        // Taken before the claim, so the local deadline is never later than
+        // the lease the database wrote.
+        let claimed_at = Instant::now();
+        let claim = store.claim(&self.id, self.cfg.batch_size, self.cfg.lease, self.cfg.dead_letters).await?;
+        let token = claim.token;
+        let mut report =
+            BatchReport { claimed: (claim.events.len() + claim.unreadable.len()) as u64, ..BatchReport::default() };
+        for bad in claim.unreadable {
+            // A row nobody can read would otherwise come back after every
+            // lease and hold its aggregate forever.
+            tracing::error!(relay = %self.id, seq = bad.seq, error = %bad.error, "outbox event unreadable; dead-lettered");
+            match store.mark_failed(bad.seq, token, &bad.error, Failure::Dead).await? {
+                Some(_) => {
                     report.failed += 1;
-                    let (kind, limit) = match &err {
-                        PublishError::Transient(_) => ("transient", self.cfg.max_attempts),
-                        PublishError::Permanent(_) => ("permanent", self.cfg.max_permanent_attempts),
-                    };
-                    ::metrics::counter!(metrics::ATTEMPTS, "result" => kind).increment(1);
-                    let attempts = u32::try_from(event.attempts).unwrap_or(u32::MAX);
-                    let retry_at = (attempts < limit).then(|| now + millis(self.backoff(attempts)));
-                    if retry_at.is_none() {
-                        report.dead += 1;
-                        ::metrics::counter!(metrics::DEAD_LETTERS).increment(1);
-                        tracing::error!(relay = %self.id, event = %event.id, attempts, error = %err, "outbox event dead-lettered");
-                    } else {
-                        tracing::warn!(relay = %self.id, event = %event.id, attempts, error = %err, "outbox publish failed; backing off");
-                    }
-                    self.cfg.store.mark_failed(event.seq, &self.id, &err.to_string(), retry_at).await?;
+                    report.dead += 1;
+                    ::metrics::counter!(metrics::DEAD_LETTERS).increment(1);
                 }
+                None => report.lost += 1,
             }
         }
-        if !published.is_empty() {
-            self.cfg.store.mark_published(&published, self.cfg.retention.is_some()).await?;
-            report.published = published.len() as u64;
-            ::metrics::counter!(metrics::PUBLISHED).increment(report.published);
+        if claim.events.is_empty() {
+            return Ok(report);
+        }
+        let deadline = claimed_at + self.cfg.lease;
+        let timeout = self.cfg.publish_timeout;
+        let mut outcomes = futures_util::stream::iter(claim.events)
+            .map(|event| async move {
+                if Instant::now() + timeout > deadline {
+                    return (event, None);
+                }
+                let attempt = AssertUnwindSafe(publisher.publish(&event)).catch_unwind();
+                let result = match tokio::time::timeout(timeout, attempt).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(panic)) => {
+                        Err(PublishError::Permanent(format!("publisher panicked: {}", panic_message(panic.as_ref()))))
+                    }
+                    Err(_) => Err(PublishError::Transient(format!("publish timed out after {timeout:?}"))),
+                };
+                (event, Some(result))
+            })
+            .buffer_unordered(self.cfg.concurrency)
+            // Whatever has completed is marked at once, not at the end of
+            // the batch: a slow straggler does not hold finished events
+            // until the lease runs out.
+            .ready_chunks(usize::try_from(self.cfg.batch_size).unwrap_or(usize::MAX));
+        let mut not_started = Vec::new();
+        // Transient failures are recorded at the end of the batch: if every
+        // event failed transiently, the sink is down and that is charged to
+        // the relay (it backs off), not to the events.
+        let mut transient = Vec::new();
+        let mut started = 0u64;
+        while let Some(chunk) = outcomes.next().await {
+            let now = store.clock().now_ms();
+            let mut published = Vec::new();
+            let mut failures = Vec::new();
+            for (event, outcome) in chunk {
+                match outcome {
+                    None => not_started.push(event.seq),
+                    Some(Ok(())) => {
+                        started += 1;
+                        metrics::latency(now - event.created_at_ms);
+                        ::metrics::counter!(metrics::ATTEMPTS, "result" => "ok").increment(1);
+                        published.push(event.seq);
+                    }
+                    Some(Err(err @ PublishError::Transient(_))) => {
+                        started += 1;
+                        transient.push((event, err));
+                    }
+                    Some(Err(err)) => {
+                        started += 1;
+                        failures.push((event, err));
+                    }
+                }
+            }
+            if !published.is_empty() {
+                let marked = store.mark_published(&published, token, self.cfg.retention.is_some()).await?;
+                report.published += marked;
+                report.lost += published.len() as u64 - marked.min(published.len() as u64);
+                ::metrics::counter!(metrics::PUBLISHED).increment(marked);
+            }
+            for (event, err) in failures {
+                self.failed(&event, &err, token, now, &mut report).await?;
+            }
+        }
+        // One failing event says nothing about the sink; two or more, all
+        // transient and nothing delivered, say it is down.
+        report.outage = started >= 2 && transient.len() as u64 == started;
+        if report.outage {
+            report.failed += started;
+            ::metrics::counter!(metrics::ATTEMPTS, "result" => "transient").increment(started);
+            let first = &transient[0].1;
+            tracing::warn!(relay = %self.id, events = started, error = %first, "outbox sink down: every event of the batch failed");
+            not_started.extend(transient.iter().map(|(e, _)| e.seq));
+        } else {
+            let now = store.clock().now_ms();
+            for (event, err) in transient {
+                self.failed(&event, &err, token, now, &mut report).await?;
+            }
+        }
+        if !not_started.is_empty() {
+            store.release(&not_started, token).await?;
+            if !report.outage {
+                tracing::warn!(relay = %self.id, events = not_started.len(), "outbox lease nearly over; events given back");
+                report.released += not_started.len() as u64;
+            }
         }
         Ok(report)
     }
 
-    /// Full jitter: uniform in `[0, min(cap, base * 2^(attempt-1))]`.
+    async fn failed(
+        &self,
+        event: &Event,
+        err: &PublishError,
+        token: crate::ClaimToken,
+        now: i64,
+        report: &mut BatchReport,
+    ) -> Result<()> {
+        report.failed += 1;
+        let attempt = u32::try_from(event.attempts).unwrap_or(0).saturating_add(1);
+        let retry = Failure::Retry { at_ms: now + millis(self.backoff(attempt)), budget: self.cfg.retry_budget };
+        let (kind, failure) = match err {
+            PublishError::Transient(_) => ("transient", retry),
+            PublishError::Permanent(_) if attempt >= self.cfg.max_permanent_attempts => ("permanent", Failure::Dead),
+            PublishError::Permanent(_) => ("permanent", retry),
+        };
+        ::metrics::counter!(metrics::ATTEMPTS, "result" => kind).increment(1);
+        match self.cfg.store.mark_failed(event.seq, token, &err.to_string(), failure).await? {
+            Some(Failed::Dead) => {
+                report.dead += 1;
+                ::metrics::counter!(metrics::DEAD_LETTERS).increment(1);
+                tracing::error!(relay = %self.id, event = %event.id, attempt, error = %err, "outbox event dead-lettered");
+            }
+            Some(_) => {
+                tracing::warn!(relay = %self.id, event = %event.id, attempt, error = %err, "outbox publish failed; backing off");
+            }
+            None => report.lost += 1,
+        }
+        Ok(())
+    }
+
+    /// Full jitter: uniform in `[0, min(cap, base × 2^(attempt-1))]`.
     fn backoff(&self, attempt: u32) -> Duration {
         let exp = self.cfg.backoff_base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
         let ceiling = exp.min(self.cfg.backoff_cap);
@@ -287,11 +589,12 @@ impl<S: OutboxStore> Relay<S> {
     async fn housekeeping(&self) {
         match self.cfg.store.stats().await {
             Ok(stats) => metrics::gauges(&stats),
-            Err(e) => tracing::warn!(error = %e, "outbox stats failed"),
+            Err(e) => tracing::warn!(error = %chain(&e), "outbox stats failed"),
         }
         let Some(keep) = self.cfg.retention else { return };
-        if let Err(e) = self.cfg.store.cleanup(now_ms() - millis(keep), 1000).await {
-            tracing::warn!(error = %e, "outbox cleanup failed");
+        let before = self.cfg.store.clock().now_ms() - millis(keep);
+        if let Err(e) = self.cfg.store.cleanup(before, 1000).await {
+            tracing::warn!(error = %chain(&e), "outbox cleanup failed");
         }
     }
 }
@@ -301,6 +604,7 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 
 /// What one [`Relay::run_once`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BatchReport {
     /// Events claimed.
     pub claimed: u64,
@@ -310,4 +614,144 @@ pub struct BatchReport {
     pub failed: u64,
     /// Events dead-lettered.
     pub dead: u64,
+    /// Events given back unstarted: too little of the lease was left.
+    pub released: u64,
+    /// Completions that changed nothing: the lease had run out and another
+    /// claim held the event.
+    pub lost: u64,
+    /// Two or more events were tried and every one failed transiently: the
+    /// sink looks down. They were given back without counting an attempt,
+    /// and [`Relay::run`] backs off as a whole.
+    pub outage: bool,
+}
+
+/// The relays [`RelayBuilder::spawn`] started, and their LISTEN wake-up.
+#[derive(Debug)]
+pub struct RelayHandle {
+    stop: tokio::sync::watch::Sender<bool>,
+    died: tokio::sync::mpsc::UnboundedReceiver<()>,
+    tasks: Vec<(String, JoinHandle<Result<RelayReport>>)>,
+    wakers: Vec<Arc<Notify>>,
+    #[cfg(feature = "postgres")]
+    listener: Option<crate::postgres::Listener>,
+}
+
+impl RelayHandle {
+    /// The relays' names.
+    #[must_use]
+    pub fn ids(&self) -> Vec<&str> {
+        self.tasks.iter().map(|(id, _)| id.as_str()).collect()
+    }
+
+    /// Wakes every relay now (e.g. after `retry_dead`).
+    pub fn wake(&self) {
+        self.wakers.iter().for_each(|w| w.notify_one());
+    }
+
+    /// Whether the LISTEN connection is up and passing its probe; `false`
+    /// without one.
+    #[must_use]
+    pub fn listening(&self) -> bool {
+        #[cfg(feature = "postgres")]
+        if let Some(l) = &self.listener {
+            return l.is_up();
+        }
+        false
+    }
+
+    /// Completes when a relay task stops on its own — a fatal store error
+    /// or a panic — and never while they all run. Then call
+    /// [`shutdown`](Self::shutdown) for the error.
+    pub async fn died(&mut self) {
+        if self.died.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Stops every relay after the batch in hand, stops the listener, and
+    /// adds up what they did.
+    ///
+    /// # Errors
+    ///
+    /// [`OutboxError::RelayDied`] for the first relay that died.
+    pub async fn shutdown(self) -> Result<RelayReport> {
+        let _ = self.stop.send(true);
+        let mut total = RelayReport::default();
+        let mut first_error = None;
+        for (id, task) in self.tasks {
+            let result = match task.await {
+                Ok(r) => r,
+                Err(e) => Err(OutboxError::RelayDied { relay: id, reason: e.to_string() }),
+            };
+            match result {
+                Ok(r) => {
+                    total.published += r.published;
+                    total.failed += r.failed;
+                    total.dead += r.dead;
+                    total.released += r.released;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        #[cfg(feature = "postgres")]
+        if let Some(l) = self.listener {
+            l.stop();
+        }
+        first_error.map_or(Ok(total), Err)
+    }
+}
+
+/// An error and its causes on one line (`{:#}` without anyhow).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn lease_must_cover_the_batch() {
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+        let store = crate::SqliteOutbox::new(pool);
+        let err = Relay::builder(store.clone())
+            .batch_size(100)
+            .concurrency(10)
+            .publish_timeout(Duration::from_secs(2))
+            .lease(Duration::from_secs(29))
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, OutboxError::LeaseTooShort { minimum, .. } if minimum == Duration::from_secs(30)));
+        assert_eq!(
+            err.to_string(),
+            "lease 29s is shorter than ceil(batch 100 / concurrency 10) x publish timeout 2s x 1.5 = 30s"
+        );
+        let ok = Relay::builder(store.clone())
+            .batch_size(100)
+            .concurrency(10)
+            .publish_timeout(Duration::from_secs(2))
+            .lease(Duration::from_secs(30))
+            .build();
+        assert!(ok.is_ok());
+        // The defaults fit.
+        assert!(Relay::builder(store).build().is_ok());
+    }
 }

@@ -1,31 +1,121 @@
 //! The storage interface relays run on.
 
+use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use spark_db::SharedClock;
 use uuid::Uuid;
 
-use crate::{DeadLetter, Event, OutboxStats, Result};
+use crate::{DeadLetter, DeadLetterPolicy, Event, OutboxStats, Result};
+
+/// Identifies one claim. Written on the claimed rows and required by every
+/// completion (published, failed, released), so a relay whose lease ran out
+/// and whose events another relay claimed again changes nothing when it
+/// finishes late — whatever the relays are called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClaimToken(Uuid);
+
+impl ClaimToken {
+    /// A fresh, unique token.
+    #[must_use]
+    pub fn new() -> ClaimToken {
+        ClaimToken(Uuid::now_v7())
+    }
+}
+
+impl Default for ClaimToken {
+    fn default() -> Self {
+        ClaimToken::new()
+    }
+}
+
+impl fmt::Display for ClaimToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What one claim returned.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Claim {
+    /// The token every completion of these events must show.
+    pub token: ClaimToken,
+    /// The claimed events, in `seq` order, at most one per aggregate.
+    pub events: Vec<Event>,
+    /// Claimed rows that cannot be decoded (e.g. headers that are not a map
+    /// of strings, written by hand): the relay dead-letters them with the
+    /// error instead of letting them wedge the queue.
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A claimed row that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Unreadable {
+    /// Its sequence number.
+    pub seq: i64,
+    /// Why it could not be read.
+    pub error: String,
+}
+
+/// What to do with an event whose publish failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Failure {
+    /// Back to pending from `at_ms`, unless the event has been failing for
+    /// `budget` since its first failure: then a dead letter.
+    Retry {
+        /// Not before this time (Unix ms, the store's clock).
+        at_ms: i64,
+        /// How long an event may keep failing.
+        budget: Duration,
+    },
+    /// A dead letter now.
+    Dead,
+}
+
+/// What [`OutboxStore::mark_failed`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Failed {
+    /// Pending again, after its backoff.
+    Retrying,
+    /// Dead-lettered.
+    Dead,
+}
 
 /// What a relay needs from the database. Implemented by
 /// [`PgOutbox`](crate::PgOutbox) and [`SqliteOutbox`](crate::SqliteOutbox).
+///
+/// Completions take the [`ClaimToken`] of the claim and change only rows
+/// that still carry it.
 #[async_trait]
 pub trait OutboxStore: Send + Sync + 'static {
+    /// The clock the store and its relays read (backoff, retry budget,
+    /// retention; leases too on SQLite — PostgreSQL leases use the
+    /// database's clock).
+    fn clock(&self) -> SharedClock;
+
     /// Claims up to `batch` events for `relay` until `lease` runs out: each
     /// the oldest pending event of its aggregate, available, and not claimed
-    /// by another relay. At most one event per aggregate.
-    async fn claim(&self, relay: &str, batch: u32, lease: Duration) -> Result<Vec<Event>>;
+    /// by another relay. At most one event per aggregate. Under
+    /// [`DeadLetterPolicy::Block`] an aggregate with an unskipped dead letter
+    /// yields nothing.
+    async fn claim(&self, relay: &str, batch: u32, lease: Duration, policy: DeadLetterPolicy) -> Result<Claim>;
 
-    /// Marks events published: deleted, or kept as `published` when
-    /// `keep` (retention).
-    async fn mark_published(&self, seqs: &[i64], keep: bool) -> Result<()>;
+    /// Marks events published: deleted, or kept as `published` when `keep`
+    /// (retention). Returns how many were still held by `token`.
+    async fn mark_published(&self, seqs: &[i64], token: ClaimToken, keep: bool) -> Result<u64>;
 
-    /// Records a failed attempt: back to pending from `retry_at_ms`, or a
-    /// dead letter when `retry_at_ms` is `None`. Only while `relay` holds it.
-    async fn mark_failed(&self, seq: i64, relay: &str, error: &str, retry_at_ms: Option<i64>) -> Result<()>;
+    /// Records a failed attempt (counts it, keeps `error`). `None` when the
+    /// claim `token` no longer holds the event.
+    async fn mark_failed(&self, seq: i64, token: ClaimToken, error: &str, failure: Failure) -> Result<Option<Failed>>;
 
-    /// Gives claimed events back (shutdown), without counting the attempt.
-    async fn release(&self, seqs: &[i64], relay: &str) -> Result<()>;
+    /// Gives claimed events back (shutdown, or no time left in the lease)
+    /// without counting an attempt. Returns how many were still held.
+    async fn release(&self, seqs: &[i64], token: ClaimToken) -> Result<u64>;
 
     /// Deletes published events older than `before_ms`, `batch` at a time.
     async fn cleanup(&self, before_ms: i64, batch: u32) -> Result<u64>;
@@ -33,12 +123,18 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Counts for operators and the lag gauge.
     async fn stats(&self) -> Result<OutboxStats>;
 
-    /// Dead letters, oldest first.
+    /// Dead letters, oldest first, with what each one blocks.
     async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>>;
 
-    /// Puts one dead letter (or all of them, for `None`) back in the queue
-    /// with fresh attempts; returns how many.
+    /// Puts one dead letter (or, for `None`, every dead letter not skipped)
+    /// back in the queue with fresh attempts; returns how many. Requeued
+    /// events keep their place, so an aggregate's order holds.
     async fn retry_dead(&self, id: Option<Uuid>) -> Result<u64>;
+
+    /// Releases the aggregate held back by dead letter `id`, recording who
+    /// did it and when; the dead letter stays listed. `false` when there is
+    /// no such dead letter or it was already skipped.
+    async fn skip_dead(&self, id: Uuid, by: &str) -> Result<bool>;
 }
 
 /// Counts by status and the oldest pending event; the same on both backends.
@@ -48,23 +144,53 @@ pub(crate) const STATS_SQL: &str =
      FROM spark_outbox";
 
 pub(crate) fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    spark_db::duration_ms(d)
+}
+
+/// Splits claimed rows into events and rows that cannot be decoded.
+pub(crate) fn claimed(token: ClaimToken, rows: Vec<crate::event::Row>) -> Claim {
+    let mut events = Vec::with_capacity(rows.len());
+    let mut unreadable = Vec::new();
+    for row in rows {
+        let seq = row.0;
+        match crate::event::decode(row) {
+            Ok(e) => events.push(e),
+            Err(e) => unreadable.push(Unreadable { seq, error: e.to_string() }),
+        }
+    }
+    events.sort_by_key(|e| e.seq);
+    Claim { token, events, unreadable }
+}
+
+pub(crate) fn failed(status: Option<String>) -> Option<Failed> {
+    status.map(|s| if s == "dead" { Failed::Dead } else { Failed::Retrying })
+}
+
+/// The values [`Failure`] binds: retry time (`None` = dead) and budget ms.
+pub(crate) fn failure_binds(failure: Failure) -> (Option<i64>, i64) {
+    match failure {
+        Failure::Retry { at_ms, budget } => (Some(at_ms), millis(budget)),
+        Failure::Dead => (None, 0),
+    }
 }
 
 /// A store chosen at run time (`Arc<dyn OutboxStore>`) is a store too.
 #[async_trait]
 impl<T: OutboxStore + ?Sized> OutboxStore for std::sync::Arc<T> {
-    async fn claim(&self, relay: &str, batch: u32, lease: Duration) -> Result<Vec<Event>> {
-        (**self).claim(relay, batch, lease).await
+    fn clock(&self) -> SharedClock {
+        (**self).clock()
     }
-    async fn mark_published(&self, seqs: &[i64], keep: bool) -> Result<()> {
-        (**self).mark_published(seqs, keep).await
+    async fn claim(&self, relay: &str, batch: u32, lease: Duration, policy: DeadLetterPolicy) -> Result<Claim> {
+        (**self).claim(relay, batch, lease, policy).await
     }
-    async fn mark_failed(&self, seq: i64, relay: &str, error: &str, retry_at_ms: Option<i64>) -> Result<()> {
-        (**self).mark_failed(seq, relay, error, retry_at_ms).await
+    async fn mark_published(&self, seqs: &[i64], token: ClaimToken, keep: bool) -> Result<u64> {
+        (**self).mark_published(seqs, token, keep).await
     }
-    async fn release(&self, seqs: &[i64], relay: &str) -> Result<()> {
-        (**self).release(seqs, relay).await
+    async fn mark_failed(&self, seq: i64, token: ClaimToken, error: &str, failure: Failure) -> Result<Option<Failed>> {
+        (**self).mark_failed(seq, token, error, failure).await
+    }
+    async fn release(&self, seqs: &[i64], token: ClaimToken) -> Result<u64> {
+        (**self).release(seqs, token).await
     }
     async fn cleanup(&self, before_ms: i64, batch: u32) -> Result<u64> {
         (**self).cleanup(before_ms, batch).await
@@ -77,5 +203,8 @@ impl<T: OutboxStore + ?Sized> OutboxStore for std::sync::Arc<T> {
     }
     async fn retry_dead(&self, id: Option<Uuid>) -> Result<u64> {
         (**self).retry_dead(id).await
+    }
+    async fn skip_dead(&self, id: Uuid, by: &str) -> Result<bool> {
+        (**self).skip_dead(id, by).await
     }
 }

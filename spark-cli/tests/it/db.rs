@@ -12,7 +12,7 @@ fn migrate_defaults_to_an_embedded_sqlite_file() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let v = run.json();
     for krate in ["spark-idempotency", "spark-positions", "spark-outbox"] {
-        assert_eq!(v["crates"][krate], 1, "{krate}: {v}");
+        assert!(v["crates"][krate].as_u64() >= Some(1), "{krate}: {v}");
     }
     assert_eq!(v["database"], "sqlite://spark.db");
     assert!(dir.path().join("spark.db").exists());

@@ -1,4 +1,4 @@
-//! `spark outbox relay|stats|dead-letters|retry` as a real process.
+//! `spark outbox relay|stats|dead-letters|retry|skip` as a real process.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
@@ -44,7 +44,8 @@ async fn hook() -> (Hook, String) {
 fn relay(db_url: &str, hook_url: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_spark"))
         .args(["outbox", "relay", "--sink", "webhook", "--url", hook_url, "--database-url", db_url, "--json"])
-        .args(["--poll-interval-ms", "100", "--lease-secs", "1"])
+        .args(["--poll-interval-ms", "100", "--batch", "10", "--concurrency", "10"])
+        .args(["--publish-timeout-ms", "500", "--lease-secs", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -146,4 +147,85 @@ async fn dead_letters_list_and_retry_on_sqlite() {
     wait_for(Duration::from_secs(10), "the replayed event", || h.ids.lock().unwrap().contains(&id)).await;
     r.kill().unwrap();
     r.wait().unwrap();
+}
+
+async fn enqueue_sqlite(url: &str, events: &[OutboxEvent]) -> Vec<String> {
+    let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+    let mut ids = Vec::new();
+    for e in events {
+        let mut tx = pool.begin().await.unwrap();
+        ids.push(spark_outbox::sqlite::enqueue(&mut tx, e).await.unwrap().to_string());
+        tx.commit().await.unwrap();
+    }
+    pool.close().await;
+    ids
+}
+
+fn in_aggregate(aggregate: &str, n: i64) -> OutboxEvent {
+    OutboxEvent::new("order", aggregate, "order.accepted", serde_json::json!({ "n": n }))
+}
+
+/// A dead letter holds back its aggregate; `retry --all` sends it and the
+/// event behind it in order; `skip` releases the aggregate and is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_block_until_retried_or_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("o.db").display());
+    assert_eq!(spark(&["db", "migrate", "--database-url", &url]).code, 0);
+    let a = enqueue_sqlite(&url, &[in_aggregate("a", 1), in_aggregate("a", 2)]).await;
+
+    let (h, hook_url) = hook().await;
+    h.status.store(400, Ordering::SeqCst);
+    let mut r = relay(&url, &hook_url);
+    let dead_count = |n: i64| {
+        let url = url.clone();
+        move || spark(&["outbox", "stats", "--database-url", &url, "--json"]).json()["dead"] == n
+    };
+    wait_for(Duration::from_secs(20), "a#1 to be a dead letter", dead_count(1)).await;
+    let listed = spark(&["outbox", "dead-letters", "--database-url", &url, "--json"]).json();
+    assert_eq!(listed["dead_letters"][0]["id"], a[0]);
+    assert_eq!(listed["dead_letters"][0]["blocked"], 1);
+    let text = spark(&["outbox", "dead-letters", "--database-url", &url]);
+    assert!(text.stdout.contains("BLOCKS 1 event(s)"), "{}", text.stdout);
+
+    // The sink is fixed, but a#2 must not overtake the dead a#1: fifteen
+    // polls later it is still waiting.
+    h.status.store(200, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(h.ids.lock().unwrap().is_empty(), "a#2 went out while a#1 was dead");
+    let retried = spark(&["outbox", "retry", "--all", "--database-url", &url, "--json"]);
+    assert_eq!(retried.json()["requeued"], 1);
+    wait_for(Duration::from_secs(10), "a#1 and a#2", || h.ids.lock().unwrap().len() == 2).await;
+    assert_eq!(*h.ids.lock().unwrap(), a, "in order");
+
+    // Skip: b#2 goes on without b#1, and who did it is recorded.
+    h.status.store(400, Ordering::SeqCst);
+    let b = enqueue_sqlite(&url, &[in_aggregate("b", 1), in_aggregate("b", 2)]).await;
+    wait_for(Duration::from_secs(20), "b#1 to be a dead letter", dead_count(1)).await;
+    h.status.store(200, Ordering::SeqCst);
+    let skipped =
+        crate::spark_with(&["outbox", "skip", &b[0], "--database-url", &url, "--json"], None, &[("USER", "carol")]);
+    assert_eq!(skipped.code, 0, "{}", skipped.stderr);
+    assert_eq!(skipped.json()["by"], "carol");
+    wait_for(Duration::from_secs(10), "b#2", || h.ids.lock().unwrap().contains(&b[1])).await;
+    assert!(!h.ids.lock().unwrap().contains(&b[0]));
+    let listed = spark(&["outbox", "dead-letters", "--database-url", &url, "--json"]).json();
+    assert_eq!(listed["dead_letters"][0]["id"], b[0]);
+    assert_eq!(listed["dead_letters"][0]["skipped_by"], "carol");
+    assert!(listed["dead_letters"][0]["skipped_at_ms"].as_i64().is_some());
+    let again = spark(&["outbox", "skip", &b[0], "--by", "dave", "--database-url", &url]);
+    assert_eq!(again.code, 2, "already skipped: {}", again.stderr);
+    r.kill().unwrap();
+    r.wait().unwrap();
+}
+
+/// A relay task that dies takes the process down with a non-zero exit and
+/// the reason, instead of leaving it running idle.
+#[test]
+fn relay_exits_non_zero_when_a_relay_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("unmigrated.db").display());
+    let run = spark(&["outbox", "relay", "--sink", "null", "--database-url", &url, "--poll-interval-ms", "50"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("died") && run.stderr.contains("no such table"), "{}", run.stderr);
 }

@@ -121,3 +121,39 @@ impl Receiver {
             .collect()
     }
 }
+
+/// What [`Scripted`] does with an event.
+pub(crate) type Rule = Arc<dyn Fn(&Event) -> Result<(), PublishError> + Send + Sync>;
+
+/// A publisher whose answer per event is a settable rule; records what it
+/// accepted.
+#[derive(Clone)]
+pub(crate) struct Scripted {
+    rule: Arc<Mutex<Rule>>,
+    pub(crate) rec: Recorder,
+}
+
+impl Scripted {
+    pub(crate) fn new(rule: impl Fn(&Event) -> Result<(), PublishError> + Send + Sync + 'static) -> Scripted {
+        Scripted { rule: Arc::new(Mutex::new(Arc::new(rule))), rec: Recorder::default() }
+    }
+
+    pub(crate) fn set(&self, rule: impl Fn(&Event) -> Result<(), PublishError> + Send + Sync + 'static) {
+        *self.rule.lock().unwrap() = Arc::new(rule);
+    }
+}
+
+#[async_trait]
+impl Publisher for Scripted {
+    async fn publish(&self, event: &Event) -> Result<(), PublishError> {
+        let rule = self.rule.lock().unwrap().clone();
+        rule(event)?;
+        self.rec.events.lock().unwrap().push(event.clone());
+        Ok(())
+    }
+}
+
+/// `n` of an event.
+pub(crate) fn n(event: &Event) -> i64 {
+    event.payload["n"].as_i64().unwrap_or(-1)
+}

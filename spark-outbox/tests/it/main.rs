@@ -6,5 +6,6 @@ mod common;
 mod inbox;
 mod nats;
 mod postgres;
+mod relay;
 mod sqlite;
 mod webhook;

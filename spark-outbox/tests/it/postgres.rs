@@ -1,28 +1,29 @@
 //! The eight relay scenarios on real PostgreSQL (and NATS JetStream).
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use spark_outbox::postgres::{enqueue, listen, migrator};
-use spark_outbox::{NatsPublisher, OutboxEvent, OutboxStore, PgOutbox, Publisher, Relay, WebhookPublisher};
+use spark_outbox::postgres::{enqueue, migrator};
+use spark_outbox::{
+    DeadLetterPolicy, NatsPublisher, OutboxEvent, OutboxStore, PgOutbox, Publisher, Relay, WebhookPublisher,
+};
 use spark_testkit::PgTestDb;
 use sqlx::PgPool;
 
 use crate::common::{Recorder, eventually, receiver};
 
-async fn db() -> Option<PgTestDb> {
+pub(crate) async fn db() -> Option<PgTestDb> {
     let db = spark_testkit::postgres().await?;
     migrator().run(&db.pool).await.unwrap();
     Some(db)
 }
 
-fn event(aggregate: &str, n: i64) -> OutboxEvent {
+pub(crate) fn event(aggregate: &str, n: i64) -> OutboxEvent {
     OutboxEvent::new("order", aggregate, "order.accepted", serde_json::json!({ "n": n }))
 }
 
 /// Enqueues each event in its own committed transaction.
-async fn emit(pool: &PgPool, events: &[OutboxEvent]) -> Vec<uuid::Uuid> {
+pub(crate) async fn emit(pool: &PgPool, events: &[OutboxEvent]) -> Vec<uuid::Uuid> {
     let mut ids = Vec::new();
     for e in events {
         let mut tx = pool.begin().await.unwrap();
@@ -32,7 +33,7 @@ async fn emit(pool: &PgPool, events: &[OutboxEvent]) -> Vec<uuid::Uuid> {
     ids
 }
 
-async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+pub(crate) async fn count(pool: &PgPool, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
@@ -72,9 +73,9 @@ async fn crash_after_publish_republishes_and_jetstream_dedupes() {
 
     // The first relay claims and publishes, then dies before marking.
     let store = PgOutbox::new(db.pool.clone());
-    let claimed = store.claim("doomed", 10, Duration::from_millis(300)).await.unwrap();
-    assert_eq!(claimed.len(), 1);
-    nats.publish(&claimed[0]).await.unwrap();
+    let claimed = store.claim("doomed", 10, Duration::from_millis(300), DeadLetterPolicy::Block).await.unwrap();
+    assert_eq!(claimed.events.len(), 1);
+    nats.publish(&claimed.events[0]).await.unwrap();
 
     // After the lease, another relay publishes it again.
     tokio::time::sleep(Duration::from_millis(350)).await;
@@ -99,8 +100,14 @@ async fn killed_relay_loses_nothing() {
     let ids = emit(&db.pool, &events).await;
 
     let stuck = Recorder { delay: Some(Duration::from_secs(30)), ..Recorder::default() };
-    let doomed =
-        Relay::builder(PgOutbox::new(db.pool.clone())).id("doomed").lease(Duration::from_millis(500)).build().unwrap();
+    let doomed = Relay::builder(PgOutbox::new(db.pool.clone()))
+        .id("doomed")
+        .batch_size(20)
+        .concurrency(20)
+        .publish_timeout(Duration::from_millis(300))
+        .lease(Duration::from_millis(500))
+        .build()
+        .unwrap();
     let task = tokio::spawn(async move { doomed.run(stuck, std::future::pending()).await });
     eventually(Duration::from_secs(5), "the doomed relay to claim", || async {
         count(&db.pool, "SELECT COUNT(*) FROM spark_outbox WHERE locked_by = 'doomed'").await == 20
@@ -109,18 +116,9 @@ async fn killed_relay_loses_nothing() {
     task.abort();
 
     let rec = Recorder::default();
-    let relay = fast(Relay::builder(PgOutbox::new(db.pool.clone()))).id("survivor").build().unwrap();
-    let (r, stop) = (rec.clone(), tokio::sync::oneshot::channel::<()>());
-    let survivor = tokio::spawn(async move {
-        relay
-            .run(r, async {
-                stop.1.await.ok();
-            })
-            .await
-    });
+    let survivor = fast(Relay::builder(PgOutbox::new(db.pool.clone()))).id("survivor").spawn(rec.clone()).unwrap();
     eventually(Duration::from_secs(10), "the survivor to publish everything", || async { rec.len() == 20 }).await;
-    stop.0.send(()).unwrap();
-    survivor.await.unwrap().unwrap();
+    survivor.shutdown().await.unwrap();
     let mut got = rec.ids();
     got.sort();
     let mut want = ids;
@@ -160,8 +158,9 @@ async fn out_of_order_commits_skip_nothing() {
     assert_eq!(rec.len(), 3);
 }
 
-/// 5. A poison event: capped, jittered retries, then a dead letter; other
-/// aggregates keep flowing; the dead letter replays once the sink is fixed.
+/// 5. A poison event: capped, jittered retries, then a dead letter that
+/// holds back the rest of its aggregate; other aggregates keep flowing; the
+/// dead letter replays, in order, once the sink is fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_event_is_dead_lettered_and_replayed() {
     let Some(db) = db().await else { return };
@@ -173,36 +172,27 @@ async fn poison_event_is_dead_lettered_and_replayed() {
     emit(&db.pool, &events).await;
 
     let store = PgOutbox::new(db.pool.clone());
-    let relay = Arc::new(fast(Relay::builder(store.clone())).max_permanent_attempts(3).build().unwrap());
-    let (r, sink2) = (relay.clone(), sink.clone());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        r.run(sink2, async {
-            stop_rx.await.ok();
-        })
-        .await
-    });
-    eventually(Duration::from_secs(10), "both poison events to be dead letters", || async {
-        store.stats().await.unwrap().dead == 2
+    let relay = fast(Relay::builder(store.clone())).max_permanent_attempts(3).spawn(sink).unwrap();
+    eventually(Duration::from_secs(10), "the first poison event to be a dead letter", || async {
+        store.stats().await.unwrap().dead == 1
     })
     .await;
     let dead = store.dead_letters(10).await.unwrap();
-    assert_eq!(dead.len(), 2);
-    assert!(
-        dead.iter().all(|d| d.attempts == 3 && d.last_error.as_deref().is_some_and(|e| e.contains("400"))),
-        "{dead:?}"
-    );
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event.payload["n"], 1);
+    assert_eq!(dead[0].blocked, 1, "poison#2 waits behind it");
+    assert!(dead[0].attempts == 3 && dead[0].last_error.as_deref().is_some_and(|e| e.contains("400")), "{dead:?}");
     for i in 0..5 {
         assert_eq!(hook.sequence(&format!("healthy{i}")), [1], "other aggregates flow");
     }
+    assert!(hook.sequence("poison").is_empty());
 
     // Fix the sink and replay.
     hook.per_aggregate.lock().unwrap().clear();
-    assert_eq!(store.retry_dead(None).await.unwrap(), 2);
-    relay.waker().notify_one();
+    assert_eq!(store.retry_dead(None).await.unwrap(), 1);
+    relay.wake();
     eventually(Duration::from_secs(10), "the replayed events", || async { hook.sequence("poison") == [1, 2] }).await;
-    stop_tx.send(()).unwrap();
-    running.await.unwrap().unwrap();
+    relay.shutdown().await.unwrap();
     assert_eq!(store.stats().await.unwrap().pending, 0);
 }
 
@@ -221,17 +211,8 @@ async fn sink_outage_backs_off_and_drains_in_order() {
     let relay = Relay::builder(store.clone())
         .poll_interval(Duration::from_millis(50))
         .backoff(Duration::from_millis(100), Duration::from_millis(400))
-        .max_attempts(1000)
-        .build()
+        .spawn(sink)
         .unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        relay
-            .run(sink, async {
-                stop_rx.await.ok();
-            })
-            .await
-    });
 
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let hits = hook.hits.load(Ordering::SeqCst);
@@ -247,8 +228,8 @@ async fn sink_outage_backs_off_and_drains_in_order() {
     for a in 0..3 {
         assert_eq!(hook.sequence(&format!("agg{a}")), [1, 2, 3, 4, 5]);
     }
-    stop_tx.send(()).unwrap();
-    running.await.unwrap().unwrap();
+    let report = relay.shutdown().await.unwrap();
+    assert_eq!(report.dead, 0);
 }
 
 /// 7. The LISTEN connection is killed: delivery continues by polling, then
@@ -258,17 +239,11 @@ async fn listen_connection_killed_then_back() {
     let Some(db) = db().await else { return };
     let rec = Recorder::default();
     // Polls only every 4 s: quick delivery means NOTIFY.
-    let relay = Relay::builder(PgOutbox::new(db.pool.clone())).poll_interval(Duration::from_secs(4)).build().unwrap();
-    let listener = listen(db.url.clone(), vec![relay.waker()]);
-    let r = rec.clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        relay
-            .run(r, async {
-                stop_rx.await.ok();
-            })
-            .await
-    });
+    let relay = Relay::builder(PgOutbox::new(db.pool.clone()))
+        .poll_interval(Duration::from_secs(4))
+        .listen(db.url.clone())
+        .spawn(rec.clone())
+        .unwrap();
     let listening = || async {
         count(
             &db.pool,
@@ -278,6 +253,7 @@ async fn listen_connection_killed_then_back() {
             == 1
     };
     eventually(Duration::from_secs(5), "the listener", listening).await;
+    eventually(Duration::from_secs(5), "the listener's first probe", || async { relay.listening() }).await;
 
     let t = Instant::now();
     emit(&db.pool, &[event("a", 1)]).await;
@@ -299,9 +275,7 @@ async fn listen_connection_killed_then_back() {
     eventually(Duration::from_secs(3), "delivery by NOTIFY again", || async { rec.len() == 3 }).await;
     assert!(t.elapsed() < Duration::from_secs(3));
     assert_eq!(rec.sequence("a"), [1, 2, 3]);
-    stop_tx.send(()).unwrap();
-    running.await.unwrap().unwrap();
-    listener.abort();
+    relay.shutdown().await.unwrap();
 }
 
 /// 8. Four relays on a 100,000-event backlog: every event published once,
@@ -321,29 +295,15 @@ async fn four_relays_drain_a_large_backlog_in_order() {
     .await
     .unwrap();
     let rec = Recorder::default();
-    let mut relays = Vec::new();
-    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    for i in 0..4 {
-        let relay = Relay::builder(PgOutbox::new(db.pool.clone()))
-            .id(format!("r{i}"))
-            .poll_interval(Duration::from_millis(20))
-            .build()
-            .unwrap();
-        let (r, mut stop) = (rec.clone(), stop_tx.subscribe());
-        relays.push(tokio::spawn(async move {
-            relay
-                .run(r, async move {
-                    stop.recv().await.ok();
-                })
-                .await
-        }));
-    }
+    let relays = Relay::builder(PgOutbox::new(db.pool.clone()))
+        .id("r")
+        .relays(4)
+        .poll_interval(Duration::from_millis(20))
+        .spawn(rec.clone())
+        .unwrap();
+    assert_eq!(relays.ids(), ["r-0", "r-1", "r-2", "r-3"]);
     eventually(Duration::from_secs(240), "100,000 events", || async { rec.len() >= 100_000 }).await;
-    stop_tx.send(()).unwrap();
-    let mut published = 0;
-    for r in relays {
-        published += r.await.unwrap().unwrap().published;
-    }
+    let published = relays.shutdown().await.unwrap().published;
     assert_eq!(published, 100_000);
     assert_eq!(rec.len(), 100_000, "no duplicates without crashes");
     let mut ids = rec.ids();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use spark_outbox::sqlite::{enqueue, migrator};
-use spark_outbox::{OutboxEvent, OutboxStore, PublishError, Publisher, Relay, SqliteOutbox};
+use spark_outbox::{DeadLetterPolicy, OutboxEvent, OutboxStore, PublishError, Publisher, Relay, SqliteOutbox};
 
 use crate::common::Recorder;
 
@@ -29,9 +29,11 @@ async fn rollback_commit_order_lease_and_dead_letters() {
     assert_eq!(store.stats().await.unwrap().pending, 5);
 
     // A claim holds one event per aggregate; a crashed claim returns after its lease.
-    let claimed = store.claim("doomed", 10, Duration::from_millis(100)).await.unwrap();
-    assert_eq!(claimed.iter().map(|e| e.payload["n"].as_i64().unwrap()).collect::<Vec<_>>(), [1, 1]);
-    assert!(store.claim("other", 10, Duration::from_secs(10)).await.unwrap().is_empty());
+    let claimed = store.claim("doomed", 10, Duration::from_millis(100), DeadLetterPolicy::Block).await.unwrap();
+    assert_eq!(claimed.events.iter().map(|e| e.payload["n"].as_i64().unwrap()).collect::<Vec<_>>(), [1, 1]);
+    assert!(
+        store.claim("other", 10, Duration::from_secs(10), DeadLetterPolicy::Block).await.unwrap().events.is_empty()
+    );
     tokio::time::sleep(Duration::from_millis(150)).await;
 
     let rec = Recorder::default();
