@@ -256,4 +256,15 @@ impl Publisher for NatsPublisher {
         ack.await.map_err(|e| PublishError::Transient(format!("JetStream ack: {e}")))?;
         Ok(())
     }
+
+    async fn preflight(&self, redelivery: Duration) -> Option<String> {
+        match self.check_duplicate_window(redelivery).await {
+            Ok(window) if window.covers() => None,
+            Ok(window) => Some(window.to_string()),
+            Err(e) => {
+                let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
+                Some(format!("cannot check the JetStream duplicate window: {e}{cause}"))
+            }
+        }
+    }
 }

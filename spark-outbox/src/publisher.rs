@@ -1,5 +1,7 @@
 //! Where relays send events.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
@@ -17,12 +19,28 @@ pub trait Publisher: Send + Sync + 'static {
     /// [`PublishError::Transient`] to retry with backoff,
     /// [`PublishError::Permanent`] when the sink refused the event itself.
     async fn publish(&self, event: &Event) -> Result<(), PublishError>;
+
+    /// Checked once by each relay before its first claim: can the sink
+    /// absorb a redelivery that comes up to `redelivery` after the first
+    /// delivery (the relay's lease plus its backoff cap)? Returns what is
+    /// wrong, which the relay logs as a warning; `None` when all is well.
+    ///
+    /// The default has nothing to check. [`NatsPublisher`](crate::NatsPublisher)
+    /// compares the stream's duplicate window with `redelivery`.
+    async fn preflight(&self, redelivery: Duration) -> Option<String> {
+        let _ = redelivery;
+        None
+    }
 }
 
 #[async_trait]
 impl<P: Publisher + ?Sized> Publisher for std::sync::Arc<P> {
     async fn publish(&self, event: &Event) -> Result<(), PublishError> {
         (**self).publish(event).await
+    }
+
+    async fn preflight(&self, redelivery: Duration) -> Option<String> {
+        (**self).preflight(redelivery).await
     }
 }
 

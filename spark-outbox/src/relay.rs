@@ -357,6 +357,14 @@ impl<S: OutboxStore> Relay<S> {
         self.wake.clone()
     }
 
+    /// The longest time between two deliveries of one event: the lease (a
+    /// relay that crashes mid-publish) plus the backoff cap. A sink that
+    /// dedupes (JetStream's duplicate window) must cover it.
+    #[must_use]
+    pub fn redelivery_window(&self) -> Duration {
+        self.cfg.lease.saturating_add(self.cfg.backoff_cap)
+    }
+
     /// Runs until `shutdown` completes, then finishes the batch in hand and
     /// returns. Database errors are logged and retried after the poll
     /// interval, so a database restart does not stop the relay. While every
@@ -376,6 +384,12 @@ impl<S: OutboxStore> Relay<S> {
         let mut last_housekeeping: Option<Instant> = None;
         let mut outages = 0u32;
         tracing::info!(relay = %self.id, "outbox relay started");
+        // A redelivery can come a lease (crash mid-publish) plus a backoff
+        // cap after the first delivery; a sink that dedupes for less stores
+        // it twice, so say so at start rather than find out in an incident.
+        if let Some(problem) = publisher.preflight(self.redelivery_window()).await {
+            tracing::warn!(relay = %self.id, "{problem}");
+        }
         loop {
             // Gauges and cleanup scan the table: every few seconds is
             // plenty, and several relays should not each do it every loop.

@@ -123,6 +123,10 @@ async fn a_short_duplicate_window_is_reported() {
     );
     assert!(window.to_string().contains("raise duplicate_window"), "{window}");
     assert!(nats.check_duplicate_window(Duration::from_millis(500)).await.unwrap().covers());
+    // What a relay calls before its first claim.
+    let warning = nats.preflight(Duration::from_secs(300)).await.expect("a 1 s window cannot cover 5 min");
+    assert!(warning.contains("raise duplicate_window"), "{warning}");
+    assert_eq!(nats.preflight(Duration::from_millis(500)).await, None);
     js.delete_stream(&tag).await.unwrap();
 
     // The stream `connect` creates dedupes for 2 minutes.
@@ -135,4 +139,6 @@ async fn a_short_duplicate_window_is_reported() {
     // No stream captures the subjects: an error, not a silent pass.
     let orphan = NatsPublisher::new(js, format!("{tag}none")).unwrap();
     assert!(matches!(orphan.check_duplicate_window(Duration::from_secs(1)).await, Err(OutboxError::Sink { .. })));
+    let warning = orphan.preflight(Duration::from_secs(1)).await.expect("no stream is a warning, not a pass");
+    assert!(warning.contains("cannot check"), "{warning}");
 }

@@ -443,3 +443,35 @@ async fn the_listen_probe_detects_a_dead_listener_and_reconnects() {
     })
     .await;
 }
+
+/// Point 9: each relay asks its sink, before the first claim, whether it can
+/// absorb a redelivery a lease plus a backoff cap after the first delivery.
+#[tokio::test]
+async fn the_relay_asks_the_sink_to_cover_lease_plus_backoff_cap() {
+    #[derive(Clone, Default)]
+    struct Asked(Arc<std::sync::Mutex<Vec<Duration>>>);
+    #[async_trait]
+    impl Publisher for Asked {
+        async fn publish(&self, _: &Event) -> Result<(), PublishError> {
+            Ok(())
+        }
+        async fn preflight(&self, redelivery: Duration) -> Option<String> {
+            self.0.lock().unwrap().push(redelivery);
+            Some("window too short".to_owned())
+        }
+    }
+    let db = spark_testkit::sqlite().await;
+    spark_outbox::sqlite::migrator().run(&db.pool).await.unwrap();
+    let asked = Asked::default();
+    let relay = Relay::builder(SqliteOutbox::new(db.pool.clone()))
+        .lease(Duration::from_secs(90))
+        .backoff(Duration::from_millis(500), Duration::from_secs(120))
+        .build()
+        .unwrap();
+    assert_eq!(relay.redelivery_window(), Duration::from_secs(210));
+    let handle = relay.spawn(asked.clone());
+    eventually(Duration::from_secs(10), "the preflight", || async { !asked.0.lock().unwrap().is_empty() }).await;
+    // A warning, not a stop: the relay keeps running.
+    handle.shutdown().await.unwrap();
+    assert_eq!(*asked.0.lock().unwrap(), [Duration::from_secs(210)]);
+}
