@@ -195,6 +195,12 @@ impl AccountPattern {
         if !prefix && body.is_empty() {
             bail!("empty account id");
         }
+        // A lone `*` would be the empty prefix: every account, including
+        // ones created later for other clients. Such a grant must be
+        // spelt out, never be the side effect of a short pattern.
+        if prefix && body.is_empty() {
+            bail!("account pattern \"*\" would match every account; list the accounts, or prefixes such as \"desk-*\"");
+        }
         if body.len() > MAX_ACCOUNT_ID {
             bail!("account pattern {text:?} is longer than {MAX_ACCOUNT_ID} characters");
         }
@@ -367,6 +373,7 @@ mod tests {
         for (text, needle) in [
             (file(r#"["a*b"]"#), "trailing"),
             (file(r#"[""]"#), "empty account"),
+            (file(r#"["acc-1", "*"]"#), "would match every account"),
             (file(&format!("[\"{}\"]", "a".repeat(65))), "longer than 64"),
             ("[[client]]\nid = \"c\"\ntoken_sha256 = \"zz\"\naccounts = []\n".to_owned(), "64 hex"),
             ("".to_owned(), "no [[client]]"),
