@@ -219,11 +219,18 @@ impl AccountPattern {
 #[derive(Debug)]
 pub struct Clients(Vec<Client>);
 
-#[derive(Debug)]
 struct Client {
     id: String,
     digest: [u8; 32],
     accounts: Arc<[AccountPattern]>,
+}
+
+// By hand, without the digest: `Auth` and `Clients` are `Debug`, and a
+// token's SHA-256 in a log line is an offline guessing target.
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("id", &self.id).field("accounts", &self.accounts).finish_non_exhaustive()
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -381,6 +388,17 @@ mod tests {
         ] {
             let err = format!("{:#}", Clients::from_toml(&text).unwrap_err());
             assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+
+    #[test]
+    fn debug_output_names_clients_but_never_their_token_digests() {
+        let clients = Clients::from_toml(&file(r#"["acc-1"]"#)).unwrap();
+        let digest: [u8; 32] = Sha256::digest(b"t").into();
+        for text in [format!("{clients:?}"), format!("{:?}", Auth::bearer(clients))] {
+            assert!(text.contains("\"c\"") && text.contains("acc-1"), "{text}");
+            assert!(!text.contains(&format!("{digest:?}")) && !text.contains(&token_sha256("t")), "{text}");
+            assert!(!text.contains("digest"), "{text}");
         }
     }
 
