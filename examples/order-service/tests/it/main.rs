@@ -597,3 +597,25 @@ async fn csp_reports_are_validated_capped_limited_and_counted() {
     // Refused reports are not counted either.
     assert_eq!(violations(&s.get("/metrics").await.body), before + 3.0 + f64::from(REPORT_BURST) + 2.0);
 }
+
+/// Invented HTTP methods are one `other` label in the metrics, not a new
+/// series each: a caller cannot grow the recorder's memory at will.
+#[tokio::test]
+async fn invented_methods_do_not_grow_the_metrics() {
+    let s = sqlite().await;
+    for n in 0..5 {
+        let method = axum::http::Method::from_bytes(format!("INVENTED{n}").as_bytes()).unwrap();
+        let r = s.send(Request::builder().method(method).uri("/healthz").body(Body::empty()).unwrap()).await;
+        assert_problem(&r, 405, "method-not-allowed");
+    }
+    let metrics = s.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(!metrics.body.contains("INVENTED"), "{}", metrics.body);
+    assert!(
+        metrics.body.lines().any(|l| l.starts_with("http_request_duration_seconds_count")
+            && l.contains("route=\"/healthz\"")
+            && l.contains("method=\"other\"")),
+        "{}",
+        metrics.body
+    );
+}
