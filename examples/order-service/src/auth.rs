@@ -258,7 +258,14 @@ impl Clients {
     /// shared by two clients, an account pattern with a misplaced `*`, or no
     /// client at all.
     pub fn from_toml(text: &str) -> anyhow::Result<Clients> {
-        let file: File = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().replace('\n', " ")))?;
+        // toml's Display quotes the offending line, and in this file that
+        // line is likely a token digest (or a token pasted by mistake):
+        // name the line by number instead, and keep toml's message.
+        let file: File = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1);
+            let at = line.map(|l| format!(" at line {l}")).unwrap_or_default();
+            anyhow::anyhow!("invalid TOML{at}: {}", e.message().replace('\n', " "))
+        })?;
         if file.client.is_empty() {
             bail!("the clients file has no [[client]] table");
         }
@@ -399,6 +406,19 @@ mod tests {
             assert!(text.contains("\"c\"") && text.contains("acc-1"), "{text}");
             assert!(!text.contains(&format!("{digest:?}")) && !text.contains(&token_sha256("t")), "{text}");
             assert!(!text.contains("digest"), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_line_but_never_quotes_it() {
+        let digest = token_sha256("t");
+        for text in [
+            format!("[[client]]\nid = \"c\"\ntoken_sha256 = \"{digest}\naccounts = []\n"),
+            format!("[[client]]\nid = \"c\"\ntoken_sha256 = \"{digest}\" x\naccounts = []\n"),
+        ] {
+            let err = format!("{:#}", Clients::from_toml(&text).unwrap_err());
+            assert!(err.contains("line 3"), "{err}");
+            assert!(!err.contains(&digest[..16]), "{err}");
         }
     }
 
