@@ -89,6 +89,24 @@ async fn bench_http_drives_a_running_service() {
     assert_eq!(refused.code, 2, "only loopback targets");
 }
 
+/// The loopback rule is decided on the parsed address: a host name that
+/// merely starts like 127.x, or an address outside 127/8 and ::1, is
+/// refused before any request; loopback in another spelling is not.
+#[test]
+fn bench_http_targets_loopback_addresses_only() {
+    for url in [
+        "http://127.0.0.1.example.com:8080",
+        "http://127.attacker.test:8080",
+        "http://[::2]:8080",
+        "http://[::ffff:192.0.2.1]:8080",
+        "http://localhost.example.com:8080",
+    ] {
+        let run = crate::spark(&["bench", "http", "--url", url, "--seconds", "1"]);
+        assert_eq!(run.code, 2, "{url}: {}", run.stderr);
+        assert!(run.stderr.contains("must be a loopback address"), "{url}: {}", run.stderr);
+    }
+}
+
 /// A bench the service does not authorise says so and exits 1, rather
 /// than reporting the speed of 401s as the service's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
