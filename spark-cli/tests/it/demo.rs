@@ -126,3 +126,40 @@ async fn bench_http_without_a_valid_token_is_a_no() {
     assert!(v["unauthenticated_401"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(v["created_201"], 0, "{v}");
 }
+
+/// A redirect from the service is counted, never followed: the loopback
+/// rule holds for --url, and a Location header may name any host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_http_does_not_follow_redirects() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // Where the redirect points (loopback here, so following it would be
+    // seen, not sent anywhere): it counts what reaches it.
+    let followed = Arc::new(AtomicU64::new(0));
+    let hits = followed.clone();
+    let elsewhere = axum::Router::new().fallback(move || {
+        hits.fetch_add(1, Ordering::SeqCst);
+        async { axum::http::StatusCode::CREATED }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("http://{}/v1/orders", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, elsewhere).await.unwrap() });
+    let redirecting = axum::Router::new().fallback(move || {
+        let target = target.clone();
+        async move { (axum::http::StatusCode::TEMPORARY_REDIRECT, [("location", target)]) }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, redirecting).await.unwrap() });
+
+    let run = tokio::task::spawn_blocking(move || {
+        crate::spark(&["bench", "http", "--url", &url, "--seconds", "1", "--rate", "20", "--json"])
+    })
+    .await
+    .unwrap();
+    let v = run.json();
+    assert!(v["redirect_3xx"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["created_201"], 0, "{v}");
+    assert_eq!(v["server_5xx"], 0, "{v}");
+    assert_eq!(followed.load(Ordering::SeqCst), 0, "the bench followed a redirect: {v}");
+}
