@@ -262,7 +262,9 @@ impl Clients {
         // line is likely a token digest (or a token pasted by mistake):
         // name the line by number instead, and keep toml's message.
         let file: File = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1);
+            let line = e
+                .span()
+                .map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1);
             let at = line.map(|l| format!(" at line {l}")).unwrap_or_default();
             anyhow::anyhow!("invalid TOML{at}: {}", e.message().replace('\n', " "))
         })?;
