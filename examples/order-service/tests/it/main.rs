@@ -293,7 +293,9 @@ async fn hundred_parallel_orders_make_one_position(s: Service) {
             let s = s.clone();
             tokio::spawn(async move {
                 let qty = (i % 7 + 1).to_string();
-                loop {
+                // Bounded: a key that stayed busy for good fails the test
+                // instead of hanging it.
+                for _ in 0..500 {
                     let r = s.order(Some(T1), Some(&format!("k{i}")), &body("acc-9", &qty, "101.30")).await;
                     match r.status.as_u16() {
                         201 => return i % 7 + 1,
@@ -303,6 +305,7 @@ async fn hundred_parallel_orders_make_one_position(s: Service) {
                         other => panic!("{other}: {}", r.body),
                     }
                 }
+                panic!("order k{i} was still refused as busy after 500 attempts")
             })
         })
         .collect();
