@@ -56,6 +56,11 @@ struct Report {
     forbidden_403: u64,
     other_4xx: u64,
     server_5xx: u64,
+    /// Redirects, counted and not followed: a redirect could lead off this
+    /// machine.
+    redirect_3xx: u64,
+    /// Any other status (1xx, a 2xx other than 201).
+    other_status: u64,
     transport_errors: u64,
     /// Ticks skipped because `concurrency` requests were already in flight.
     saturated: u64,
@@ -74,15 +79,30 @@ fn body(n: u64) -> String {
 
 pub(crate) async fn run(args: HttpBench, out: &Output) -> CmdResult {
     let url = reqwest::Url::parse(&args.url).context("invalid --url")?;
-    let host = url.host_str().unwrap_or_default().to_owned();
-    if !(host == "localhost" || host.starts_with("127.") || host == "[::1]" || host == "::1") {
+    // Decided on the parsed host, not its text: "127.0.0.1.example.com"
+    // starts like a loopback address and resolves anywhere.
+    // (The URL parser has already written IP hosts in their canonical
+    // form, and IPv6 ones in brackets.)
+    let host = url.host_str().unwrap_or_default();
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let loopback = match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    };
+    if !loopback {
         return Err(anyhow::anyhow!(
             "--url must be a loopback address (load tests target this machine only), got {host}"
         )
         .into());
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).pool_max_idle_per_host(1024).build()?;
+    // Redirects are not followed: the loopback check above is on --url
+    // alone, and a Location header may name any host.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(1024)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
     let endpoint = url.join("/v1/orders")?;
     let run_id = format!("{:08x}", fastrand::u32(..));
     let seq = Arc::new(AtomicU64::new(0));
@@ -127,7 +147,9 @@ pub(crate) async fn run(args: HttpBench, out: &Output) -> CmdResult {
                         401 => s.0.unauthenticated_401 += 1,
                         403 => s.0.forbidden_403 += 1,
                         400..=499 => s.0.other_4xx += 1,
-                        _ => s.0.server_5xx += 1,
+                        500..=599 => s.0.server_5xx += 1,
+                        300..=399 => s.0.redirect_3xx += 1,
+                        _ => s.0.other_status += 1,
                     },
                     Err(_) => s.0.transport_errors += 1,
                 }
@@ -180,7 +202,7 @@ pub(crate) async fn run(args: HttpBench, out: &Output) -> CmdResult {
         format!(
             "{} requests in {:.1} s: {:.0} req/s · p50 {:.2} ms · p95 {:.2} ms · p99 {:.2} ms\n\
              201 created {} · 201 replayed {} · 409 {} · 401 {} · 403 {} · other 4xx {} · 5xx {} · \
-             transport errors {} · saturated ticks {}",
+             3xx (not followed) {} · other {} · transport errors {} · saturated ticks {}",
             report.requests,
             report.seconds,
             report.requests_per_sec,
@@ -194,6 +216,8 @@ pub(crate) async fn run(args: HttpBench, out: &Output) -> CmdResult {
             report.forbidden_403,
             report.other_4xx,
             report.server_5xx,
+            report.redirect_3xx,
+            report.other_status,
             report.transport_errors,
             report.saturated
         )

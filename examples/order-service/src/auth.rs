@@ -195,6 +195,12 @@ impl AccountPattern {
         if !prefix && body.is_empty() {
             bail!("empty account id");
         }
+        // A lone `*` would be the empty prefix: every account, including
+        // ones created later for other clients. Such a grant must be
+        // spelt out, never be the side effect of a short pattern.
+        if prefix && body.is_empty() {
+            bail!("account pattern \"*\" would match every account; list the accounts, or prefixes such as \"desk-*\"");
+        }
         if body.len() > MAX_ACCOUNT_ID {
             bail!("account pattern {text:?} is longer than {MAX_ACCOUNT_ID} characters");
         }
@@ -213,11 +219,18 @@ impl AccountPattern {
 #[derive(Debug)]
 pub struct Clients(Vec<Client>);
 
-#[derive(Debug)]
 struct Client {
     id: String,
     digest: [u8; 32],
     accounts: Arc<[AccountPattern]>,
+}
+
+// By hand, without the digest: `Auth` and `Clients` are `Debug`, and a
+// token's SHA-256 in a log line is an offline guessing target.
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("id", &self.id).field("accounts", &self.accounts).finish_non_exhaustive()
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -245,7 +258,16 @@ impl Clients {
     /// shared by two clients, an account pattern with a misplaced `*`, or no
     /// client at all.
     pub fn from_toml(text: &str) -> anyhow::Result<Clients> {
-        let file: File = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().replace('\n', " ")))?;
+        // toml's Display quotes the offending line, and in this file that
+        // line is likely a token digest (or a token pasted by mistake):
+        // name the line by number instead, and keep toml's message.
+        let file: File = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1);
+            let at = line.map(|l| format!(" at line {l}")).unwrap_or_default();
+            anyhow::anyhow!("invalid TOML{at}: {}", e.message().replace('\n', " "))
+        })?;
         if file.client.is_empty() {
             bail!("the clients file has no [[client]] table");
         }
@@ -367,6 +389,7 @@ mod tests {
         for (text, needle) in [
             (file(r#"["a*b"]"#), "trailing"),
             (file(r#"[""]"#), "empty account"),
+            (file(r#"["acc-1", "*"]"#), "would match every account"),
             (file(&format!("[\"{}\"]", "a".repeat(65))), "longer than 64"),
             ("[[client]]\nid = \"c\"\ntoken_sha256 = \"zz\"\naccounts = []\n".to_owned(), "64 hex"),
             ("".to_owned(), "no [[client]]"),
@@ -374,6 +397,30 @@ mod tests {
         ] {
             let err = format!("{:#}", Clients::from_toml(&text).unwrap_err());
             assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+
+    #[test]
+    fn debug_output_names_clients_but_never_their_token_digests() {
+        let clients = Clients::from_toml(&file(r#"["acc-1"]"#)).unwrap();
+        let digest: [u8; 32] = Sha256::digest(b"t").into();
+        for text in [format!("{clients:?}"), format!("{:?}", Auth::bearer(clients))] {
+            assert!(text.contains("\"c\"") && text.contains("acc-1"), "{text}");
+            assert!(!text.contains(&format!("{digest:?}")) && !text.contains(&token_sha256("t")), "{text}");
+            assert!(!text.contains("digest"), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_line_but_never_quotes_it() {
+        let digest = token_sha256("t");
+        for text in [
+            format!("[[client]]\nid = \"c\"\ntoken_sha256 = \"{digest}\naccounts = []\n"),
+            format!("[[client]]\nid = \"c\"\ntoken_sha256 = \"{digest}\" x\naccounts = []\n"),
+        ] {
+            let err = format!("{:#}", Clients::from_toml(&text).unwrap_err());
+            assert!(err.contains("line 3"), "{err}");
+            assert!(!err.contains(&digest[..16]), "{err}");
         }
     }
 

@@ -461,6 +461,38 @@ pub(crate) async fn not_found() -> Response {
 
 #[cfg(test)]
 mod tests {
+    fn fp(account: &str, symbol: &str, side: &str, qty: &str, price: &str) -> spark_idempotency::Fingerprint {
+        let body = serde_json::json!({
+            "account_id": account, "symbol": symbol, "side": side, "quantity": qty, "price": price
+        });
+        super::order_fingerprint(body.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn the_fingerprint_covers_every_field_and_only_the_value_of_decimals() {
+        let base = fp("acc-1", "THYAO", "buy", "100", "101.3");
+        assert_eq!(base, fp("acc-1", "THYAO", "buy", "100", "101.30"));
+        assert_eq!(base, fp("acc-1", "THYAO", "buy", "100.000", "101.300"));
+        for other in [
+            fp("acc-1", "THYAO", "buy", "100", "101.31"),
+            fp("acc-1", "THYAO", "buy", "10", "101.3"),
+            fp("acc-1", "THYAO", "buy", "1000", "101.3"),
+            fp("acc-1", "THYAO", "sell", "100", "101.3"),
+            fp("acc-2", "THYAO", "buy", "100", "101.3"),
+            fp("acc-1", "GARAN", "buy", "100", "101.3"),
+            // Shifting bytes between neighbouring fields is another order.
+            fp("acc-1T", "HYAO", "buy", "100", "101.3"),
+            fp("acc-1", "THYAO", "buy", "1001", "01.3"),
+        ] {
+            assert_ne!(base, other);
+        }
+        // The same order in another shape (key order, whitespace).
+        let reordered = br#" { "price": "101.30", "quantity": "100", "side": "buy",
+            "symbol": "THYAO", "account_id": "acc-1" } "#;
+        assert_eq!(super::order_fingerprint(reordered), Some(base));
+        assert_eq!(super::order_fingerprint(b"{}"), None);
+    }
+
     #[test]
     fn rfc3339_formats_utc() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");

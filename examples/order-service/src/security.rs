@@ -128,6 +128,27 @@ pub(crate) struct ReportLimiter {
 struct Buckets {
     by_source: HashMap<Option<IpAddr>, Bucket>,
     overflow: Option<Bucket>,
+    /// When idle buckets were last dropped; `None` before the first time.
+    last_sweep_ms: Option<i64>,
+    /// How many times they were (for the tests).
+    sweeps: u64,
+}
+
+/// How often, at most, a full map is swept for idle buckets. Sweeping is a
+/// pass over every bucket; done for each report from a new address, a
+/// flood from many addresses would cost that pass per request.
+const SWEEP_EVERY_MS: i64 = 1000;
+
+/// The bucket a source address draws from: an IPv4 address (also when it
+/// arrives IPv4-mapped, `::ffff:a.b.c.d`, on a dual-stack socket) by
+/// itself, an IPv6 address by its /64. One host is routinely given a whole
+/// /64, so per-address buckets there would hand one sender 2^64 of them,
+/// enough to fill the map and push everyone else into the overflow bucket.
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
+    }
 }
 
 /// Tokens in thousandths, refilled by elapsed milliseconds: integer
@@ -169,13 +190,19 @@ impl ReportLimiter {
 
     /// Whether one more report from `source` is admitted.
     pub(crate) fn admit(&self, source: Option<IpAddr>) -> bool {
+        let source = source.map(source_key);
         let now = self.clock.now_ms();
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !state.by_source.contains_key(&source) && state.by_source.len() >= self.max_sources {
+        // A clock that went back also allows a sweep, so a step backwards
+        // cannot stop sweeps until the clock catches up again.
+        let sweep_due = state.last_sweep_ms.is_none_or(|last| now < last || now.saturating_sub(last) >= SWEEP_EVERY_MS);
+        if !state.by_source.contains_key(&source) && state.by_source.len() >= self.max_sources && sweep_due {
             state.by_source.retain(|_, b| {
                 b.refill(now);
                 b.milli_tokens < FULL
             });
+            state.last_sweep_ms = Some(now);
+            state.sweeps += 1;
         }
         if let Some(bucket) = state.by_source.get_mut(&source) {
             return bucket.take(now);
@@ -192,6 +219,11 @@ impl ReportLimiter {
     #[cfg(test)]
     fn tracked(&self) -> usize {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).by_source.len()
+    }
+
+    #[cfg(test)]
+    fn sweeps(&self) -> u64 {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).sweeps
     }
 }
 
@@ -236,5 +268,63 @@ mod tests {
         clock.advance(std::time::Duration::from_secs(60));
         assert!(limiter.admit(Some(IpAddr::from([10, 0, 0, 1]))));
         assert!(limiter.tracked() <= 8);
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_sender_and_mapped_ipv4_is_the_ipv4_address() {
+        let limiter = ReportLimiter::new(Arc::new(spark_db::ManualClock::new(0)), 100);
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert!((0..REPORT_BURST).all(|_| limiter.admit(ip("2001:db8:1:2::1"))));
+        assert!(!limiter.admit(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")), "same /64, same bucket");
+        assert!(limiter.admit(ip("2001:db8:1:3::1")), "another /64 has its own");
+        assert!((0..REPORT_BURST).all(|_| limiter.admit(ip("192.0.2.7"))));
+        assert!(!limiter.admit(ip("::ffff:192.0.2.7")), "IPv4-mapped is the IPv4 sender");
+        assert!(limiter.admit(ip("192.0.2.8")));
+        assert_eq!(limiter.tracked(), 4);
+    }
+
+    #[test]
+    fn a_full_map_is_swept_at_most_once_a_second_and_again_after_the_clock_goes_back() {
+        let clock = spark_db::ManualClock::new(10_000);
+        let limiter = ReportLimiter::new(Arc::new(clock.clone()), 4);
+        for i in 0..1000u32 {
+            limiter.admit(Some(IpAddr::from(i.to_be_bytes())));
+        }
+        assert_eq!(limiter.sweeps(), 1, "one pass for a thousand new addresses within the same second");
+        clock.advance(std::time::Duration::from_millis(999));
+        limiter.admit(Some(IpAddr::from([10, 0, 0, 1])));
+        assert_eq!(limiter.sweeps(), 1);
+        clock.advance(std::time::Duration::from_millis(1));
+        limiter.admit(Some(IpAddr::from([10, 0, 0, 2])));
+        assert_eq!(limiter.sweeps(), 2);
+        // That sweep dropped the idle buckets; fill the map again.
+        for last in 4..7 {
+            limiter.admit(Some(IpAddr::from([10, 0, 0, last])));
+        }
+        assert_eq!((limiter.tracked(), limiter.sweeps()), (4, 2));
+        // Time steps back a minute: sweeping resumes rather than waiting
+        // for the clock to catch up.
+        clock.set(11_000 - 60_000);
+        limiter.admit(Some(IpAddr::from([10, 0, 0, 3])));
+        assert_eq!(limiter.sweeps(), 3);
+        assert!(limiter.tracked() <= 4);
+    }
+
+    #[test]
+    fn a_clock_going_back_neither_panics_nor_refills() {
+        let clock = spark_db::ManualClock::new(100_000);
+        let limiter = ReportLimiter::new(Arc::new(clock.clone()), 4);
+        let a = Some(IpAddr::from([127, 0, 0, 1]));
+        assert!((0..REPORT_BURST).all(|_| limiter.admit(a)));
+        clock.set(0);
+        assert!(!limiter.admit(a), "going back gives no tokens");
+        clock.set(i64::MIN);
+        assert!(!limiter.admit(a));
+        clock.set(101_000);
+        assert!(limiter.admit(a), "a second after the last report: one token");
+        assert!(!limiter.admit(a));
+        clock.set(i64::MAX);
+        assert!((0..REPORT_BURST).all(|_| limiter.admit(a)), "a huge jump refills to the burst, no more");
+        assert!(!limiter.admit(a));
     }
 }

@@ -32,7 +32,7 @@ pub fn handle() -> PrometheusHandle {
 /// Records latency and status class per matched route.
 pub async fn track(req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let start = Instant::now();
     let response = next.run(req).await;
     let class = format!("{}xx", response.status().as_u16() / 100);
@@ -40,6 +40,15 @@ pub async fn track(req: Request, next: Next) -> Response {
         .record(start.elapsed().as_secs_f64());
     metrics::counter!("http_responses_total", "route" => route, "class" => class).increment(1);
     response
+}
+
+/// The method as a metric label: the standard methods by name, any other
+/// as `other`. HTTP lets a client invent methods (`FOO1`, `FOO2`, …), and a
+/// label per invented method would be a new series each, held for the life
+/// of the process: memory any caller could grow without bound.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    const KNOWN: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
+    KNOWN.into_iter().find(|m| *m == method.as_str()).unwrap_or("other")
 }
 
 /// `GET /metrics`: refreshes the gauges, then renders the text exposition.

@@ -82,11 +82,27 @@ async fn refuses_to_start_without_authentication() {
     assert!(stderr.contains("--clients") && stderr.contains("--dev-auth header"), "{stderr}");
     assert!(!dir.path().join("svc.db").exists(), "refused before touching the database");
 
+    // Both modes at once is a usage error, whatever else is wrong: a valid
+    // clients file (so loading it cannot be what fails) and a database URL
+    // that would fail later (so a service that started anyway exits too,
+    // but with another message).
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "[[client]]\nid = \"c\"\ntoken_sha256 = \"{}\"\naccounts = [\"a\"]\n",
+            order_service::auth::token_sha256("t")
+        ),
+    )
+    .unwrap();
     let both = Command::new(env!("CARGO_BIN_EXE_order-service"))
-        .args(["--database-url", &url, "--clients", "x.toml", "--dev-auth", "header"])
+        .args(["--listen", "127.0.0.1:0", "--database-url", "mysql://x", "--dev-auth", "header", "--clients"])
+        .arg(&good)
         .output()
         .unwrap();
     assert_eq!(both.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&both.stderr);
+    assert!(stderr.contains("cannot be used with") && stderr.contains("--dev-auth"), "{stderr}");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[[client]]\nid = \"c\"\ntoken_sha256 = \"nothex\"\naccounts = []\n").unwrap();
     let bad = Command::new(env!("CARGO_BIN_EXE_order-service"))

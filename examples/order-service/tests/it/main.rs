@@ -103,6 +103,18 @@ impl Service {
         self.get_as(Some(T1), path).await
     }
 
+    /// Rows of every table an order writes: orders, idempotency keys,
+    /// outbox events, positions, position fills.
+    async fn recorded(&self) -> [i64; 5] {
+        [
+            self.count("SELECT COUNT(*) FROM order_service_orders").await,
+            self.count("SELECT COUNT(*) FROM spark_idempotency_keys").await,
+            self.count("SELECT COUNT(*) FROM spark_outbox").await,
+            self.count("SELECT COUNT(*) FROM spark_positions").await,
+            self.count("SELECT COUNT(*) FROM spark_position_fills").await,
+        ]
+    }
+
     async fn count(&self, sql: &'static str) -> i64 {
         match &self.db {
             Database::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
@@ -194,7 +206,9 @@ async fn order_lifecycle_and_every_refusal(s: Service) {
     let unknown =
         json!({ "account_id": "acc-1", "symbol": "NOPE", "side": "buy", "quantity": "1", "price": "1" }).to_string();
     assert_problem(&s.order(Some(T1), Some("k0"), &unknown).await, 422, "unknown-symbol");
-    assert_eq!(s.count("SELECT COUNT(*) FROM order_service_orders").await, 0);
+    // Refused before and after the key was claimed alike: no row anywhere,
+    // not even the key.
+    assert_eq!(s.recorded().await, [0; 5]);
 
     let first = s.order(Some(T1), Some("k1"), &valid).await;
     assert_eq!(first.status, 201, "{}", first.body);
@@ -279,7 +293,9 @@ async fn hundred_parallel_orders_make_one_position(s: Service) {
             let s = s.clone();
             tokio::spawn(async move {
                 let qty = (i % 7 + 1).to_string();
-                loop {
+                // Bounded: a key that stayed busy for good fails the test
+                // instead of hanging it.
+                for _ in 0..500 {
                     let r = s.order(Some(T1), Some(&format!("k{i}")), &body("acc-9", &qty, "101.30")).await;
                     match r.status.as_u16() {
                         201 => return i % 7 + 1,
@@ -289,6 +305,7 @@ async fn hundred_parallel_orders_make_one_position(s: Service) {
                         other => panic!("{other}: {}", r.body),
                     }
                 }
+                panic!("order k{i} was still refused as busy after 500 attempts")
             })
         })
         .collect();
@@ -408,9 +425,29 @@ async fn replay_comes_before_validation_and_fingerprints_are_canonical(s: Servic
     let toml = format!("[instruments.THYAO]\n{rules}");
     let changed =
         s.with_state(AppState::new(s.db.clone(), Instruments::from_toml(&toml).unwrap(), Auth::bearer(clients())));
+    let after_first = s.recorded().await;
+    assert_eq!(after_first, [1, 1, 1, 1, 1]);
     let refused = changed.order(Some(T1), Some("r2"), &body("acc-1", "100", "101.30")).await;
     assert_problem(&refused, 422, "order-rules");
     assert_problem(&changed.order(Some(T1), Some("r2"), &body("acc-1", "100", "101.30")).await, 422, "order-rules");
+    assert_eq!(s.recorded().await, after_first, "a refusal records nothing");
+    // The currency changes: the fill is refused by positions, after the
+    // order row and the event were written in the transaction; all of it
+    // rolls back.
+    let in_usd = s.with_state(AppState::new(
+        s.db.clone(),
+        Instruments::from_toml(&format!("[instruments.THYAO]\n{}", DEFAULT_RULES_USD.as_str())).unwrap(),
+        Auth::bearer(clients()),
+    ));
+    let mismatch = in_usd.order(Some(T1), Some("r2"), &body("acc-1", "100", "101.30")).await;
+    assert_problem(&mismatch, 422, "currency-mismatch");
+    assert_eq!(s.recorded().await, after_first, "a refusal after partial writes records nothing");
+    // The key is free for any order: another one under it is accepted,
+    // not a mismatch with the refused ones.
+    let other = changed.order(Some(T1), Some("r2"), &body("acc-1", "1000", "101.30")).await;
+    assert_eq!(other.status, 201, "{}", other.body);
+    assert!(other.headers.get("idempotent-replayed").is_none());
+    assert_eq!(s.recorded().await, [2, 2, 2, 1, 2]);
     // ...but the retry of the accepted order is its original 201.
     let replay = changed.order(Some(T1), Some("r1"), &body("acc-1", "100", "101.30")).await;
     assert_eq!((replay.status, &replay.body), (first.status, &first.body));
@@ -424,8 +461,12 @@ async fn replay_comes_before_validation_and_fingerprints_are_canonical(s: Servic
     ));
     let replay = gone.order(Some(T1), Some("r1"), &body("acc-1", "100", "101.30")).await;
     assert_eq!((replay.status, &replay.body), (first.status, &first.body));
-    assert_eq!(s.count("SELECT COUNT(*) FROM order_service_orders").await, 1);
+    assert_eq!(s.count("SELECT COUNT(*) FROM order_service_orders").await, 2);
 }
+
+/// The default rules, quoted in US dollars.
+static DEFAULT_RULES_USD: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| order_service::instruments::DEFAULT_RULES.replace("\"TRY\"", "\"USD\""));
 
 async fn repeated_non_ascii_and_oversized_headers_are_400(s: Service) {
     let valid = body("acc-1", "100", "101.30");
@@ -596,4 +637,26 @@ async fn csp_reports_are_validated_capped_limited_and_counted() {
     assert_problem(&s.send(now([127, 0, 0, 1])).await, 429, "too-many-reports");
     // Refused reports are not counted either.
     assert_eq!(violations(&s.get("/metrics").await.body), before + 3.0 + f64::from(REPORT_BURST) + 2.0);
+}
+
+/// Invented HTTP methods are one `other` label in the metrics, not a new
+/// series each: a caller cannot grow the recorder's memory at will.
+#[tokio::test]
+async fn invented_methods_do_not_grow_the_metrics() {
+    let s = sqlite().await;
+    for n in 0..5 {
+        let method = axum::http::Method::from_bytes(format!("INVENTED{n}").as_bytes()).unwrap();
+        let r = s.send(Request::builder().method(method).uri("/healthz").body(Body::empty()).unwrap()).await;
+        assert_problem(&r, 405, "method-not-allowed");
+    }
+    let metrics = s.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(!metrics.body.contains("INVENTED"), "{}", metrics.body);
+    assert!(
+        metrics.body.lines().any(|l| l.starts_with("http_request_duration_seconds_count")
+            && l.contains("route=\"/healthz\"")
+            && l.contains("method=\"other\"")),
+        "{}",
+        metrics.body
+    );
 }
