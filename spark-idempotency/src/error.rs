@@ -36,16 +36,35 @@ pub enum IdempotencyError {
         reason: String,
     },
     /// The database failed.
-    #[error("idempotency store: {0}")]
+    #[error("idempotency store failed")]
     Database(#[source] sqlx::Error),
     /// Running migrations failed.
-    #[error("idempotency migrations: {0}")]
+    #[error("idempotency migrations failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
 }
 
 impl From<sqlx::Error> for IdempotencyError {
     fn from(err: sqlx::Error) -> Self {
         IdempotencyError::Database(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdempotencyError;
+
+    /// `{:#}` of an error chain prints each cause once: the cause lives in
+    /// `source()`, not in the message too.
+    #[test]
+    fn causes_are_printed_once() {
+        let errors = [
+            (IdempotencyError::from(sqlx::Error::Protocol("bad frame".to_owned())), "bad frame"),
+            (IdempotencyError::Migrate(sqlx::migrate::MigrateError::VersionMissing(20_261_125)), "20261125"),
+        ];
+        for (err, cause) in errors {
+            let chain = format!("{:#}", anyhow::Error::from(err));
+            assert_eq!(chain.matches(cause).count(), 1, "{chain}");
+        }
     }
 }
 
