@@ -49,6 +49,9 @@ impl From<sqlx::Error> for IdempotencyError {
     }
 }
 
+/// Shorthand for results of this crate.
+pub type Result<T, E = IdempotencyError> = std::result::Result<T, E>;
+
 #[cfg(test)]
 mod tests {
     use super::IdempotencyError;
@@ -68,5 +71,3 @@ mod tests {
     }
 }
 
-/// Shorthand for results of this crate.
-pub type Result<T, E = IdempotencyError> = std::result::Result<T, E>;

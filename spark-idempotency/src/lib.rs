@@ -83,10 +83,10 @@ mod memory;
 pub mod metrics;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-#[cfg(feature = "sqlite")]
-pub mod sqlite;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod sql_store;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 mod store;
 mod types;
 

@@ -97,7 +97,10 @@ pub(crate) mod sealed {
         ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
         /// Counts for [`Stats`](crate::Stats).
-        fn stats(conn: &mut Self::Connection, now_ms: i64) -> impl Future<Output = Result<StatsRow, sqlx::Error>> + Send;
+        fn stats(
+            conn: &mut Self::Connection,
+            now_ms: i64,
+        ) -> impl Future<Output = Result<StatsRow, sqlx::Error>> + Send;
 
         /// Before a transactional claim: bounds how long the claim may wait
         /// for another transaction holding the key, and returns the setting
@@ -242,12 +245,7 @@ impl<DB: SqlBackend> SqlStore<DB> {
     /// # Errors
     ///
     /// [`IdempotencyError::LeaseLost`] or a database error.
-    pub async fn complete_in(
-        &self,
-        conn: &mut DB::Connection,
-        lease: &Lease,
-        response: &StoredResponse,
-    ) -> Result<()> {
+    pub async fn complete_in(&self, conn: &mut DB::Connection, lease: &Lease, response: &StoredResponse) -> Result<()> {
         self.complete_on(conn, lease, response).await
     }
 

@@ -134,7 +134,12 @@ impl Backend for Sqlite {
             .await
     }
 
-    async fn read(conn: &mut SqliteConnection, scope: &str, key: &str, now_ms: i64) -> Result<Option<Record>, sqlx::Error> {
+    async fn read(
+        conn: &mut SqliteConnection,
+        scope: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> Result<Option<Record>, sqlx::Error> {
         let Some(row) = sqlx::query(READ).bind(scope).bind(key).bind(now_ms).fetch_optional(conn).await? else {
             return Ok(None);
         };

@@ -309,10 +309,11 @@ async fn dropped_request_still_completes_and_replays(h: Harness) {
             }
         }
     };
-    let router = Router::new().route("/v1/transfers", post(handler)).layer(IdempotencyLayer::new(
-        h.store.clone(),
-        |parts: &http::request::Parts| parts.headers.get("x-client-id")?.to_str().ok().map(str::to_owned),
-    ));
+    let router = Router::new()
+        .route("/v1/transfers", post(handler))
+        .layer(IdempotencyLayer::new(h.store.clone(), |parts: &http::request::Parts| {
+            parts.headers.get("x-client-id")?.to_str().ok().map(str::to_owned)
+        }));
     let transfer = || request("POST", "/v1/transfers", Some("alice"), Some("t-1"), "{\"amount\":\"10\"}");
 
     let mut first = Box::pin(router.clone().oneshot(transfer()));
