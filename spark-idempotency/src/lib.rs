@@ -24,8 +24,8 @@
 //! - **Leased** ([`IdempotencyStore`]): the claim commits on its own, the
 //!   work runs (say, a call to an exchange), and the completion comes later.
 //!   A crash leaves a lease that expires; a retry then takes over.
-//! - **Transactional** ([`SqlStore::claim_in`], on [`PgStore`] and
-//!   [`SqliteStore`]): claim and completion run inside the caller's transaction, so the
+//! - **Transactional** ([`SqlStore::claim_in`], on `PgStore` and
+//!   `SqliteStore`): claim and completion run inside the caller's transaction, so the
 //!   business write and the stored response commit or roll back together; a
 //!   rollback frees the key.
 //!
@@ -62,9 +62,9 @@
 //!
 //! - `sqlite` (default): [`SqliteStore`] (`SqlStore<sqlx::Sqlite>`), with
 //!   SQLite bundled.
-//! - `postgres`: [`PgStore`] (`SqlStore<sqlx::Postgres>`), the production
+//! - `postgres`: `PgStore` (`SqlStore<sqlx::Postgres>`), the production
 //!   backend.
-//! - `tower`: [`IdempotencyLayer`], a tower layer for axum and other tower
+//! - `tower`: `IdempotencyLayer`, a tower layer for axum and other tower
 //!   stacks.
 //!
 //! [`MemoryStore`] is always there, for users' unit tests.

@@ -19,8 +19,8 @@ use crate::{
     StoredResponse, metrics,
 };
 
-/// A database the SQL store runs on: [`sqlx::Postgres`] (feature
-/// `postgres`) or [`sqlx::Sqlite`] (feature `sqlite`). Sealed: the
+/// A database the SQL store runs on: `sqlx::Postgres` (feature
+/// `postgres`) or `sqlx::Sqlite` (feature `sqlite`). Sealed: the
 /// statements each backend runs are this crate's business.
 pub trait SqlBackend: sealed::Backend {}
 
@@ -130,7 +130,7 @@ pub(crate) mod sealed {
 /// released or collected between the insert and the read).
 const CLAIM_ATTEMPTS: usize = 5;
 
-/// The idempotency store on a SQL database: [`PgStore`](crate::PgStore)
+/// The idempotency store on a SQL database: `PgStore`
 /// (`SqlStore<sqlx::Postgres>`) or [`SqliteStore`](crate::SqliteStore)
 /// (`SqlStore<sqlx::Sqlite>`). Both run the same logic; only the statements
 /// differ.
