@@ -36,10 +36,10 @@ pub enum IdempotencyError {
         reason: String,
     },
     /// The database failed.
-    #[error("idempotency store: {0}")]
+    #[error("idempotency store failed")]
     Database(#[source] sqlx::Error),
     /// Running migrations failed.
-    #[error("idempotency migrations: {0}")]
+    #[error("idempotency migrations failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
 }
 
@@ -51,3 +51,22 @@ impl From<sqlx::Error> for IdempotencyError {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = IdempotencyError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::IdempotencyError;
+
+    /// `{:#}` of an error chain prints each cause once: the cause lives in
+    /// `source()`, not in the message too.
+    #[test]
+    fn causes_are_printed_once() {
+        let errors = [
+            (IdempotencyError::from(sqlx::Error::Protocol("bad frame".to_owned())), "bad frame"),
+            (IdempotencyError::Migrate(sqlx::migrate::MigrateError::VersionMissing(20_261_125)), "20261125"),
+        ];
+        for (err, cause) in errors {
+            let chain = format!("{:#}", anyhow::Error::from(err));
+            assert_eq!(chain.matches(cause).count(), 1, "{chain}");
+        }
+    }
+}

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
@@ -15,7 +16,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{Claim, Fingerprint, IdempotencyKey, IdempotencyStore, StoredResponse};
+use crate::{Claim, Fingerprint, IdempotencyKey, IdempotencyStore, Lease, StoredResponse};
 
 /// The request header.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -87,6 +88,19 @@ impl LayerConfig {
 /// returns `None` is answered 401), so the same key from two clients is two
 /// keys. The layer uses the store's leased mode: the claim commits first,
 /// the handler runs, then the outcome is stored.
+///
+/// The fingerprint covers the method, the path with its query string, and
+/// the body. Once the claim is acquired, the handler and the completion run
+/// in a task of their own: a client that disconnects, or an outer timeout,
+/// cannot stop them halfway and leave the key in flight with the work done.
+/// A completion that fails on a store error is retried a few times with
+/// backoff.
+///
+/// Answers of the layer itself (problem+json): 400 for a missing, repeated,
+/// non-ASCII, empty or over-long (more than 255 characters) key; 401 without
+/// a principal; 409 while the first request runs; 413 for a body over
+/// [`LayerConfig::max_body`]; 422 for a key reused with another request; 503
+/// when the store fails before the handler ran.
 ///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -198,7 +212,7 @@ impl<Inner, S, P, ReqBody, ResBody> Service<Request<ReqBody>> for IdempotencySer
 where
     Inner: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     Inner::Future: Send,
-    Inner::Error: Send,
+    Inner::Error: Send + 'static,
     S: IdempotencyStore + ?Sized,
     P: Fn(&Parts) -> Option<String> + Clone + Send + Sync + 'static,
     ReqBody: Body + From<Bytes> + Send + 'static,
@@ -227,7 +241,7 @@ where
                 let mut inner = inner;
                 return inner.call(req).await;
             }
-            match guard(req, inner, &*store, &principal, &config).await {
+            match guard(req, inner, store, &principal, config).await {
                 Ok(response) => response,
                 Err(problem) => Ok(problem.into_response()),
             }
@@ -239,17 +253,20 @@ where
 async fn guard<Inner, S, P, ReqBody, ResBody>(
     req: Request<ReqBody>,
     mut inner: Inner,
-    store: &S,
+    store: Arc<S>,
     principal: &P,
-    config: &LayerConfig,
+    config: Arc<LayerConfig>,
 ) -> Result<Result<Response<ResBody>, Inner::Error>, Problem>
 where
-    Inner: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    Inner: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    Inner::Future: Send,
+    Inner::Error: Send + 'static,
     S: IdempotencyStore + ?Sized,
     P: Fn(&Parts) -> Option<String>,
-    ReqBody: Body + From<Bytes>,
+    ReqBody: Body + From<Bytes> + Send + 'static,
     ReqBody::Error: std::error::Error + Send + Sync + 'static,
-    ResBody: Body + From<Bytes>,
+    ResBody: Body + From<Bytes> + Send + 'static,
+    ResBody::Data: Send,
     ResBody::Error: fmt::Display,
 {
     let (parts, body) = req.into_parts();
@@ -274,7 +291,10 @@ where
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(Problem::TOO_LARGE),
         Err(_) => return Err(Problem::UNREADABLE_BODY),
     };
-    let fingerprint = Fingerprint::of_request(parts.method.as_str(), parts.uri.path(), &bytes);
+    // The query string is part of the request: `?x=1` and `?x=2` under one
+    // key are two different requests.
+    let target = parts.uri.path_and_query().map_or_else(|| parts.uri.path(), |pq| pq.as_str());
+    let fingerprint = Fingerprint::of_request(parts.method.as_str(), target, &bytes);
 
     let lease = match store.claim(&scope, &key, &fingerprint).await {
         Ok(Claim::Acquired(lease)) => lease,
@@ -287,13 +307,39 @@ where
         }
     };
 
-    let response = match inner.call(Request::from_parts(parts, ReqBody::from(bytes))).await {
+    // From here the handler may cause side effects. It and the bookkeeping
+    // after it run in a task of their own, so that both reach the end even
+    // when this future is dropped (the client went away, an outer timeout
+    // fired): otherwise the key would stay in flight with the work done, and
+    // a retry after the lease would run the work a second time.
+    let request = Request::from_parts(parts, ReqBody::from(bytes));
+    match tokio::spawn(execute(inner, request, store, lease, config)).await {
+        Ok(outcome) => outcome,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: the runtime is shutting down.
+        Err(_) => Err(Problem::STORE_UNAVAILABLE),
+    }
+}
+
+/// Runs the handler under `lease` and stores (or releases) its outcome.
+async fn execute<Inner, S, ReqBody, ResBody>(
+    mut inner: Inner,
+    request: Request<ReqBody>,
+    store: Arc<S>,
+    lease: Lease,
+    config: Arc<LayerConfig>,
+) -> Result<Result<Response<ResBody>, Inner::Error>, Problem>
+where
+    Inner: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: IdempotencyStore + ?Sized,
+    ResBody: Body + From<Bytes>,
+    ResBody::Error: fmt::Display,
+{
+    let response = match inner.call(request).await {
         Ok(response) => response,
         Err(e) => {
             // The handler failed without an answer: free the key for a retry.
-            if let Err(err) = store.release(&lease).await {
-                tracing::warn!(error = %err, "idempotency release failed");
-            }
+            bookkeeping("release", || store.release(&lease)).await;
             return Ok(Err(e));
         }
     };
@@ -304,9 +350,7 @@ where
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
             tracing::error!(error = %e, "response body failed; releasing the idempotency key");
-            if let Err(err) = store.release(&lease).await {
-                tracing::warn!(error = %err, "idempotency release failed");
-            }
+            bookkeeping("release", || store.release(&lease)).await;
             return Err(Problem::UNREADABLE_RESPONSE);
         }
     };
@@ -324,10 +368,43 @@ where
     };
     // The client gets its answer whatever happens to the bookkeeping; a lost
     // lease means a takeover already ran (or is running) the same request.
-    if let Err(e) = store.complete(&lease, &stored).await {
-        tracing::warn!(error = %e, "idempotency completion failed");
-    }
+    bookkeeping("completion", || store.complete(&lease, &stored)).await;
     Ok(Ok(Response::from_parts(head, ResBody::from(body))))
+}
+
+/// How many times a completion or release is tried before the layer gives
+/// up (the lease then expires and a retry takes over), and the first pause
+/// between tries; each pause doubles, 50 ms to 400 ms.
+const BOOKKEEPING_ATTEMPTS: u32 = 4;
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Runs `op` until it succeeds, the lease turns out lost (no retry can help
+/// then), or the attempts run out. A transient store failure after the work
+/// ran would otherwise leave the key in flight until its lease expired.
+async fn bookkeeping<F, Fut>(what: &'static str, mut op: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = crate::Result<()>>,
+{
+    let mut pause = FIRST_BACKOFF;
+    for attempt in 1..=BOOKKEEPING_ATTEMPTS {
+        match op().await {
+            Ok(()) => return,
+            Err(e @ crate::IdempotencyError::LeaseLost { .. }) => {
+                tracing::warn!(error = %e, what, "idempotency {what} refused");
+                return;
+            }
+            Err(e) if attempt == BOOKKEEPING_ATTEMPTS => {
+                tracing::error!(error = %e, what, attempt, "idempotency {what} failed; giving up");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, what, attempt, "idempotency {what} failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+        }
+    }
 }
 
 fn replay<B: From<Bytes>>(stored: StoredResponse) -> Response<B> {

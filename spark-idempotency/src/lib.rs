@@ -24,8 +24,8 @@
 //! - **Leased** ([`IdempotencyStore`]): the claim commits on its own, the
 //!   work runs (say, a call to an exchange), and the completion comes later.
 //!   A crash leaves a lease that expires; a retry then takes over.
-//! - **Transactional** ([`PgStore::claim_in`], [`SqliteStore::claim_in`]):
-//!   claim and completion run inside the caller's transaction, so the
+//! - **Transactional** ([`SqlStore::claim_in`], on `PgStore` and
+//!   `SqliteStore`): claim and completion run inside the caller's transaction, so the
 //!   business write and the stored response commit or roll back together; a
 //!   rollback frees the key.
 //!
@@ -60,9 +60,11 @@
 //!
 //! # Features
 //!
-//! - `sqlite` (default): [`SqliteStore`], with SQLite bundled.
-//! - `postgres`: [`PgStore`], the production backend.
-//! - `tower`: [`IdempotencyLayer`], a tower layer for axum and other tower
+//! - `sqlite` (default): [`SqliteStore`] (`SqlStore<sqlx::Sqlite>`), with
+//!   SQLite bundled.
+//! - `postgres`: `PgStore` (`SqlStore<sqlx::Postgres>`), the production
+//!   backend.
+//! - `tower`: `IdempotencyLayer`, a tower layer for axum and other tower
 //!   stacks.
 //!
 //! [`MemoryStore`] is always there, for users' unit tests.
@@ -81,7 +83,8 @@ mod memory;
 pub mod metrics;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-mod sql;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod sql_store;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 mod store;
@@ -94,6 +97,8 @@ pub use crate::layer::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyLayer, I
 pub use crate::memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use crate::postgres::PgStore;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use crate::sql_store::{SqlBackend, SqlStore};
 #[cfg(feature = "sqlite")]
 pub use crate::sqlite::SqliteStore;
 pub use crate::store::IdempotencyStore;

@@ -87,6 +87,9 @@ impl IdempotencyStore for MemoryStore {
                 } else {
                     rec.fencing += 1;
                     rec.lease_until_ms = self.config.lease_until(now);
+                    // The record lives at least as long as the new lease, so
+                    // GC cannot take it from under its holder.
+                    rec.expires_at_ms = rec.expires_at_ms.max(rec.lease_until_ms);
                     Claim::Acquired(lease(rec.fencing, true))
                 }
             }
@@ -150,21 +153,24 @@ impl IdempotencyStore for MemoryStore {
 
     async fn gc(&self, batch_size: u32) -> Result<u64> {
         let now = self.config.now_ms();
+        // A batch of 0 would delete nothing and never finish; as in the SQL
+        // stores it means 1.
+        let batch = usize::try_from(batch_size.max(1)).unwrap_or(usize::MAX);
         let mut deleted = 0u64;
         loop {
             // Batches, as in the SQL stores, so the lock is never held long.
             let mut records = self.records();
             let expired: Vec<_> = records
                 .iter()
-                .filter(|(_, r)| r.expires_at_ms <= now)
+                .filter(|(_, r)| r.expires_at_ms <= now && !(r.response.is_none() && r.lease_until_ms > now))
                 .map(|(k, _)| k.clone())
-                .take(batch_size as usize)
+                .take(batch)
                 .collect();
             for k in &expired {
                 records.remove(k);
             }
             deleted += expired.len() as u64;
-            if expired.len() < batch_size as usize {
+            if expired.len() < batch {
                 break;
             }
         }

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 
 use crate::{Claim, Config, Fingerprint, IdempotencyKey, Lease, Result, Stats, StoredResponse};
 
-/// A place to claim keys and keep their outcomes: [`PgStore`](crate::PgStore),
+/// A place to claim keys and keep their outcomes: `PgStore`,
 /// [`SqliteStore`](crate::SqliteStore) or [`MemoryStore`](crate::MemoryStore).
 ///
 /// These methods are the *leased* mode: each commits on its own. The SQL

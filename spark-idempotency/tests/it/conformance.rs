@@ -30,6 +30,8 @@ on_every_backend!(
     after_ttl_the_key_is_new,
     scopes_are_independent,
     gc_deletes_only_expired_and_stats_count,
+    takeover_near_the_ttl_keeps_the_record_for_the_lease,
+    gc_with_batch_size_zero_finishes,
 );
 
 async fn first_claim_acquires_then_replays(h: Harness) {
@@ -165,4 +167,46 @@ async fn gc_deletes_only_expired_and_stats_count(h: Harness) {
     let stats = h.store.stats().await.unwrap();
     assert_eq!((stats.live_keys, stats.expired_awaiting_gc), (7, 0));
     assert!(matches!(h.store.claim("alice", &key("new0"), &fp("a")).await.unwrap(), Claim::Replay(_)));
+}
+
+/// A record taken over shortly before its TTL ends must live as long as the
+/// new lease: GC in between would delete a record whose holder is still
+/// running, its completion would be refused, and the next retry would run
+/// the work again.
+async fn takeover_near_the_ttl_keeps_the_record_for_the_lease(h: Harness) {
+    let first = acquired(h.store.claim("alice", &key("k"), &fp("a")).await.unwrap());
+    // The first holder crashed; a retry arrives 10 s before the TTL ends,
+    // with less time left on the TTL than one lease.
+    h.clock.advance(TTL - Duration::from_secs(10));
+    let second = acquired(h.store.claim("alice", &key("k"), &fp("a")).await.unwrap());
+    assert!(second.is_takeover());
+    assert!(second.fencing() > first.fencing());
+    // Past the TTL, within the new lease: GC must leave the record alone.
+    h.clock.advance(Duration::from_secs(20));
+    assert_eq!(h.store.gc(100).await.unwrap(), 0);
+    let stats = h.store.stats().await.unwrap();
+    assert_eq!((stats.live_keys, stats.in_flight, stats.expired_awaiting_gc), (1, 1, 0));
+    // A duplicate still hears "in flight", not "acquired".
+    assert!(matches!(h.store.claim("alice", &key("k"), &fp("a")).await.unwrap(), Claim::InFlight { .. }));
+    // The holder completes, and the outcome is replayed.
+    let done = StoredResponse::new(201, "done");
+    h.store.complete(&second, &done).await.unwrap();
+    assert_eq!(h.store.claim("alice", &key("k"), &fp("a")).await.unwrap(), Claim::Replay(done));
+}
+
+/// `gc(0)` is `gc(1)`: it deletes everything expired and returns.
+async fn gc_with_batch_size_zero_finishes(h: Harness) {
+    for i in 0..3 {
+        let lease = acquired(h.store.claim("alice", &key(&format!("k{i}")), &fp("a")).await.unwrap());
+        h.store.complete(&lease, &StoredResponse::new(201, "x")).await.unwrap();
+    }
+    h.clock.advance(TTL);
+    // GC runs on a thread of its own, so that a GC that never returns fails
+    // the test (after a generous minute) instead of hanging the run.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (store, runtime) = (h.store.clone(), tokio::runtime::Handle::current());
+    std::thread::spawn(move || done_tx.send(runtime.block_on(store.gc(0))));
+    let deleted = tokio::time::timeout(Duration::from_secs(60), done_rx).await.expect("gc(0) did not return");
+    assert_eq!(deleted.unwrap().unwrap(), 3);
+    assert_eq!(h.store.stats().await.unwrap().expired_awaiting_gc, 0);
 }

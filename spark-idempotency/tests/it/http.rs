@@ -100,6 +100,10 @@ on_every_backend!(
     server_error_releases_the_key,
     ttl_and_principals,
     unguarded_methods_and_limits,
+    query_string_is_part_of_the_request,
+    repeated_non_ascii_and_long_keys_are_400,
+    dropped_request_still_completes_and_replays,
+    failed_completion_is_retried,
 );
 
 async fn missing_and_malformed_keys_are_400(h: Harness) {
@@ -200,15 +204,25 @@ async fn server_error_releases_the_key(h: Harness) {
 
 async fn ttl_and_principals(h: Harness) {
     let app = app(h.store.clone());
-    let (_, a) = send(&app, request("POST", "/v1/orders", Some("alice"), Some("k"), "{}")).await;
-    let (_, b) = send(&app, request("POST", "/v1/orders", Some("bob"), Some("k"), "{}")).await;
-    assert_ne!(a, b, "another principal's key is independent");
+    let (r, a) = send(&app, request("POST", "/v1/orders", Some("alice"), Some("k"), "{}")).await;
+    assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (201, "/v1/orders/1"), "{a}");
+    // Bob's request with the same key and body executes on its own (run 2);
+    // were keys not scoped by principal, it would replay Alice's run 1.
+    let (r, b) = send(&app, request("POST", "/v1/orders", Some("bob"), Some("k"), "{}")).await;
+    assert_eq!(r.status(), 201);
+    assert!(r.headers().get("idempotent-replayed").is_none(), "bob got alice's outcome: {b}");
+    assert_eq!(r.headers()["location"], "/v1/orders/2");
     assert_eq!(app.runs.load(Ordering::SeqCst), 2);
+    // Each principal replays its own outcome.
+    let (r, again) = send(&app, request("POST", "/v1/orders", Some("bob"), Some("k"), "{}")).await;
+    assert_eq!((r.headers()["idempotent-replayed"].to_str().unwrap(), again.as_str()), ("true", b.as_str()));
+    assert_eq!(app.runs.load(Ordering::SeqCst), 2);
+    // Past the TTL the key is new: a third execution, not a replay.
     h.clock.advance(TTL);
-    let (r, c) = send(&app, request("POST", "/v1/orders", Some("alice"), Some("k"), "{}")).await;
+    let (r, _) = send(&app, request("POST", "/v1/orders", Some("alice"), Some("k"), "{}")).await;
     assert_eq!(r.status(), 201);
     assert!(r.headers().get("idempotent-replayed").is_none());
-    assert_ne!(a, c);
+    assert_eq!(r.headers()["location"], "/v1/orders/3");
     assert_eq!(app.runs.load(Ordering::SeqCst), 3);
 }
 
@@ -220,4 +234,172 @@ async fn unguarded_methods_and_limits(h: Harness) {
     let (r, body) = send(&app, request("POST", "/v1/orders", Some("alice"), Some("big"), &"x".repeat(2000))).await;
     assert_problem(&r, &body, 413, "request-too-large");
     assert_eq!(app.runs.load(Ordering::SeqCst), 0);
+}
+
+async fn query_string_is_part_of_the_request(h: Harness) {
+    let app = app(h.store);
+    let (r, _) = send(&app, request("POST", "/v1/orders?x=1", Some("alice"), Some("q"), "{}")).await;
+    assert_eq!(r.status(), 201);
+    let (r, body) = send(&app, request("POST", "/v1/orders?x=2", Some("alice"), Some("q"), "{}")).await;
+    assert_problem(&r, &body, 422, "idempotency-key-reused");
+    let (r, body) = send(&app, request("POST", "/v1/orders", Some("alice"), Some("q"), "{}")).await;
+    assert_problem(&r, &body, 422, "idempotency-key-reused");
+    let (r, _) = send(&app, request("POST", "/v1/orders?x=1", Some("alice"), Some("q"), "{}")).await;
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
+    assert_eq!(app.runs.load(Ordering::SeqCst), 1);
+}
+
+async fn repeated_non_ascii_and_long_keys_are_400(h: Harness) {
+    let app = app(h.store);
+    let detail = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap()["detail"].to_string();
+
+    let twice = Request::post("/v1/orders")
+        .header("x-client-id", "alice")
+        .header("idempotency-key", "k1")
+        .header("idempotency-key", "k2")
+        .body(Body::from("{}"))
+        .unwrap();
+    let (r, body) = send(&app, twice).await;
+    assert_problem(&r, &body, 400, "idempotency-key-invalid");
+    assert!(detail(&body).contains("more than one"), "{body}");
+
+    // UTF-8 in a header value is legal HTTP but not a valid key: "invalid",
+    // never "missing".
+    let non_ascii = Request::post("/v1/orders")
+        .header("x-client-id", "alice")
+        .header("idempotency-key", http::HeaderValue::from_bytes("clé-1".as_bytes()).unwrap())
+        .body(Body::from("{}"))
+        .unwrap();
+    let (r, body) = send(&app, non_ascii).await;
+    assert_problem(&r, &body, 400, "idempotency-key-invalid");
+    assert!(detail(&body).contains("ASCII"), "{body}");
+
+    let (r, body) = send(&app, request("POST", "/v1/orders", Some("alice"), Some(&"k".repeat(256)), "{}")).await;
+    assert_problem(&r, &body, 400, "idempotency-key-invalid");
+    assert!(detail(&body).contains("255"), "{body}");
+    let quoted = format!("\"{}\"", "k".repeat(256));
+    let (r, body) = send(&app, request("POST", "/v1/orders", Some("alice"), Some(&quoted), "{}")).await;
+    assert_problem(&r, &body, 400, "idempotency-key-invalid");
+    assert_eq!(app.runs.load(Ordering::SeqCst), 0);
+
+    // 255 characters is the limit, not past it.
+    let (r, _) = send(&app, request("POST", "/v1/orders", Some("alice"), Some(&"k".repeat(255)), "{}")).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(app.runs.load(Ordering::SeqCst), 1);
+}
+
+/// The client goes away (or an outer timeout fires) while the handler runs.
+/// The handler must still run to the end and its outcome be stored, so that
+/// the client's retry — even after the lease has long expired — replays it
+/// instead of executing the transfer a second time.
+async fn dropped_request_still_completes_and_replays(h: Harness) {
+    let effects = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = {
+        let (effects, gate) = (effects.clone(), gate.clone());
+        move || {
+            let (effects, gate, started_tx) = (effects.clone(), gate.clone(), started_tx.clone());
+            async move {
+                started_tx.send(()).ok();
+                // Takes a while: until the test opens the gate.
+                gate.notified().await;
+                let n = effects.fetch_add(1, Ordering::SeqCst) + 1;
+                (StatusCode::CREATED, format!("transfer {n}"))
+            }
+        }
+    };
+    let router = Router::new()
+        .route("/v1/transfers", post(handler))
+        .layer(IdempotencyLayer::new(h.store.clone(), |parts: &http::request::Parts| {
+            parts.headers.get("x-client-id")?.to_str().ok().map(str::to_owned)
+        }));
+    let transfer = || request("POST", "/v1/transfers", Some("alice"), Some("t-1"), "{\"amount\":\"10\"}");
+
+    let mut first = Box::pin(router.clone().oneshot(transfer()));
+    tokio::select! {
+        _ = &mut first => panic!("the request finished before its handler started"),
+        _ = started_rx.recv() => {}
+    }
+    // The outer future is dropped mid-handler; then the handler finishes.
+    drop(first);
+    gate.notify_one();
+    // Wait (bounded) until the outcome is stored.
+    for _ in 0..500 {
+        if h.store.stats().await.unwrap().in_flight == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.store.stats().await.unwrap().in_flight, 0, "the key stayed in flight after the handler finished");
+    assert_eq!(effects.load(Ordering::SeqCst), 1);
+
+    // Long after the lease: the retry is a replay, not a second transfer.
+    h.clock.advance(LEASE * 2);
+    gate.notify_one();
+    let response = router.oneshot(transfer()).await.unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["idempotent-replayed"], "true");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"transfer 1");
+    assert_eq!(effects.load(Ordering::SeqCst), 1);
+}
+
+/// A real store whose first `complete` fails as if the database blipped.
+struct FailFirstCompletion {
+    store: Arc<dyn IdempotencyStore>,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl IdempotencyStore for FailFirstCompletion {
+    async fn claim(
+        &self,
+        scope: &str,
+        key: &spark_idempotency::IdempotencyKey,
+        fingerprint: &Fingerprint,
+    ) -> spark_idempotency::Result<Claim> {
+        self.store.claim(scope, key, fingerprint).await
+    }
+
+    async fn complete(
+        &self,
+        lease: &spark_idempotency::Lease,
+        response: &spark_idempotency::StoredResponse,
+    ) -> spark_idempotency::Result<()> {
+        if !self.failed.swap(true, Ordering::SeqCst) {
+            return Err(sqlx::Error::PoolTimedOut.into());
+        }
+        self.store.complete(lease, response).await
+    }
+
+    async fn release(&self, lease: &spark_idempotency::Lease) -> spark_idempotency::Result<()> {
+        self.store.release(lease).await
+    }
+
+    async fn gc(&self, batch_size: u32) -> spark_idempotency::Result<u64> {
+        self.store.gc(batch_size).await
+    }
+
+    async fn stats(&self) -> spark_idempotency::Result<spark_idempotency::Stats> {
+        self.store.stats().await
+    }
+
+    fn config(&self) -> &spark_idempotency::Config {
+        self.store.config()
+    }
+}
+
+async fn failed_completion_is_retried(h: Harness) {
+    let store = Arc::new(FailFirstCompletion { store: h.store.clone(), failed: false.into() });
+    let app = app(store.clone());
+    let (r, first) = send(&app, request("POST", "/v1/orders", Some("alice"), Some("c"), "{}")).await;
+    assert_eq!(r.status(), 201);
+    assert!(store.failed.load(Ordering::SeqCst), "the first completion was not attempted");
+    // The retried completion stored the outcome: a replay, not a 409 (or,
+    // after the lease, a second run).
+    let (r, again) = send(&app, request("POST", "/v1/orders", Some("alice"), Some("c"), "{}")).await;
+    assert_eq!(r.headers()["idempotent-replayed"], "true", "{again}");
+    assert_eq!(again, first);
+    assert_eq!(app.runs.load(Ordering::SeqCst), 1);
 }

@@ -6,4 +6,5 @@ mod harness;
 mod conformance;
 mod http;
 mod postgres;
+mod sqlite;
 mod transactional;

@@ -83,3 +83,38 @@ async fn postgres_claim_and_business_write_commit_together() {
     assert!(matches!(store.claim_in(&mut third, "alice", &k, &fp()).await.unwrap(), Claim::Acquired(_)));
     third.commit().await.unwrap();
 }
+
+/// The claim bounds its own wait with `lock_timeout`, but the rest of the
+/// caller's transaction keeps the caller's setting, whatever the claim
+/// answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_claim_in_leaves_the_callers_lock_timeout_alone() {
+    let Some(db) = spark_testkit::postgres().await else { return };
+    let clock = spark_idempotency::ManualClock::new(crate::harness::START_MS);
+    // The store's lock_timeout is 300 ms (see `config`).
+    let store = PgStore::new(db.pool.clone(), config(&clock)).unwrap();
+    store.migrate().await.unwrap();
+    async fn lock_timeout(conn: &mut sqlx::PgConnection) -> String {
+        sqlx::query_scalar("SHOW lock_timeout").fetch_one(conn).await.unwrap()
+    }
+
+    // The server's default (0, no timeout), around a claim that acquires.
+    let mut tx = db.pool.begin().await.unwrap();
+    let before = lock_timeout(&mut tx).await;
+    let Claim::Acquired(lease) = store.claim_in(&mut tx, "alice", &key(), &fp()).await.unwrap() else { panic!() };
+    assert_eq!(lock_timeout(&mut tx).await, before);
+    store.complete_in(&mut tx, &lease, &StoredResponse::new(201, "one")).await.unwrap();
+    assert_eq!(lock_timeout(&mut tx).await, before);
+    tx.commit().await.unwrap();
+
+    // The caller's own setting, around claims that replay and mismatch.
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL lock_timeout = '7s'").execute(&mut *tx).await.unwrap();
+    let claim = store.claim_in(&mut tx, "alice", &key(), &fp()).await.unwrap();
+    assert_eq!(claim, Claim::Replay(StoredResponse::new(201, "one")));
+    assert_eq!(lock_timeout(&mut tx).await, "7s");
+    let other = Fingerprint::of_request("POST", "/v1/orders", b"{\"other\":1}");
+    assert_eq!(store.claim_in(&mut tx, "alice", &key(), &other).await.unwrap(), Claim::Mismatch);
+    assert_eq!(lock_timeout(&mut tx).await, "7s");
+    tx.rollback().await.unwrap();
+}
