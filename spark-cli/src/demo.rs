@@ -106,15 +106,7 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
     // The relay publishes into a local channel sink while the burst runs.
     let (publisher, mut received) = ChannelPublisher::new();
     let outbox = state.outbox();
-    let relay = Relay::builder(outbox.clone()).poll_interval(Duration::from_millis(50)).build()?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let relay_task = tokio::spawn(async move {
-        relay
-            .run(publisher, async {
-                stop_rx.await.ok();
-            })
-            .await
-    });
+    let relays = Relay::builder(outbox.clone()).poll_interval(Duration::from_millis(50)).spawn(publisher)?;
     let lags = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
     let lag_sink = lags.clone();
     let collector = tokio::spawn(async move {
@@ -253,8 +245,7 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
     while outbox.stats().await?.pending > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = stop_tx.send(());
-    relay_task.await.context("relay task")??;
+    relays.shutdown().await.context("outbox relay")?;
     server.abort();
     collector.await.ok();
     let mut lags = lags.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();

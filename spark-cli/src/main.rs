@@ -58,6 +58,16 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
+/// Library warnings and errors (a relay's sink check, a dropped LISTEN) go
+/// to stderr; `SPARK_LOG=info|debug|trace|off` changes the level.
+fn init_logs(default: &str) {
+    let level = std::env::var("SPARK_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .unwrap_or_else(|| default.parse().unwrap_or(tracing_subscriber::filter::LevelFilter::WARN));
+    let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).try_init();
+}
+
 /// Runs an async command on a fresh runtime.
 fn block_on(fut: impl std::future::Future<Output = output::CmdResult>) -> output::CmdResult {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(fut)
@@ -69,6 +79,7 @@ fn main() -> ExitCode {
         Err(err) => return output::usage_error(&err),
     };
     let out = Output::new(cli.json);
+    init_logs("warn");
     let result = match cli.command {
         Command::Money(cmd) => money::run(cmd, &out),
         Command::Demo(args) => block_on(demo::run(args, &out)),

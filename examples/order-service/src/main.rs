@@ -76,6 +76,13 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Logs to stderr at `SPARK_LOG` (default info): the relay's events under
+    // `--relay log`, warnings from the libraries, internal errors.
+    let level = std::env::var("SPARK_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
+    let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).try_init();
     let instruments = match &args.instruments {
         Some(path) => Instruments::from_toml(
             &std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
@@ -98,7 +105,6 @@ async fn run() -> anyhow::Result<()> {
     let db = Database::connect(&args.database_url, 16).await?;
     order_service::migrate(&db).await?;
     let state = AppState::new(db.clone(), instruments, auth);
-    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let publisher: Option<std::sync::Arc<dyn spark_outbox::Publisher>> = match args.relay {
         RelaySink::None => None,
         RelaySink::Log => Some(std::sync::Arc::new(LogSink)),
@@ -115,22 +121,18 @@ async fn run() -> anyhow::Result<()> {
             ))
         }
     };
-    let mut relay_task = None;
-    let mut listener_task = None;
-    if let Some(publisher) = publisher {
-        let relay = spark_outbox::Relay::builder(state.outbox()).build()?;
-        if let Database::Postgres(_) = &db {
-            listener_task = Some(spark_outbox::postgres::listen(args.database_url.clone(), vec![relay.waker()]));
+    // The in-process relay, woken by LISTEN/NOTIFY on PostgreSQL (polling
+    // on SQLite); shut down after the server so accepted orders drain.
+    let relays = match publisher {
+        Some(publisher) => {
+            let mut builder = spark_outbox::Relay::builder(state.outbox());
+            if let Database::Postgres(_) = &db {
+                builder = builder.listen(args.database_url.clone());
+            }
+            Some(builder.spawn(publisher)?)
         }
-        let mut stop = stop_tx.subscribe();
-        relay_task = Some(tokio::spawn(async move {
-            relay
-                .run(publisher, async move {
-                    stop.recv().await.ok();
-                })
-                .await
-        }));
-    }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -138,12 +140,9 @@ async fn run() -> anyhow::Result<()> {
     axum::serve(listener, app(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(shutdown())
         .await?;
-    let _ = stop_tx.send(());
-    if let Some(t) = relay_task {
-        t.await??;
-    }
-    if let Some(l) = listener_task {
-        l.abort();
+    if let Some(relays) = relays {
+        let report = relays.shutdown().await?;
+        eprintln!("order-service: relay published {} event(s)", report.published);
     }
     Ok(())
 }
