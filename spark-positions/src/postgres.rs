@@ -123,7 +123,13 @@ impl BookBackend for PgBackend {
                 .await
                 .map_err(|e| unique(e, fill))?;
             if let Some(row) = row {
-                let pos = row::position(row)?;
+                // NUMERIC adds without limit; a sum this row cannot carry
+                // back (more than 28 significant places) is an overflow, as
+                // the same sum is in Rust on SQLite. The savepoint undoes it.
+                let pos = row::position(row).map_err(|e| match e {
+                    PositionsError::Corrupt(_) => crate::model::overflow(),
+                    other => other,
+                })?;
                 let step = if pos.version == 1 { Step::Open(pos.book()) } else { Step::Increase(pos.book()) };
                 record(if pos.version == 1 { "open" } else { "increase" });
                 link(conn, fill, pos.id, pos.version).await?;
@@ -139,7 +145,7 @@ impl BookBackend for PgBackend {
             if current.currency() != fill.currency {
                 return Err(PositionsError::CurrencyMismatch { fill: fill.currency, position: current.currency() });
             }
-            let step = step(Some(current.book()), q, fill.price)?;
+            let step = step(Some(current.book()), q, fill.price, fill.price_scale)?;
             let (id, version) = match step {
                 Step::Reduce(b) => (current.id, write(conn, &current, b, None, price_scale).await?),
                 Step::Close(b) => (current.id, write(conn, &current, b, Some(now), price_scale).await?),

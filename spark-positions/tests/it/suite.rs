@@ -173,6 +173,8 @@ on_both!(
     refused_fills_give_their_id_back,
     average_price_uses_the_instruments_price_scale,
     timestamps_come_from_the_injected_clock,
+    trailing_zeros_change_no_position,
+    an_unrepresentable_sum_is_an_overflow,
 );
 
 async fn lifecycle_open_increase_reduce_close_flip(b: Backend) {
@@ -372,7 +374,7 @@ async fn concurrent_fills_keep_one_open_position_and_exact_pnl(b: Backend) {
     assert_eq!(open_qty, total, "final quantity is the sum of signed fills");
 
     // Replay the fills in the order the book applied them.
-    let mut model = Model::default();
+    let mut model = Model::with_price_scale(2);
     let order = b.applied_order().await;
     assert_eq!(order.len(), 256);
     for (q, p) in order {
@@ -455,12 +457,13 @@ async fn average_price_uses_the_instruments_price_scale(b: Backend) {
     let open = b.open("acc-1", "THYAO").await.unwrap();
     assert_eq!(open.price_scale(), 2);
     assert_eq!(open.average_price().unwrap().unwrap().to_string(), "10.12");
-    // A reduction at a price written with one place keeps the scale on both
-    // backends: 40.5 - 40.5 * 1/4 (10.125 -> 10.1 at the cost's scale) = 30.4;
-    // 30.4 / 3 = 10.1333… -> 10.13.
+    // A reduction at prices written with one place still rounds the cost
+    // taken out to the price scale, on both backends: 40.5 * 1/4 = 10.125 ->
+    // 10.12; 40.5 - 10.12 = 30.38; 30.38 / 3 = 10.1266… -> 10.13.
     b.apply(&fill("c", Side::Sell, "1", "10.3")).await.unwrap();
     let open = b.open("acc-1", "THYAO").await.unwrap();
-    assert_eq!((open.price_scale(), open.cost_basis().to_string()), (2, "30.4".to_owned()));
+    assert_eq!((open.price_scale(), open.cost_basis().to_string()), (2, "30.38".to_owned()));
+    assert_eq!(open.realized_pnl().amount().to_string(), "0.18");
     assert_eq!(open.average_price().unwrap().unwrap().to_string(), "10.13");
     // A flip opens the rest at the fill's scale.
     let mut flip = fill("d", Side::Sell, "4", "10.5");
@@ -482,4 +485,54 @@ async fn timestamps_come_from_the_injected_clock(b: Backend) {
     assert_eq!((all[0].opened_at_ms(), all[0].closed_at_ms()), (5_000, Some(7_000)));
     assert_eq!(b.count("SELECT MIN(applied_at_ms) FROM spark_position_fills").await, 5_000);
     assert_eq!(b.count("SELECT MAX(applied_at_ms) FROM spark_position_fills").await, 7_000);
+}
+
+/// The same fills written with other trailing zeros (`10.1` / `10.10`,
+/// `1` / `1.0000000000000000000000000000`) give the same position: the cost
+/// taken out by a reduction is rounded to the price scale, not to the places
+/// the prices were written with, and a quantity whose trailing zeros overflow
+/// the sum at 28 places still adds.
+async fn trailing_zeros_change_no_position(b: Backend) {
+    let at = |account: &str, instrument: &str, mut f: Fill| {
+        f.fill_id = format!("{account}-{instrument}-{}", f.fill_id);
+        f.account_id = account.to_owned();
+        f.instrument = instrument.to_owned();
+        f
+    };
+    let written = [
+        ("short", ["10.1", "10.0", "10", "1", "1"]),
+        ("padded", ["10.10", "10.00", "10.000", "1.0000000000000000000000000000", "1.00"]),
+    ];
+    for (account, [p1, p2, p3, one, unit]) in written {
+        b.apply(&at(account, "X", fill("a", Side::Buy, "1", p1))).await.unwrap();
+        b.apply(&at(account, "X", fill("b", Side::Buy, "2", p2))).await.unwrap();
+        b.apply(&at(account, "X", fill("c", Side::Sell, "1", p3))).await.unwrap();
+        b.apply(&at(account, "Y", fill("a", Side::Buy, "10000000000", unit))).await.unwrap();
+        b.apply(&at(account, "Y", fill("b", Side::Buy, one, unit))).await.unwrap();
+        b.apply(&at(account, "Y", fill("c", Side::Sell, one, unit))).await.unwrap();
+    }
+    for instrument in ["X", "Y"] {
+        let short = b.open("short", instrument).await.unwrap();
+        let padded = b.open("padded", instrument).await.unwrap();
+        assert_eq!(short.quantity(), padded.quantity(), "{instrument}");
+        assert_eq!(short.cost_basis(), padded.cost_basis(), "{instrument}");
+        assert_eq!(short.realized_pnl(), padded.realized_pnl(), "{instrument}");
+        assert_eq!(short.average_price().unwrap(), padded.average_price().unwrap(), "{instrument}");
+    }
+    // 30.1 / 3 = 10.0333… taken out as 10.03 (price scale 2) on both.
+    let x = b.open("padded", "X").await.unwrap();
+    assert_eq!((x.cost_basis(), x.realized_pnl().amount()), (Decimal::new(2007, 2), Decimal::new(-3, 2)));
+    assert_eq!(b.open("padded", "Y").await.unwrap().quantity(), Decimal::new(10_000_000_000, 0));
+}
+
+/// A sum with more significant places than a Decimal holds is refused as an
+/// overflow on both backends (PostgreSQL's NUMERIC would hold it, but it
+/// could not be read back), and the position is unchanged.
+async fn an_unrepresentable_sum_is_an_overflow(b: Backend) {
+    b.apply(&fill("a", Side::Buy, "10000000000", "1")).await.unwrap();
+    let tiny = fill("b", Side::Buy, "0.0000000000000000000000000001", "1");
+    let out = b.apply(&tiny).await;
+    assert!(matches!(out, Err(PositionsError::Money(spark_money::MoneyError::Overflow { .. }))), "{out:?}");
+    let open = b.open("acc-1", "THYAO").await.unwrap();
+    assert_eq!((open.quantity().to_string(), open.version()), ("10000000000".to_owned(), 1));
 }
