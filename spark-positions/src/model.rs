@@ -169,14 +169,18 @@ impl Position {
     ///
     /// # Errors
     ///
-    /// Only on arithmetic overflow.
+    /// On arithmetic overflow, and [`MoneyError::NonPositivePrice`] when the
+    /// average of an open position rounds to zero at its price scale.
     pub fn average_price(&self) -> Result<Option<Price>> {
         if self.quantity.is_zero() {
             return Ok(None);
         }
         let avg =
             mul_div(self.cost_basis.abs(), Decimal::ONE, self.quantity.abs(), self.price_scale, Rounding::HalfEven)?;
-        Ok(Price::new(avg).ok())
+        // An open position always has an average: one that rounds to zero
+        // (a price scale lowered by a later fill, e.g. 0.4 at 0 places) is an
+        // error, never `None`, which would read as "flat".
+        Ok(Some(Price::new(avg)?))
     }
 }
 

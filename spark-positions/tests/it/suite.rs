@@ -175,6 +175,7 @@ on_both!(
     timestamps_come_from_the_injected_clock,
     trailing_zeros_change_no_position,
     an_unrepresentable_sum_is_an_overflow,
+    an_average_that_rounds_to_zero_is_an_error_not_flat,
 );
 
 async fn lifecycle_open_increase_reduce_close_flip(b: Backend) {
@@ -535,4 +536,20 @@ async fn an_unrepresentable_sum_is_an_overflow(b: Backend) {
     assert!(matches!(out, Err(PositionsError::Money(spark_money::MoneyError::Overflow { .. }))), "{out:?}");
     let open = b.open("acc-1", "THYAO").await.unwrap();
     assert_eq!((open.quantity().to_string(), open.version()), ("10000000000".to_owned(), 1));
+}
+
+/// A later fill that lowers the price scale (0.4 at one place, then a fill at
+/// zero places) leaves an open position whose average rounds to 0: that is a
+/// typed error, never `None`, which reads as "no open position".
+async fn an_average_that_rounds_to_zero_is_an_error_not_flat(b: Backend) {
+    let mut buy = fill("a", Side::Buy, "1", "0.4");
+    buy.price_scale = 1;
+    b.apply(&buy).await.unwrap();
+    let mut sell = fill("b", Side::Sell, "0.5", "1");
+    sell.price_scale = 0;
+    b.apply(&sell).await.unwrap();
+    let open = b.open("acc-1", "THYAO").await.unwrap();
+    assert_eq!((open.quantity().to_string(), open.price_scale()), ("0.5".to_owned(), 0));
+    let avg = open.average_price();
+    assert!(matches!(avg, Err(PositionsError::Money(spark_money::MoneyError::NonPositivePrice { .. }))), "{avg:?}");
 }
