@@ -182,7 +182,7 @@ pub(crate) fn mul_round(a: Decimal, b: Decimal, dp: u32, mode: Rounding) -> Opti
     let ((am, asc), (bm, bsc)) = (parts(a), parts(b));
     // The everyday product fits a u128. One that does not (two long
     // mantissas, e.g. 20 digits of money times a 28-place factor) is still
-    // exact in 320 bits and rounds from there: refusing it would refuse a
+    // exact in 384 bits and rounds from there: refusing it would refuse a
     // result that fits, and `100.000…0` must round like `100`.
     match am.checked_mul(bm) {
         Some(p) => round_parts(p, negative, asc + bsc, dp, mode),
@@ -241,7 +241,7 @@ pub(crate) fn product_at_least(a: Decimal, b: Decimal, min: Decimal) -> bool {
         return met;
     }
     // Mantissas below 2^96 and scales up to 28 keep both sides below 2^286,
-    // so five 64-bit limbs always hold them.
+    // so the 64-bit limbs of `Wide` always hold them.
     let lhs = Wide::from_u128(am).mul_u128(bm).and_then(|w| w.mul_pow10(c - s));
     let rhs = Wide::from_u128(nm).mul_pow10(c - ns);
     match (lhs, rhs) {
@@ -251,16 +251,22 @@ pub(crate) fn product_at_least(a: Decimal, b: Decimal, min: Decimal) -> bool {
     }
 }
 
-/// An unsigned integer of 320 bits, little-endian 64-bit limbs: wide enough
+/// An unsigned integer of 384 bits, little-endian 64-bit limbs: wide enough
 /// for the exact product of two decimal mantissas times a power of ten up
-/// to `10^28`. Only the few operations exact comparison and stripping need.
+/// to `10^56` (below `2^379`, the largest numerator of [`mul_div_wide`]). Only the few operations exact comparison and stripping need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Wide([u64; 5]);
+pub(crate) struct Wide([u64; LIMBS]);
+
+/// The limbs of a [`Wide`].
+const LIMBS: usize = 6;
 
 impl Wide {
     #[allow(clippy::cast_possible_truncation, reason = "each half is masked or shifted to 64 bits first")]
     fn from_u128(v: u128) -> Wide {
-        Wide([v as u64, (v >> 64) as u64, 0, 0, 0])
+        let mut limbs = [0; LIMBS];
+        limbs[0] = v as u64;
+        limbs[1] = (v >> 64) as u64;
+        Wide(limbs)
     }
 
     fn is_zero(&self) -> bool {
@@ -277,7 +283,7 @@ impl Wide {
     /// `self * k`, `None` on overflow.
     #[allow(clippy::cast_possible_truncation, reason = "the low 64 bits of each partial product are the limb")]
     fn mul_u64(self, k: u64) -> Option<Wide> {
-        let mut out = [0u64; 5];
+        let mut out = [0u64; LIMBS];
         let mut carry = 0u128;
         for (o, l) in out.iter_mut().zip(self.0) {
             let t = u128::from(l) * u128::from(k) + carry;
@@ -292,12 +298,13 @@ impl Wide {
     fn mul_u128(self, k: u128) -> Option<Wide> {
         let low = self.mul_u64(k as u64)?;
         let high = self.mul_u64((k >> 64) as u64)?;
-        if high.0[4] != 0 {
+        if high.0[LIMBS - 1] != 0 {
             return None;
         }
         // low + (high << 64)
-        let shifted = [0, high.0[0], high.0[1], high.0[2], high.0[3]];
-        let mut out = [0u64; 5];
+        let mut shifted = [0u64; LIMBS];
+        shifted[1..].copy_from_slice(&high.0[..LIMBS - 1]);
+        let mut out = [0u64; LIMBS];
         let mut carry = false;
         for ((o, a), b) in out.iter_mut().zip(low.0).zip(shifted) {
             let (s1, c1) = a.overflowing_add(b);
@@ -322,7 +329,7 @@ impl Wide {
     /// `(self / k, self % k)` for `k > 0`.
     #[allow(clippy::cast_possible_truncation, reason = "a quotient digit and a remainder below k fit 64 bits")]
     fn div_rem_u64(self, k: u64) -> (Wide, u64) {
-        let mut out = [0u64; 5];
+        let mut out = [0u64; LIMBS];
         let mut rem = 0u128;
         for (o, l) in out.iter_mut().zip(self.0).rev() {
             let cur = (rem << 64) | u128::from(l);
@@ -331,6 +338,71 @@ impl Wide {
         }
         (Wide(out), rem as u64)
     }
+}
+
+impl Wide {
+    /// `self - other` modulo `2^384` (exact for `self >= other`).
+    fn sub(self, other: Wide) -> Wide {
+        let mut out = [0u64; LIMBS];
+        let mut borrow = false;
+        for ((o, a), b) in out.iter_mut().zip(self.0).zip(other.0) {
+            let (d1, b1) = a.overflowing_sub(b);
+            let (d2, b2) = d1.overflowing_sub(u64::from(borrow));
+            *o = d2;
+            borrow = b1 || b2;
+        }
+        // Wrapping: `div_rem` may subtract from a value whose top bit was
+        // shifted out, where the true difference still fits.
+        Wide(out)
+    }
+
+    /// `(self / d, self % d)` for `d > 0`, by binary long division: slow
+    /// (a few hundred shifts and subtractions) but only the rare operands
+    /// whose terms exceed a `u128` come here.
+    fn div_rem(self, d: Wide) -> (Wide, Wide) {
+        let mut q = [0u64; LIMBS];
+        let mut r = Wide([0; LIMBS]);
+        for i in (0..LIMBS * 64).rev() {
+            // r = r << 1 | bit i of self; r < d <= 2^384 - 1 keeps it in range
+            // only while d's top bit is clear, so a carry out means r >= d.
+            let top = r.0[LIMBS - 1] >> 63;
+            for k in (1..LIMBS).rev() {
+                r.0[k] = (r.0[k] << 1) | (r.0[k - 1] >> 63);
+            }
+            r.0[0] = (r.0[0] << 1) | ((self.0[i / 64] >> (i % 64)) & 1);
+            if top == 1 || r >= d {
+                r = r.sub(d);
+                q[i / 64] |= 1 << (i % 64);
+            }
+        }
+        (Wide(q), r)
+    }
+}
+
+/// `a * b / c` rounded to `dp` places, for terms that overflow a `u128`:
+/// the numerator `am * bm * 10^up` and denominator `cm * 10^down` (with the
+/// common power of ten cancelled, so `up, down <= 56`) are exact in a
+/// [`Wide`]. `None` if the result exceeds a `Decimal`.
+pub(crate) fn mul_div_wide(
+    a: (u128, u32),
+    b: (u128, u32),
+    c: (u128, u32),
+    dp: u32,
+    negative: bool,
+    mode: Rounding,
+) -> Option<Decimal> {
+    let (up, down) = (c.1 + dp, a.1 + b.1);
+    let common = up.min(down);
+    let n = Wide::from_u128(a.0).mul_u128(b.0)?.mul_pow10(up - common)?;
+    let d = Wide::from_u128(c.0).mul_pow10(down - common)?;
+    let (q, r) = n.div_rem(d);
+    let q = q.to_u128()?;
+    if r.is_zero() {
+        return decimal(q, negative && q != 0, dp);
+    }
+    let half = r.cmp(&d.sub(r));
+    let q = if rounds_away(mode, negative, half, q % 2 == 1) { q.checked_add(1)? } else { q };
+    decimal(q, negative && q != 0, dp)
 }
 
 impl PartialOrd for Wide {
@@ -388,7 +460,8 @@ mod tests {
         assert!(big > Wide::from_u128(u128::MAX));
         assert_eq!(big.to_u128(), None);
         assert_eq!(Wide::from_u128(1).mul_pow10(38).unwrap().to_u128(), pow10(38));
-        assert!(Wide::from_u128(1).mul_pow10(97).is_none());
+        assert!(Wide::from_u128(1).mul_pow10(115).is_some());
+        assert!(Wide::from_u128(1).mul_pow10(116).is_none());
     }
 
     #[test]
@@ -464,6 +537,41 @@ mod tests {
                 })
                 .collect();
             trim(digits)
+        }
+
+        /// `a - b` for `a >= b`.
+        pub(super) fn sub(a: &Big, b: &Big) -> Big {
+            let mut borrow = 0i8;
+            let digits = a
+                .iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    let mut t =
+                        i8::try_from(*x).unwrap() - i8::try_from(b.get(i).copied().unwrap_or(0)).unwrap() - borrow;
+                    borrow = i8::from(t < 0);
+                    if t < 0 {
+                        t += 10;
+                    }
+                    u8::try_from(t).unwrap()
+                })
+                .collect();
+            assert_eq!(borrow, 0);
+            trim(digits)
+        }
+
+        /// `(a / d, a % d)`, schoolbook long division one decimal digit at a
+        /// time.
+        pub(super) fn div_rem(a: &Big, d: &Big) -> (Big, Big) {
+            let mut q = vec![0u8; a.len()];
+            let mut r: Big = vec![0];
+            for i in (0..a.len()).rev() {
+                r = trim(std::iter::once(a[i]).chain(r.iter().copied()).collect());
+                while cmp(&r, d).is_ge() {
+                    r = sub(&r, d);
+                    q[i] += 1;
+                }
+            }
+            (trim(q), r)
         }
 
         pub(super) fn add_one(a: &Big) -> Big {
@@ -578,8 +686,8 @@ mod tests {
             let w = Wide::from_u128(a).mul_u128(b).unwrap();
             let want = oracle::mul(&oracle::from_u128(a), &oracle::from_u128(b));
             prop_assert_eq!(oracle::to_string(&wide_digits(w)), oracle::to_string(&want));
-            // 2^320, the first value `Wide` cannot hold.
-            let limit = (0..5).fold(oracle::from_u128(1), |acc, _| oracle::mul(&acc, &oracle::from_u128(1u128 << 64)));
+            // 2^384, the first value `Wide` cannot hold.
+            let limit = (0..LIMBS).fold(oracle::from_u128(1), |acc, _| oracle::mul(&acc, &oracle::from_u128(1u128 << 64)));
             let Some(scaled) = w.mul_pow10(p) else {
                 prop_assert!(oracle::cmp(&oracle::shift(&want, p), &limit).is_ge(), "{}*{} * 10^{} refused", a, b, p);
                 return Ok(());
@@ -595,9 +703,51 @@ mod tests {
         }
 
         #[test]
+        fn wide_long_division_matches_the_oracle(a in mantissa(), b in mantissa(), p in 0u32..=56, c in mantissa(), e in mantissa(), k in 0u32..=56) {
+            prop_assume!(c != 0 && e != 0);
+            let n = Wide::from_u128(a).mul_u128(b).unwrap().mul_pow10(p).unwrap();
+            let d = Wide::from_u128(c).mul_u128(e).unwrap();
+            let d = d.mul_pow10(k).unwrap_or(d);
+            let (q, r) = n.div_rem(d);
+            prop_assert!(r < d);
+            let (want_q, want_r) = oracle::div_rem(&wide_digits(n), &wide_digits(d));
+            prop_assert_eq!(oracle::to_string(&wide_digits(q)), oracle::to_string(&want_q));
+            prop_assert_eq!(oracle::to_string(&wide_digits(r)), oracle::to_string(&want_r));
+        }
+
+        #[test]
         fn mul_round_matches_the_oracle(a in decimal_any(), b in decimal_any(), dp in 0u32..=28, mode in mode()) {
             let got = mul_round(a, b, dp, mode).map(|d| d.to_string());
             prop_assert_eq!(got, oracle_mul_round(a, b, dp, mode), "{} * {} at {} {:?}", a, b, dp, mode);
+        }
+
+        #[test]
+        fn mul_div_matches_the_oracle(
+            a in decimal_any(),
+            b in decimal_any(),
+            c in decimal_any(),
+            dp in 0u32..=28,
+            mode in mode(),
+        ) {
+            prop_assume!(!c.is_zero());
+            let negative = (a.is_sign_negative() != b.is_sign_negative()) != c.is_sign_negative();
+            let n = oracle::shift(&oracle::mul(&oracle::from_u128(parts(a).0), &oracle::from_u128(parts(b).0)), c.scale() + dp);
+            let d = oracle::shift(&oracle::from_u128(parts(c).0), a.scale() + b.scale());
+            let (q, r) = oracle::div_rem(&n, &d);
+            let want = if oracle::to_string(&r) == "0" {
+                Some(q)
+            } else {
+                let half = oracle::cmp(&r, &oracle::sub(&d, &r));
+                let odd = q[0] % 2 == 1;
+                Some(if rounds_away(mode, negative, half, odd) { oracle::add_one(&q) } else { q })
+            }
+            .filter(|q| oracle::cmp(q, &oracle::from_u128(MAX_MANTISSA)).is_le())
+            .map(|q| {
+                let m = i128::try_from(oracle::to_string(&q).parse::<u128>().unwrap()).unwrap();
+                Decimal::from_i128_with_scale(if negative { -m } else { m }, dp).to_string()
+            });
+            let got = crate::mul_div(a, b, c, dp, mode).ok().map(|d| d.to_string());
+            prop_assert_eq!(got, want, "{} * {} / {} at {} {:?}", a, b, c, dp, mode);
         }
 
         #[test]

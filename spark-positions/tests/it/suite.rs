@@ -176,6 +176,7 @@ on_both!(
     trailing_zeros_change_no_position,
     an_unrepresentable_sum_is_an_overflow,
     an_average_that_rounds_to_zero_is_an_error_not_flat,
+    a_position_in_28_place_quantities_reduces,
 );
 
 async fn lifecycle_open_increase_reduce_close_flip(b: Backend) {
@@ -644,4 +645,18 @@ fn sqlite_and_postgres_agree_on_any_fills() {
         })
         .unwrap();
     drop((pg, lite));
+}
+
+/// A quantity with 28 places is legal: reducing it takes out
+/// `cost * q / Q`, whose exact terms exceed 128 bits although the share
+/// (here exactly 5) fits. It used to be refused as an overflow.
+async fn a_position_in_28_place_quantities_reduces(b: Backend) {
+    b.apply(&fill("a", Side::Buy, "1.2345678901234567890123456789", "10.00")).await.unwrap();
+    let out = b.apply(&fill("b", Side::Sell, "0.5", "10.00")).await;
+    assert!(matches!(out, Ok(Step::Reduce(_))), "{out:?}");
+    let open = b.open("acc-1", "THYAO").await.unwrap();
+    assert_eq!(open.quantity().to_string(), "0.7345678901234567890123456789");
+    assert_eq!(open.cost_basis().to_string(), "7.345678901234567890123456789");
+    assert!(open.realized_pnl().amount().is_zero());
+    assert_eq!(open.average_price().unwrap().unwrap().to_string(), "10.00");
 }
