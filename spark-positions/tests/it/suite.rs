@@ -177,6 +177,7 @@ on_both!(
     an_unrepresentable_sum_is_an_overflow,
     an_average_that_rounds_to_zero_is_an_error_not_flat,
     a_position_in_28_place_quantities_reduces,
+    price_scale_edges,
 );
 
 async fn lifecycle_open_increase_reduce_close_flip(b: Backend) {
@@ -616,7 +617,7 @@ fn sqlite_and_postgres_agree_on_any_fills() {
             1i64..=20_000,
             0u32..=3,
             0u32..=4,
-            1u32..=3,
+            prop_oneof![4 => 0u32..=3, 1 => Just(28u32), 1 => Just(29u32), 1 => Just(u32::MAX)],
         ),
         1..30,
     );
@@ -659,4 +660,35 @@ async fn a_position_in_28_place_quantities_reduces(b: Backend) {
     assert_eq!(open.cost_basis().to_string(), "7.345678901234567890123456789");
     assert!(open.realized_pnl().amount().is_zero());
     assert_eq!(open.average_price().unwrap().unwrap().to_string(), "10.00");
+}
+
+/// Scale 0 takes a price written `10.00` (the same number as `10`) and
+/// averages to whole units; 28 is the most a Decimal carries; 29 and above
+/// are a typed error that leaves nothing behind.
+async fn price_scale_edges(b: Backend) {
+    let mut f = fill("a", Side::Buy, "3", "10.00");
+    f.price_scale = 0;
+    b.apply(&f).await.unwrap();
+    let mut g = fill("b", Side::Buy, "1", "11");
+    g.price_scale = 0;
+    b.apply(&g).await.unwrap();
+    // 41 / 4 = 10.25 -> 10 at 0 places.
+    assert_eq!(b.open("acc-1", "THYAO").await.unwrap().average_price().unwrap().unwrap().to_string(), "10");
+    for (id, qty, price) in [("c1", "2", "1.0000000000000000000000000001"), ("c2", "1", "1")] {
+        let mut fine = fill(id, Side::Buy, qty, price);
+        fine.instrument = "Z".to_owned();
+        fine.price_scale = 28;
+        b.apply(&fine).await.unwrap();
+    }
+    let open = b.open("acc-1", "Z").await.unwrap();
+    assert_eq!(open.price_scale(), 28);
+    // 3.0000000000000000000000000002 / 3 = 1.0000000000000000000000000000666…
+    assert_eq!(open.average_price().unwrap().unwrap().to_string(), "1.0000000000000000000000000001");
+    for scale in [29, u32::MAX] {
+        let mut bad = fill("d", Side::Buy, "1", "10");
+        bad.price_scale = scale;
+        let out = b.apply(&bad).await;
+        assert!(matches!(out, Err(PositionsError::PriceScale { price_scale, .. }) if price_scale == scale), "{out:?}");
+    }
+    assert_eq!(b.count("SELECT COUNT(*) FROM spark_position_fills WHERE fill_id = 'd'").await, 0);
 }
