@@ -178,6 +178,7 @@ on_both!(
     an_average_that_rounds_to_zero_is_an_error_not_flat,
     a_position_in_28_place_quantities_reduces,
     price_scale_edges,
+    fills_join_the_callers_transaction_and_savepoints,
 );
 
 async fn lifecycle_open_increase_reduce_close_flip(b: Backend) {
@@ -691,4 +692,45 @@ async fn price_scale_edges(b: Backend) {
         assert!(matches!(out, Err(PositionsError::PriceScale { price_scale, .. }) if price_scale == scale), "{out:?}");
     }
     assert_eq!(b.count("SELECT COUNT(*) FROM spark_position_fills WHERE fill_id = 'd'").await, 0);
+}
+
+/// Inside the caller's transaction, one savepoint deep (a caller that uses
+/// savepoints of its own): a refused fill rolls back only itself, the
+/// caller's own write and the good fills around it stay, and the caller's
+/// rollback takes everything back, the applied fill's id included.
+async fn fills_join_the_callers_transaction_and_savepoints(b: Backend) {
+    b.exec("CREATE TABLE caller_orders (id TEXT PRIMARY KEY)").await.unwrap();
+    // Refused after its id was claimed: only the savepoint takes the claim back.
+    let mut refused = fill("x", Side::Buy, "1", "5.00");
+    refused.currency = Currency::USD;
+    let (good, later) = (fill("a", Side::Buy, "10", "5.00"), fill("b", Side::Buy, "1", "5.00"));
+    macro_rules! run {
+        ($db:expr, $book:expr, $begin:expr, $commit:expr) => {{
+            let mut tx = $begin;
+            sqlx::query("INSERT INTO caller_orders (id) VALUES ('o1')").execute(&mut *tx).await.unwrap();
+            let mut inner = sqlx::Connection::begin(&mut *tx).await.unwrap();
+            $book.apply_fill(&mut inner, &good).await.unwrap();
+            assert!(matches!(
+                $book.apply_fill(&mut inner, &refused).await,
+                Err(PositionsError::CurrencyMismatch { .. })
+            ));
+            $book.apply_fill(&mut inner, &later).await.unwrap();
+            inner.commit().await.unwrap();
+            sqlx::query("INSERT INTO caller_orders (id) VALUES ('o2')").execute(&mut *tx).await.unwrap();
+            if $commit { tx.commit().await.unwrap() } else { tx.rollback().await.unwrap() }
+        }};
+    }
+    for commit in [false, true] {
+        match &b {
+            Backend::Sqlite(db, book) => run!(db, book, db.pool.begin_with("BEGIN IMMEDIATE").await.unwrap(), commit),
+            Backend::Postgres(db, book) => run!(db, book, db.pool.begin().await.unwrap(), commit),
+        }
+        let expected = if commit { (2, 2) } else { (0, 0) };
+        let got = (
+            b.count("SELECT COUNT(*) FROM caller_orders").await,
+            b.count("SELECT COUNT(*) FROM spark_position_fills").await,
+        );
+        assert_eq!(got, expected, "commit = {commit}");
+    }
+    assert_eq!(b.open("acc-1", "THYAO").await.unwrap().quantity().to_string(), "11");
 }
