@@ -83,6 +83,10 @@ const UPDATE: &str = "UPDATE spark_positions SET quantity = $2::numeric, cost_ba
         closed_at_ms = $5, price_scale = $7, version = version + 1
      WHERE id = $1 AND version = $6 RETURNING version";
 
+/// Stores an increased position's sums without the trailing zeros that
+/// made them too long for a `Decimal`; the values are unchanged.
+const TRIM: &str = "UPDATE spark_positions SET quantity = $2::numeric, cost_basis = $3::numeric WHERE id = $1";
+
 const LINK_FILL: &str = "UPDATE spark_position_fills SET position_id = $1, position_version = $2 WHERE fill_id = $3";
 
 impl BookBackend for PgBackend {
@@ -126,10 +130,23 @@ impl BookBackend for PgBackend {
                 // NUMERIC adds without limit; a sum this row cannot carry
                 // back (more than 28 significant places) is an overflow, as
                 // the same sum is in Rust on SQLite. The savepoint undoes it.
+                let written = (row.4.clone(), row.5.clone());
                 let pos = row::position(row).map_err(|e| match e {
                     PositionsError::Corrupt(_) => crate::model::overflow(),
                     other => other,
                 })?;
+                // A sum read back without its trailing zeros (see
+                // `row::position`) is stored that way too, as the Rust sum
+                // on SQLite stores it: later sums then keep the same places
+                // on both backends. The upsert holds the row lock.
+                if written != (pos.quantity.to_string(), pos.cost_basis.to_string()) {
+                    sqlx::query(TRIM)
+                        .bind(pos.id)
+                        .bind(pos.quantity.to_string())
+                        .bind(pos.cost_basis.to_string())
+                        .execute(&mut *conn)
+                        .await?;
+                }
                 let step = if pos.version == 1 { Step::Open(pos.book()) } else { Step::Increase(pos.book()) };
                 record(if pos.version == 1 { "open" } else { "increase" });
                 link(conn, fill, pos.id, pos.version).await?;
