@@ -139,7 +139,8 @@ pub fn round(value: Decimal, dp: u32, mode: Rounding) -> Result<Decimal, MoneyEr
 /// # Errors
 ///
 /// [`MoneyError::ScaleTooLarge`] for `dp > 28`; [`MoneyError::Overflow`] for
-/// a zero divisor or when the exact intermediate exceeds 128 bits.
+/// a zero divisor or a result beyond `Decimal` (long mantissas whose exact
+/// intermediate exceeds 128 bits are divided in full width, not refused).
 ///
 /// # Examples
 ///
@@ -167,8 +168,12 @@ pub fn mul_div(a: Decimal, b: Decimal, c: Decimal, dp: u32, mode: Rounding) -> R
     // divides exactly like `100`.
     let (numerator, denominator) = match mul_div_terms(int::parts(a), int::parts(b), int::parts(c), dp) {
         Some(terms) => terms,
-        None => mul_div_terms(int::stripped_parts(a), int::stripped_parts(b), int::stripped_parts(c), dp)
-            .ok_or_else(|| overflow.clone())?,
+        // Long mantissas (a cost basis times a 28-place quantity) give terms
+        // beyond 128 bits although the quotient fits: divide in full width
+        // rather than refuse.
+        None => {
+            return int::mul_div_wide(int::parts(a), int::parts(b), int::parts(c), dp, negative, mode).ok_or(overflow);
+        }
     };
     let (q, _) = int::div_round(numerator, denominator, negative, mode);
     int::decimal(q, negative && q != 0, dp).ok_or(overflow)

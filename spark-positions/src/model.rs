@@ -169,14 +169,18 @@ impl Position {
     ///
     /// # Errors
     ///
-    /// Only on arithmetic overflow.
+    /// On arithmetic overflow, and [`MoneyError::NonPositivePrice`] when the
+    /// average of an open position rounds to zero at its price scale.
     pub fn average_price(&self) -> Result<Option<Price>> {
         if self.quantity.is_zero() {
             return Ok(None);
         }
         let avg =
             mul_div(self.cost_basis.abs(), Decimal::ONE, self.quantity.abs(), self.price_scale, Rounding::HalfEven)?;
-        Ok(Price::new(avg).ok())
+        // An open position always has an average: one that rounds to zero
+        // (a price scale lowered by a later fill, e.g. 0.4 at 0 places) is an
+        // error, never `None`, which would read as "flat".
+        Ok(Some(Price::new(avg)?))
     }
 }
 
@@ -211,14 +215,22 @@ pub enum Step {
     },
 }
 
-fn overflow() -> PositionsError {
+pub(crate) fn overflow() -> PositionsError {
     PositionsError::Money(MoneyError::Overflow { op: "position arithmetic" })
 }
 
 /// `a + b`, refusing any rounding `rust_decimal` would do silently.
 fn add(a: Decimal, b: Decimal) -> Result<Decimal> {
-    let sum = a.checked_add(b).ok_or_else(overflow)?;
-    if sum.scale() == a.scale().max(b.scale()) || sum.is_zero() { Ok(sum) } else { Err(overflow()) }
+    let exact = |a: Decimal, b: Decimal| {
+        let sum = a.checked_add(b)?;
+        (sum.scale() == a.scale().max(b.scale()) || sum.is_zero()).then_some(sum)
+    };
+    // Trailing zeros (a quantity written `1.0000000000000000000000000000`)
+    // can push the sum past 96 bits at the larger scale although the value
+    // fits: try again without them, so that `1.000…0` adds like `1`. The
+    // result then has no trailing zeros either, which is also how the
+    // PostgreSQL book reads back such a sum.
+    exact(a, b).or_else(|| exact(a.normalize(), b.normalize()).map(|s| s.normalize())).ok_or_else(overflow)
 }
 
 /// `q * p` exactly.
@@ -232,7 +244,9 @@ pub(crate) fn times(q: Decimal, price: Price) -> Result<Decimal> {
 ///
 /// - open or increase: `cost += q * p`;
 /// - reduce by `q`: the cost taken out is `cost * |q| / |Q|`, rounded once,
-///   half-even, at the cost basis's own scale; `realized += -q * p - taken`;
+///   half-even, to the places the exact cost basis needs but never fewer
+///   than `price_scale` (a rule on values: `10.1` and `10.10` give the same
+///   result); `realized += -q * p - taken`;
 /// - close: all of the cost is taken out, so a round trip realizes exactly
 ///   its cash flow;
 /// - flip: close, then open the remainder at `p`.
@@ -241,8 +255,9 @@ pub(crate) fn times(q: Decimal, price: Price) -> Result<Decimal> {
 ///
 /// # Errors
 ///
-/// Only on arithmetic overflow.
-pub fn step(current: Option<Book>, q: Decimal, price: Price) -> Result<Step> {
+/// On arithmetic overflow, and [`MoneyError::ScaleTooLarge`] for a
+/// `price_scale` above 28.
+pub fn step(current: Option<Book>, q: Decimal, price: Price, price_scale: u32) -> Result<Step> {
     let notional = times(q, price)?;
     let Some(cur) = current.filter(|c| !c.quantity.is_zero()) else {
         return Ok(Step::Open(Book { quantity: q, cost_basis: notional, realized: Decimal::ZERO }));
@@ -256,8 +271,11 @@ pub fn step(current: Option<Book>, q: Decimal, price: Price) -> Result<Step> {
     }
     match q.abs().cmp(&cur.quantity.abs()) {
         std::cmp::Ordering::Less => {
-            let taken =
-                mul_div(cur.cost_basis, q.abs(), cur.quantity.abs(), cur.cost_basis.scale(), Rounding::HalfEven)?;
+            // Rounded to a scale read from the value, never from how it was
+            // written: the cost basis's scale counts the trailing zeros of
+            // every price and quantity that went into it.
+            let dp = cur.cost_basis.normalize().scale().max(price_scale);
+            let taken = mul_div(cur.cost_basis, q.abs(), cur.quantity.abs(), dp, Rounding::HalfEven)?;
             Ok(Step::Reduce(Book {
                 quantity: add(cur.quantity, q)?,
                 cost_basis: add(cur.cost_basis, -taken)?,
@@ -298,22 +316,22 @@ mod tests {
 
     #[test]
     fn open_increase_reduce_close() {
-        let Step::Open(b) = step(None, d("100"), p("10.00")).unwrap() else { panic!() };
+        let Step::Open(b) = step(None, d("100"), p("10.00"), 2).unwrap() else { panic!() };
         assert_eq!((b.quantity, b.cost_basis), (d("100"), d("1000.00")));
-        let Step::Increase(b) = step(Some(b), d("50"), p("11.00")).unwrap() else { panic!() };
+        let Step::Increase(b) = step(Some(b), d("50"), p("11.00"), 2).unwrap() else { panic!() };
         assert_eq!((b.quantity, b.cost_basis), (d("150"), d("1550.00")));
         // Sell 50 at 12: takes out 1550 * 50/150 = 516.666.. -> 516.67.
-        let Step::Reduce(b) = step(Some(b), d("-50"), p("12.00")).unwrap() else { panic!() };
+        let Step::Reduce(b) = step(Some(b), d("-50"), p("12.00"), 2).unwrap() else { panic!() };
         assert_eq!((b.quantity, b.cost_basis, b.realized), (d("100"), d("1033.33"), d("83.33")));
-        let Step::Close(b) = step(Some(b), d("-100"), p("9.00")).unwrap() else { panic!() };
+        let Step::Close(b) = step(Some(b), d("-100"), p("9.00"), 2).unwrap() else { panic!() };
         // Round trip: bought 1550, sold 600 + 900: realized exactly -50.
         assert_eq!((b.quantity, b.cost_basis, b.realized), (d("0"), d("0"), d("-50.00")));
     }
 
     #[test]
     fn flip_closes_then_opens_the_rest() {
-        let Step::Open(b) = step(None, d("-10"), p("5")).unwrap() else { panic!() };
-        let Step::Flip { closed, opened } = step(Some(b), d("25"), p("4")).unwrap() else { panic!() };
+        let Step::Open(b) = step(None, d("-10"), p("5"), 0).unwrap() else { panic!() };
+        let Step::Flip { closed, opened } = step(Some(b), d("25"), p("4"), 0).unwrap() else { panic!() };
         // Short 10 at 5, bought back at 4: +10; then long 15 at 4.
         assert_eq!(closed.realized, d("10"));
         assert_eq!((opened.quantity, opened.cost_basis, opened.realized), (d("15"), d("60"), d("0")));

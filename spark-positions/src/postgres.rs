@@ -83,6 +83,10 @@ const UPDATE: &str = "UPDATE spark_positions SET quantity = $2::numeric, cost_ba
         closed_at_ms = $5, price_scale = $7, version = version + 1
      WHERE id = $1 AND version = $6 RETURNING version";
 
+/// Stores an increased position's sums without the trailing zeros that
+/// made them too long for a `Decimal`; the values are unchanged.
+const TRIM: &str = "UPDATE spark_positions SET quantity = $2::numeric, cost_basis = $3::numeric WHERE id = $1";
+
 const LINK_FILL: &str = "UPDATE spark_position_fills SET position_id = $1, position_version = $2 WHERE fill_id = $3";
 
 impl BookBackend for PgBackend {
@@ -123,7 +127,26 @@ impl BookBackend for PgBackend {
                 .await
                 .map_err(|e| unique(e, fill))?;
             if let Some(row) = row {
-                let pos = row::position(row)?;
+                // NUMERIC adds without limit; a sum this row cannot carry
+                // back (more than 28 significant places) is an overflow, as
+                // the same sum is in Rust on SQLite. The savepoint undoes it.
+                let written = (row.4.clone(), row.5.clone());
+                let pos = row::position(row).map_err(|e| match e {
+                    PositionsError::Corrupt(_) => crate::model::overflow(),
+                    other => other,
+                })?;
+                // A sum read back without its trailing zeros (see
+                // `row::position`) is stored that way too, as the Rust sum
+                // on SQLite stores it: later sums then keep the same places
+                // on both backends. The upsert holds the row lock.
+                if written != (pos.quantity.to_string(), pos.cost_basis.to_string()) {
+                    sqlx::query(TRIM)
+                        .bind(pos.id)
+                        .bind(pos.quantity.to_string())
+                        .bind(pos.cost_basis.to_string())
+                        .execute(&mut *conn)
+                        .await?;
+                }
                 let step = if pos.version == 1 { Step::Open(pos.book()) } else { Step::Increase(pos.book()) };
                 record(if pos.version == 1 { "open" } else { "increase" });
                 link(conn, fill, pos.id, pos.version).await?;
@@ -139,7 +162,7 @@ impl BookBackend for PgBackend {
             if current.currency() != fill.currency {
                 return Err(PositionsError::CurrencyMismatch { fill: fill.currency, position: current.currency() });
             }
-            let step = step(Some(current.book()), q, fill.price)?;
+            let step = step(Some(current.book()), q, fill.price, fill.price_scale)?;
             let (id, version) = match step {
                 Step::Reduce(b) => (current.id, write(conn, &current, b, None, price_scale).await?),
                 Step::Close(b) => (current.id, write(conn, &current, b, Some(now), price_scale).await?),

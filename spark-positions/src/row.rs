@@ -23,7 +23,19 @@ pub(crate) fn position(row: Row) -> Result<Position> {
         closed,
         version,
     ) = row;
-    let dec = |s: &str| parse_decimal(s).map_err(|e| PositionsError::Corrupt(format!("position {id}: {e}")));
+    let dec = |s: &str| {
+        parse_decimal(s)
+            .or_else(|e| {
+                // PostgreSQL's NUMERIC sum keeps every trailing zero of its
+                // terms (`10000000000 + 1.0000000000000000000000000000` has
+                // 39 digits); the value may still fit a Decimal without
+                // them, as it does in the Rust sum (`model::add`). Dropping
+                // zeros changes no value.
+                let trimmed = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.') } else { s };
+                if trimmed.len() < s.len() { parse_decimal(trimmed).map(|d| d.normalize()) } else { Err(e) }
+            })
+            .map_err(|e| PositionsError::Corrupt(format!("position {id}: {e}")))
+    };
     let currency = Currency::new(&currency).map_err(|e| PositionsError::Corrupt(format!("position {id}: {e}")))?;
     Ok(Position {
         id,

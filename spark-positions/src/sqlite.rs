@@ -95,7 +95,7 @@ impl BookBackend for SqliteBackend {
             if let Some(cur) = current.as_ref().filter(|c| c.currency() != fill.currency) {
                 return Err(PositionsError::CurrencyMismatch { fill: fill.currency, position: cur.currency() });
             }
-            let step = step(current.as_ref().map(Position::book), q, fill.price)?;
+            let step = step(current.as_ref().map(Position::book), q, fill.price, fill.price_scale)?;
             let written = match (step, &current) {
                 (Step::Open(b), _) => {
                     insert(conn, fill, b.quantity, b.cost_basis, price_scale, now).await?.map(|id| (id, 1))

@@ -377,3 +377,19 @@ fn min_notional_is_exact() {
     assert!(!one.is_met(p("101.30"), q("0")));
     assert!(spark_money::MinNotional::new(d("0")).unwrap().is_met(p("101.30"), q("0")));
 }
+
+/// Two long mantissas (20 digits of money times a 28-place factor) have an
+/// exact product wider than 128 bits whose rounded result still fits: it is
+/// rounded from the exact digits, not refused as an overflow.
+#[test]
+fn money_mul_of_long_mantissas_rounds_instead_of_refusing() {
+    let amount = Money::new(d("12345678901234567890.12"), Currency::TRY);
+    let factor = d("1.2345678901234567890123456789");
+    // Exact: 15241578753238836750.491083921833866813431672002468.
+    assert_eq!(amount.mul(factor, Rounding::HalfEven).unwrap().to_string(), "15241578753238836750.49 TRY");
+    assert_eq!(amount.mul(factor, Rounding::Up).unwrap().to_string(), "15241578753238836750.50 TRY");
+    assert_eq!(amount.mul(-factor, Rounding::Floor).unwrap().to_string(), "-15241578753238836750.50 TRY");
+    // A result beyond Decimal::MAX is still an overflow, never a wrap.
+    let huge = Money::new(d("79228162514264337593543950335"), Currency::TRY);
+    assert!(huge.mul(d("1.0000000000000000000000000001"), Rounding::Down).is_err());
+}

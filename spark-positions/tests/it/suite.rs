@@ -173,6 +173,13 @@ on_both!(
     refused_fills_give_their_id_back,
     average_price_uses_the_instruments_price_scale,
     timestamps_come_from_the_injected_clock,
+    trailing_zeros_change_no_position,
+    an_unrepresentable_sum_is_an_overflow,
+    an_average_that_rounds_to_zero_is_an_error_not_flat,
+    a_position_in_28_place_quantities_reduces,
+    price_scale_edges,
+    fills_join_the_callers_transaction_and_savepoints,
+    a_trimmed_sum_keeps_the_same_places_on_both_backends,
 );
 
 async fn lifecycle_open_increase_reduce_close_flip(b: Backend) {
@@ -372,7 +379,7 @@ async fn concurrent_fills_keep_one_open_position_and_exact_pnl(b: Backend) {
     assert_eq!(open_qty, total, "final quantity is the sum of signed fills");
 
     // Replay the fills in the order the book applied them.
-    let mut model = Model::default();
+    let mut model = Model::with_price_scale(2);
     let order = b.applied_order().await;
     assert_eq!(order.len(), 256);
     for (q, p) in order {
@@ -455,12 +462,13 @@ async fn average_price_uses_the_instruments_price_scale(b: Backend) {
     let open = b.open("acc-1", "THYAO").await.unwrap();
     assert_eq!(open.price_scale(), 2);
     assert_eq!(open.average_price().unwrap().unwrap().to_string(), "10.12");
-    // A reduction at a price written with one place keeps the scale on both
-    // backends: 40.5 - 40.5 * 1/4 (10.125 -> 10.1 at the cost's scale) = 30.4;
-    // 30.4 / 3 = 10.1333… -> 10.13.
+    // A reduction at prices written with one place still rounds the cost
+    // taken out to the price scale, on both backends: 40.5 * 1/4 = 10.125 ->
+    // 10.12; 40.5 - 10.12 = 30.38; 30.38 / 3 = 10.1266… -> 10.13.
     b.apply(&fill("c", Side::Sell, "1", "10.3")).await.unwrap();
     let open = b.open("acc-1", "THYAO").await.unwrap();
-    assert_eq!((open.price_scale(), open.cost_basis().to_string()), (2, "30.4".to_owned()));
+    assert_eq!((open.price_scale(), open.cost_basis().to_string()), (2, "30.38".to_owned()));
+    assert_eq!(open.realized_pnl().amount().to_string(), "0.18");
     assert_eq!(open.average_price().unwrap().unwrap().to_string(), "10.13");
     // A flip opens the rest at the fill's scale.
     let mut flip = fill("d", Side::Sell, "4", "10.5");
@@ -482,4 +490,262 @@ async fn timestamps_come_from_the_injected_clock(b: Backend) {
     assert_eq!((all[0].opened_at_ms(), all[0].closed_at_ms()), (5_000, Some(7_000)));
     assert_eq!(b.count("SELECT MIN(applied_at_ms) FROM spark_position_fills").await, 5_000);
     assert_eq!(b.count("SELECT MAX(applied_at_ms) FROM spark_position_fills").await, 7_000);
+}
+
+/// The same fills written with other trailing zeros (`10.1` / `10.10`,
+/// `1` / `1.0000000000000000000000000000`) give the same position: the cost
+/// taken out by a reduction is rounded to the price scale, not to the places
+/// the prices were written with, and a quantity whose trailing zeros overflow
+/// the sum at 28 places still adds.
+async fn trailing_zeros_change_no_position(b: Backend) {
+    let at = |account: &str, instrument: &str, mut f: Fill| {
+        f.fill_id = format!("{account}-{instrument}-{}", f.fill_id);
+        f.account_id = account.to_owned();
+        f.instrument = instrument.to_owned();
+        f
+    };
+    let written = [
+        ("short", ["10.1", "10.0", "10", "1", "1"]),
+        ("padded", ["10.10", "10.00", "10.000", "1.0000000000000000000000000000", "1.00"]),
+    ];
+    for (account, [p1, p2, p3, one, unit]) in written {
+        b.apply(&at(account, "X", fill("a", Side::Buy, "1", p1))).await.unwrap();
+        b.apply(&at(account, "X", fill("b", Side::Buy, "2", p2))).await.unwrap();
+        b.apply(&at(account, "X", fill("c", Side::Sell, "1", p3))).await.unwrap();
+        b.apply(&at(account, "Y", fill("a", Side::Buy, "10000000000", unit))).await.unwrap();
+        b.apply(&at(account, "Y", fill("b", Side::Buy, one, unit))).await.unwrap();
+        b.apply(&at(account, "Y", fill("c", Side::Sell, one, unit))).await.unwrap();
+    }
+    for instrument in ["X", "Y"] {
+        let short = b.open("short", instrument).await.unwrap();
+        let padded = b.open("padded", instrument).await.unwrap();
+        assert_eq!(short.quantity(), padded.quantity(), "{instrument}");
+        assert_eq!(short.cost_basis(), padded.cost_basis(), "{instrument}");
+        assert_eq!(short.realized_pnl(), padded.realized_pnl(), "{instrument}");
+        assert_eq!(short.average_price().unwrap(), padded.average_price().unwrap(), "{instrument}");
+    }
+    // 30.1 / 3 = 10.0333… taken out as 10.03 (price scale 2) on both.
+    let x = b.open("padded", "X").await.unwrap();
+    assert_eq!((x.cost_basis(), x.realized_pnl().amount()), (Decimal::new(2007, 2), Decimal::new(-3, 2)));
+    assert_eq!(b.open("padded", "Y").await.unwrap().quantity(), Decimal::new(10_000_000_000, 0));
+}
+
+/// A sum with more significant places than a Decimal holds is refused as an
+/// overflow on both backends (PostgreSQL's NUMERIC would hold it, but it
+/// could not be read back), and the position is unchanged.
+async fn an_unrepresentable_sum_is_an_overflow(b: Backend) {
+    b.apply(&fill("a", Side::Buy, "10000000000", "1")).await.unwrap();
+    let tiny = fill("b", Side::Buy, "0.0000000000000000000000000001", "1");
+    let out = b.apply(&tiny).await;
+    assert!(matches!(out, Err(PositionsError::Money(spark_money::MoneyError::Overflow { .. }))), "{out:?}");
+    let open = b.open("acc-1", "THYAO").await.unwrap();
+    assert_eq!((open.quantity().to_string(), open.version()), ("10000000000".to_owned(), 1));
+}
+
+/// A later fill that lowers the price scale (0.4 at one place, then a fill at
+/// zero places) leaves an open position whose average rounds to 0: that is a
+/// typed error, never `None`, which reads as "no open position".
+async fn an_average_that_rounds_to_zero_is_an_error_not_flat(b: Backend) {
+    let mut buy = fill("a", Side::Buy, "1", "0.4");
+    buy.price_scale = 1;
+    b.apply(&buy).await.unwrap();
+    let mut sell = fill("b", Side::Sell, "0.5", "1");
+    sell.price_scale = 0;
+    b.apply(&sell).await.unwrap();
+    let open = b.open("acc-1", "THYAO").await.unwrap();
+    assert_eq!((open.quantity().to_string(), open.price_scale()), ("0.5".to_owned(), 0));
+    let avg = open.average_price();
+    assert!(matches!(avg, Err(PositionsError::Money(spark_money::MoneyError::NonPositivePrice { .. }))), "{avg:?}");
+}
+
+/// What a position shows, without the database id (sequences differ between
+/// backends once a refused insert is rolled back).
+fn shown(p: &Position) -> String {
+    format!(
+        "{} {} {} q={} cost={} realized={} scale={} avg={:?} opened={} closed={:?} v={}",
+        p.account_id(),
+        p.instrument(),
+        p.status(),
+        p.quantity(),
+        p.cost_basis(),
+        p.realized_pnl().amount(),
+        p.price_scale(),
+        p.average_price().map(|a| a.map(|a| a.get())).map_err(|e| e.to_string()),
+        p.opened_at_ms(),
+        p.closed_at_ms(),
+        p.version(),
+    )
+}
+
+fn shown_step(s: &Result<Step, PositionsError>) -> String {
+    let book = |b: &spark_positions::model::Book| format!("{}/{}/{}", b.quantity, b.cost_basis, b.realized);
+    match s {
+        Ok(Step::Open(b)) => format!("open {}", book(b)),
+        Ok(Step::Increase(b)) => format!("increase {}", book(b)),
+        Ok(Step::Reduce(b)) => format!("reduce {}", book(b)),
+        Ok(Step::Close(b)) => format!("close {}", book(b)),
+        Ok(Step::Flip { closed, opened }) => format!("flip {} {}", book(closed), book(opened)),
+        Err(e) => format!("error {e}"),
+    }
+}
+
+/// `mantissa * 10^-scale`, written with `pad` more trailing zeros.
+fn written(mantissa: i64, scale: u32, pad: u32) -> String {
+    let mut d = Decimal::new(mantissa, scale);
+    d.rescale(scale + pad);
+    d.to_string()
+}
+
+/// Random fill sequences (long, short, flips, prices with more places than
+/// the scale, quantities and prices with extra trailing zeros, a price scale
+/// that changes) applied to a SQLite and a PostgreSQL book: every step and
+/// every position, open and closed, is the same on both.
+#[test]
+fn sqlite_and_postgres_agree_on_any_fills() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let Some(pg) = rt.block_on(Backend::postgres()) else { return };
+    let lite = rt.block_on(Backend::sqlite());
+    let fills = prop::collection::vec(
+        (
+            any::<bool>(),
+            prop_oneof![1i64..=400, 1_000_000_000i64..=10_000_000_000],
+            0u32..=2,
+            prop_oneof![0u32..=4, 20u32..=26],
+            1i64..=20_000,
+            0u32..=3,
+            0u32..=4,
+            prop_oneof![4 => 0u32..=3, 1 => Just(28u32), 1 => Just(29u32), 1 => Just(u32::MAX)],
+        ),
+        1..30,
+    );
+    let case = std::sync::atomic::AtomicUsize::new(0);
+    let mut runner = TestRunner::new(Config { cases: 64, failure_persistence: None, ..Config::default() });
+    runner
+        .run(&fills, |fills| {
+            let account = format!("acc-{}", case.fetch_add(1, Ordering::SeqCst));
+            rt.block_on(async {
+                for (i, (buy, q, qs, qpad, p, ps, ppad, price_scale)) in fills.into_iter().enumerate() {
+                    let side = if buy { Side::Buy } else { Side::Sell };
+                    let mut f = fill(&format!("{account}-{i}"), side, &written(q, qs, qpad), &written(p, ps, ppad));
+                    f.account_id.clone_from(&account);
+                    f.price_scale = price_scale;
+                    let (a, b) = (lite.apply(&f).await, pg.apply(&f).await);
+                    prop_assert_eq!(shown_step(&a), shown_step(&b), "fill {:?}", f);
+                    let (a, b) = (
+                        lite.positions(&account, PositionFilter::All).await,
+                        pg.positions(&account, PositionFilter::All).await,
+                    );
+                    let (a, b): (Vec<_>, Vec<_>) = (a.iter().map(shown).collect(), b.iter().map(shown).collect());
+                    prop_assert_eq!(a, b, "after fill {:?}", f);
+                }
+                Ok(())
+            })
+        })
+        .unwrap();
+    drop((pg, lite));
+}
+
+/// A quantity with 28 places is legal: reducing it takes out
+/// `cost * q / Q`, whose exact terms exceed 128 bits although the share
+/// (here exactly 5) fits. It used to be refused as an overflow.
+async fn a_position_in_28_place_quantities_reduces(b: Backend) {
+    b.apply(&fill("a", Side::Buy, "1.2345678901234567890123456789", "10.00")).await.unwrap();
+    let out = b.apply(&fill("b", Side::Sell, "0.5", "10.00")).await;
+    assert!(matches!(out, Ok(Step::Reduce(_))), "{out:?}");
+    let open = b.open("acc-1", "THYAO").await.unwrap();
+    assert_eq!(open.quantity().to_string(), "0.7345678901234567890123456789");
+    assert_eq!(open.cost_basis().to_string(), "7.345678901234567890123456789");
+    assert!(open.realized_pnl().amount().is_zero());
+    assert_eq!(open.average_price().unwrap().unwrap().to_string(), "10.00");
+}
+
+/// Scale 0 takes a price written `10.00` (the same number as `10`) and
+/// averages to whole units; 28 is the most a Decimal carries; 29 and above
+/// are a typed error that leaves nothing behind.
+async fn price_scale_edges(b: Backend) {
+    let mut f = fill("a", Side::Buy, "3", "10.00");
+    f.price_scale = 0;
+    b.apply(&f).await.unwrap();
+    let mut g = fill("b", Side::Buy, "1", "11");
+    g.price_scale = 0;
+    b.apply(&g).await.unwrap();
+    // 41 / 4 = 10.25 -> 10 at 0 places.
+    assert_eq!(b.open("acc-1", "THYAO").await.unwrap().average_price().unwrap().unwrap().to_string(), "10");
+    for (id, qty, price) in [("c1", "2", "1.0000000000000000000000000001"), ("c2", "1", "1")] {
+        let mut fine = fill(id, Side::Buy, qty, price);
+        fine.instrument = "Z".to_owned();
+        fine.price_scale = 28;
+        b.apply(&fine).await.unwrap();
+    }
+    let open = b.open("acc-1", "Z").await.unwrap();
+    assert_eq!(open.price_scale(), 28);
+    // 3.0000000000000000000000000002 / 3 = 1.0000000000000000000000000000666…
+    assert_eq!(open.average_price().unwrap().unwrap().to_string(), "1.0000000000000000000000000001");
+    for scale in [29, u32::MAX] {
+        let mut bad = fill("d", Side::Buy, "1", "10");
+        bad.price_scale = scale;
+        let out = b.apply(&bad).await;
+        assert!(matches!(out, Err(PositionsError::PriceScale { price_scale, .. }) if price_scale == scale), "{out:?}");
+    }
+    assert_eq!(b.count("SELECT COUNT(*) FROM spark_position_fills WHERE fill_id = 'd'").await, 0);
+}
+
+/// Inside the caller's transaction, one savepoint deep (a caller that uses
+/// savepoints of its own): a refused fill rolls back only itself, the
+/// caller's own write and the good fills around it stay, and the caller's
+/// rollback takes everything back, the applied fill's id included.
+async fn fills_join_the_callers_transaction_and_savepoints(b: Backend) {
+    b.exec("CREATE TABLE caller_orders (id TEXT PRIMARY KEY)").await.unwrap();
+    // Refused after its id was claimed: only the savepoint takes the claim back.
+    let mut refused = fill("x", Side::Buy, "1", "5.00");
+    refused.currency = Currency::USD;
+    let (good, later) = (fill("a", Side::Buy, "10", "5.00"), fill("b", Side::Buy, "1", "5.00"));
+    macro_rules! run {
+        ($db:expr, $book:expr, $begin:expr, $commit:expr) => {{
+            let mut tx = $begin;
+            sqlx::query("INSERT INTO caller_orders (id) VALUES ('o1')").execute(&mut *tx).await.unwrap();
+            let mut inner = sqlx::Connection::begin(&mut *tx).await.unwrap();
+            $book.apply_fill(&mut inner, &good).await.unwrap();
+            assert!(matches!(
+                $book.apply_fill(&mut inner, &refused).await,
+                Err(PositionsError::CurrencyMismatch { .. })
+            ));
+            $book.apply_fill(&mut inner, &later).await.unwrap();
+            inner.commit().await.unwrap();
+            sqlx::query("INSERT INTO caller_orders (id) VALUES ('o2')").execute(&mut *tx).await.unwrap();
+            if $commit { tx.commit().await.unwrap() } else { tx.rollback().await.unwrap() }
+        }};
+    }
+    for commit in [false, true] {
+        match &b {
+            Backend::Sqlite(db, book) => run!(db, book, db.pool.begin_with("BEGIN IMMEDIATE").await.unwrap(), commit),
+            Backend::Postgres(db, book) => run!(db, book, db.pool.begin().await.unwrap(), commit),
+        }
+        let expected = if commit { (2, 2) } else { (0, 0) };
+        let got = (
+            b.count("SELECT COUNT(*) FROM caller_orders").await,
+            b.count("SELECT COUNT(*) FROM spark_position_fills").await,
+        );
+        assert_eq!(got, expected, "commit = {commit}");
+    }
+    assert_eq!(b.open("acc-1", "THYAO").await.unwrap().quantity().to_string(), "11");
+}
+
+/// 0.01000 × 1.000000000000000000000 has 26 places; adding 803 makes the cost
+/// too long for a Decimal until its trailing zeros go (803.01). PostgreSQL's
+/// NUMERIC kept them, so the next sum came back as 6682.73 there and
+/// 6682.7300000 on SQLite: equal values, different text in every listing.
+async fn a_trimmed_sum_keeps_the_same_places_on_both_backends(b: Backend) {
+    b.apply(&fill("a", Side::Buy, "1.000000000000000000000", "0.01000")).await.unwrap();
+    b.apply(&fill("b", Side::Buy, "11", "73")).await.unwrap();
+    assert_eq!(b.open("acc-1", "THYAO").await.unwrap().cost_basis().to_string(), "803.01");
+    b.apply(&fill("c", Side::Buy, "4.60000", "1278.20")).await.unwrap();
+    let open = b.open("acc-1", "THYAO").await.unwrap();
+    assert_eq!(
+        (open.quantity().to_string(), open.cost_basis().to_string()),
+        ("16.600000000000000000000".into(), "6682.7300000".into())
+    );
 }
