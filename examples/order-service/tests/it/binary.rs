@@ -25,11 +25,8 @@ async fn serves_relays_and_stops_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let base = line.trim().rsplit(' ').next().unwrap().to_owned();
-    assert!(base.starts_with("http://127.0.0.1:"), "{line}");
+    let (base, _) = listening(&mut child);
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
 
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
@@ -118,13 +115,11 @@ async fn refuses_to_start_without_authentication() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut warning = String::new();
-    stderr.read_line(&mut warning).unwrap();
-    assert!(warning.starts_with("warning: ") && warning.contains("X-Client-Id is trusted"), "{warning}");
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let base = line.trim().rsplit(' ').next().unwrap().to_owned();
+    let (base, before) = listening(&mut child);
+    assert!(
+        before.iter().any(|l| l.starts_with("warning: ") && l.contains("X-Client-Id is trusted")),
+        "no dev-auth warning before the service listened: {before:?}"
+    );
     let _ = rustls::crypto::ring::default_provider().install_default();
     let health = reqwest::get(format!("{base}/healthz")).await.unwrap().text().await.unwrap();
     let health: serde_json::Value = serde_json::from_str(&health).unwrap();
@@ -132,4 +127,21 @@ async fn refuses_to_start_without_authentication() {
     assert!(health["warning"].as_str().unwrap().contains("never expose"));
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(child.wait().unwrap().success());
+}
+
+/// Reads the child's stderr up to the "listening on" line and returns the
+/// URL and the lines before it (start-up logs, warnings); the rest of stderr
+/// is drained on a thread so the service never blocks on a full pipe.
+fn listening(child: &mut std::process::Child) -> (String, Vec<String>) {
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut before = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "the service exited before listening: {before:?}");
+        if line.contains("order-service listening on ") {
+            std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+            return (line.trim().rsplit(' ').next().unwrap().to_owned(), before);
+        }
+        before.push(line);
+    }
 }
