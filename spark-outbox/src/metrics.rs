@@ -15,7 +15,7 @@ pub const LAG: &str = "spark_outbox_oldest_pending_age_seconds";
 /// Seconds from enqueue to the sink's acknowledgement (histogram).
 pub const LATENCY: &str = "spark_outbox_enqueue_to_ack_seconds";
 /// 1 while the LISTEN connection is up, 0 while relays only poll.
-pub const LISTENING: &str = "spark_outbox_listening";
+pub const LISTEN_UP: &str = "spark_outbox_listen_up";
 
 #[allow(clippy::cast_precision_loss, reason = "the metrics facade takes f64; counts and ms stay far below 2^52")]
 pub(crate) fn gauges(stats: &crate::OutboxStats) {

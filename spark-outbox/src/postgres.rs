@@ -294,7 +294,7 @@ pub fn listen(listen_url: String, relays: Vec<Arc<Notify>>) -> JoinHandle<()> {
 /// [`probe_every`](Self::probe_every) the listener NOTIFYs itself from a
 /// second connection; when the probe is not delivered within
 /// [`probe_timeout`](Self::probe_timeout) (default 5 s) it sets
-/// `spark_outbox_listening` to 0, logs that the URL probably goes through a
+/// `spark_outbox_listen_up` to 0, logs that the URL probably goes through a
 /// transaction pool, and reconnects. While it is down relays poll; once it
 /// is back it wakes every relay, so nothing sent meanwhile waits for a poll.
 ///
@@ -416,7 +416,7 @@ impl Listener {
 
 fn set_up(health: &Health, up: bool) {
     health.up.store(up, Ordering::SeqCst);
-    metrics::gauge!(crate::metrics::LISTENING).set(if up { 1.0 } else { 0.0 });
+    metrics::gauge!(crate::metrics::LISTEN_UP).set(if up { 1.0 } else { 0.0 });
 }
 
 async fn run_listener(cfg: Listen, relays: Vec<Arc<Notify>>, health: Arc<Health>) {
