@@ -39,7 +39,9 @@ pub enum PositionsError {
     },
     /// A fill whose price has more decimal places than the instrument's
     /// price scale (or a scale above 28).
-    #[error("fill {fill_id:?}: price {price} has more decimal places than its price scale {price_scale}")]
+    #[error(
+        "fill {fill_id:?}: price {price} does not fit price scale {price_scale} (a price may have at most that many decimal places, and a scale at most 28)"
+    )]
     PriceScale {
         /// The fill.
         fill_id: String,
@@ -64,10 +66,10 @@ pub enum PositionsError {
     #[error("stored position is unreadable: {0}")]
     Corrupt(String),
     /// The database failed.
-    #[error("positions store: {0}")]
+    #[error("positions store")]
     Database(#[source] sqlx::Error),
     /// Running migrations failed.
-    #[error("positions migrations: {0}")]
+    #[error("positions migrations")]
     Migrate(#[source] sqlx::migrate::MigrateError),
 }
 
@@ -79,3 +81,17 @@ impl From<sqlx::Error> for PositionsError {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = PositionsError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `{:#}` (anyhow) prints the chain; the outer message must not repeat
+    /// the cause.
+    #[test]
+    fn a_cause_is_printed_once() {
+        let err = PositionsError::Database(sqlx::Error::RowNotFound);
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert_eq!(chain.matches("no rows returned").count(), 1, "{chain}");
+    }
+}
