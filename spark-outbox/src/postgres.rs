@@ -209,6 +209,20 @@ impl OutboxStore for PgOutbox {
         Ok(done.rows_affected())
     }
 
+    async fn defer(&self, seqs: &[i64], token: ClaimToken, until_ms: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE spark_outbox
+                SET locked_until_ms = 0, claim_token = NULL, available_at_ms = GREATEST(available_at_ms, $3)
+              WHERE seq = ANY($1) AND claim_token = $2 AND status = 'pending'",
+        )
+        .bind(seqs)
+        .bind(token.to_string())
+        .bind(until_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn cleanup(&self, before_ms: i64, batch: u32) -> Result<u64> {
         let mut deleted = 0;
         loop {
@@ -499,10 +513,25 @@ async fn run_listener(cfg: Listen, relays: Vec<Arc<Notify>>, health: Arc<Health>
                         break;
                     }
                     let nonce = format!("{PROBE}{:016x}", fastrand::u64(..));
-                    match send_probe(&mut probe_conn, &probe_url, &nonce).await {
+                    // Bounded like the delivery: a probe connection whose
+                    // peer vanished silently would otherwise hang here for
+                    // good, with no probe sent again and the health stuck
+                    // at whatever it was.
+                    let sent = tokio::time::timeout(cfg.probe_timeout, send_probe(&mut probe_conn, &probe_url, &nonce))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(sqlx::Error::Io(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                format!("probe not sent within {:?}", cfg.probe_timeout),
+                            )))
+                        });
+                    match sent {
                         Ok(()) => probe = Some((nonce, tokio::time::Instant::now() + cfg.probe_timeout)),
                         Err(e) => {
-                            tracing::warn!(error = %e, "outbox LISTEN probe could not be sent");
+                            tracing::warn!(error = %e, "outbox LISTEN probe could not be sent; health unknown");
+                            // Unverified is not up: the gauge says "listening
+                            // and passing its probe".
+                            set_up(&health, false);
                             probe_conn = None;
                             next_probe = tokio::time::Instant::now() + cfg.probe_every;
                         }

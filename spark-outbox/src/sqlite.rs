@@ -172,6 +172,20 @@ impl OutboxStore for SqliteOutbox {
         Ok(done.rows_affected())
     }
 
+    async fn defer(&self, seqs: &[i64], token: ClaimToken, until_ms: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE spark_outbox
+                SET locked_until_ms = 0, claim_token = NULL, available_at_ms = MAX(available_at_ms, ?3)
+              WHERE seq IN (SELECT value FROM json_each(?1)) AND claim_token = ?2 AND status = 'pending'",
+        )
+        .bind(seq_list(seqs))
+        .bind(token.to_string())
+        .bind(until_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn cleanup(&self, before_ms: i64, batch: u32) -> Result<u64> {
         let mut deleted = 0;
         loop {

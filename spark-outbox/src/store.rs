@@ -117,6 +117,14 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// without counting an attempt. Returns how many were still held.
     async fn release(&self, seqs: &[i64], token: ClaimToken) -> Result<u64>;
 
+    /// Gives claimed events back without counting an attempt, like
+    /// [`release`](Self::release), but not claimable before `until_ms` (the
+    /// store's clock): what a relay does with a batch that failed as a whole
+    /// (the sink looks down), so that the next claim reaches other
+    /// aggregates instead of the same events again. Returns how many were
+    /// still held.
+    async fn defer(&self, seqs: &[i64], token: ClaimToken, until_ms: i64) -> Result<u64>;
+
     /// Deletes published events older than `before_ms`, `batch` at a time.
     async fn cleanup(&self, before_ms: i64, batch: u32) -> Result<u64>;
 
@@ -191,6 +199,9 @@ impl<T: OutboxStore + ?Sized> OutboxStore for std::sync::Arc<T> {
     }
     async fn release(&self, seqs: &[i64], token: ClaimToken) -> Result<u64> {
         (**self).release(seqs, token).await
+    }
+    async fn defer(&self, seqs: &[i64], token: ClaimToken, until_ms: i64) -> Result<u64> {
+        (**self).defer(seqs, token, until_ms).await
     }
     async fn cleanup(&self, before_ms: i64, batch: u32) -> Result<u64> {
         (**self).cleanup(before_ms, batch).await
