@@ -114,8 +114,8 @@ impl<S: OutboxStore> RelayBuilder<S> {
         self.retry_budget = budget;
         self
     }
-    /// Attempts before an event the sink refused (a permanent error) becomes
-    /// a dead letter (default 3).
+    /// Refusals (permanent errors) before an event becomes a dead letter
+    /// (default 3). Transient failures do not count toward them.
     #[must_use]
     pub fn max_permanent_attempts(mut self, n: u32) -> Self {
         self.max_permanent_attempts = n;
@@ -582,11 +582,15 @@ impl<S: OutboxStore> Relay<S> {
     ) -> Result<()> {
         report.failed += 1;
         let attempt = u32::try_from(event.attempts).unwrap_or(0).saturating_add(1);
-        let retry = Failure::Retry { at_ms: now + millis(self.backoff(attempt)), budget: self.cfg.retry_budget };
+        let (at_ms, budget) = (now + millis(self.backoff(attempt)), self.cfg.retry_budget);
+        // Refusals are counted by the store apart from attempts: counting
+        // every attempt would let an outage's transient failures use up
+        // the few tries a refused event gets.
         let (kind, failure) = match err {
-            PublishError::Transient(_) => ("transient", retry),
-            PublishError::Permanent(_) if attempt >= self.cfg.max_permanent_attempts => ("permanent", Failure::Dead),
-            PublishError::Permanent(_) => ("permanent", retry),
+            PublishError::Transient(_) => ("transient", Failure::Retry { at_ms, budget }),
+            PublishError::Permanent(_) => {
+                ("permanent", Failure::Refused { at_ms, budget, max: self.cfg.max_permanent_attempts })
+            }
         };
         ::metrics::counter!(metrics::ATTEMPTS, "result" => kind).increment(1);
         match self.cfg.store.mark_failed(event.seq, token, &err.to_string(), failure).await? {

@@ -72,6 +72,18 @@ pub enum Failure {
         /// How long an event may keep failing.
         budget: Duration,
     },
+    /// The sink refused the event (a permanent error): counted as a
+    /// refusal, and a dead letter once it is the `max`-th; until then as
+    /// [`Retry`](Self::Retry). Refusals are counted apart from transient
+    /// failures, so an outage does not use up an event's refusals.
+    Refused {
+        /// Not before this time (Unix ms, the store's clock).
+        at_ms: i64,
+        /// How long an event may keep failing.
+        budget: Duration,
+        /// Refusals that make a dead letter.
+        max: u32,
+    },
     /// A dead letter now.
     Dead,
 }
@@ -174,11 +186,13 @@ pub(crate) fn failed(status: Option<String>) -> Option<Failed> {
     status.map(|s| if s == "dead" { Failed::Dead } else { Failed::Retrying })
 }
 
-/// The values [`Failure`] binds: retry time (`None` = dead) and budget ms.
-pub(crate) fn failure_binds(failure: Failure) -> (Option<i64>, i64) {
+/// The values [`Failure`] binds: retry time (`None` = dead), budget ms,
+/// whether it is a refusal, and the refusals that make a dead letter.
+pub(crate) fn failure_binds(failure: Failure) -> (Option<i64>, i64, i64, i64) {
     match failure {
-        Failure::Retry { at_ms, budget } => (Some(at_ms), millis(budget)),
-        Failure::Dead => (None, 0),
+        Failure::Retry { at_ms, budget } => (Some(at_ms), millis(budget), 0, i64::MAX),
+        Failure::Refused { at_ms, budget, max } => (Some(at_ms), millis(budget), 1, i64::from(max)),
+        Failure::Dead => (None, 0, 0, i64::MAX),
     }
 }
 

@@ -215,6 +215,42 @@ async fn transient_failure_beyond_the_budget_is_dead_lettered() {
     assert!(dead[0].last_error.as_deref().unwrap().contains("503"));
 }
 
+/// Refusals are counted apart from transient failures: an event that failed
+/// transiently through an outage still gets its three tries when the
+/// receiver, mid-deploy, refuses it once — instead of becoming a dead letter
+/// (which holds its aggregate) on the first refusal.
+#[tokio::test]
+async fn transient_failures_do_not_use_up_the_refusals() {
+    let db = spark_testkit::sqlite().await;
+    spark_outbox::sqlite::migrator().run(&db.pool).await.unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    spark_outbox::sqlite::enqueue(&mut tx, &event("a", 1)).await.unwrap();
+    tx.commit().await.unwrap();
+    let clock = ManualClock::new(SystemClock.now_ms());
+    let store = SqliteOutbox::new(db.pool.clone()).with_clock(Arc::new(clock.clone()));
+    let relay = Relay::builder(store.clone()).build().unwrap();
+    let sink = Scripted::new(down);
+    for _ in 0..5 {
+        assert_eq!(relay.run_once(&sink).await.unwrap().failed, 1);
+        clock.advance(Duration::from_secs(300));
+    }
+    sink.set(refuse("a", 1));
+    for refusal in 1..=2 {
+        let batch = relay.run_once(&sink).await.unwrap();
+        assert_eq!((batch.failed, batch.dead), (1, 0), "refusal {refusal} of 3 after 5 transient failures");
+        clock.advance(Duration::from_secs(300));
+    }
+    let batch = relay.run_once(&sink).await.unwrap();
+    assert_eq!(batch.dead, 1, "the third refusal");
+    let dead = store.dead_letters(1).await.unwrap();
+    assert_eq!(dead[0].attempts, 8);
+
+    // A retried dead letter gets its refusals back too.
+    assert_eq!(store.retry_dead(None).await.unwrap(), 1);
+    let batch = relay.run_once(&sink).await.unwrap();
+    assert_eq!((batch.failed, batch.dead), (1, 0));
+}
+
 /// Point 3: a claim that ends without a failure (released, or its lease ran
 /// out) is not an attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
