@@ -626,3 +626,65 @@ async fn a_probe_connection_that_stops_answering_is_noticed() {
     eventually(Duration::from_secs(10), "the probe to pass again", || async { listener.is_up() }).await;
     listener.stop();
 }
+
+/// The rows of an outbox written before the upgrade: a dead letter `old#1`
+/// that (back then) held nothing back, and `old#2` behind it, pending.
+const BEFORE_THE_UPGRADE: [&str; 2] = [
+    "INSERT INTO spark_outbox (id, aggregate_type, aggregate_id, event_type, payload, headers,
+                               created_at_ms, available_at_ms, status, attempts, last_error)
+     VALUES ('0190a5b2-0000-7000-8000-000000000001', 'order', 'old', 'order.accepted', '{\"n\": 1}', '{}',
+             0, 0, 'dead', 5, '400 Bad Request')",
+    "INSERT INTO spark_outbox (id, aggregate_type, aggregate_id, event_type, payload, headers,
+                               created_at_ms, available_at_ms)
+     VALUES ('0190a5b2-0000-7000-8000-000000000002', 'order', 'old', 'order.accepted', '{\"n\": 2}', '{}', 0, 0)",
+];
+
+/// The first migration alone: the schema before the relay hardening.
+fn first_migration(m: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    let mut first = m;
+    first.migrations = first.migrations[..1].to_vec().into();
+    first
+}
+
+/// After the upgrade, a dead letter written back then (when dead letters did
+/// not block) must not stop its aggregate: old#2 was flowing and goes on.
+/// One written since (new#1) still blocks new#2.
+async fn old_dead_letters_do_not_block<S: OutboxStore + Clone>(store: S) {
+    let sink = Scripted::new(refuse("new", 1));
+    let relay = Relay::builder(store.clone()).max_permanent_attempts(1).build().unwrap();
+    drain(&relay, &sink, 3).await;
+    assert_eq!(sink.rec.sequence("old"), [2], "old#2 was flowing before the upgrade");
+    assert!(sink.rec.sequence("new").is_empty(), "new#2 waits behind the new dead letter");
+    let dead = store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(dead[0].skipped_by.as_deref().is_some_and(|b| b.starts_with("migration")), "{dead:?}");
+    assert_eq!((dead[1].skipped_by.as_deref(), dead[1].blocked), (None, 1), "{dead:?}");
+}
+
+#[tokio::test]
+async fn old_dead_letters_do_not_block_after_the_upgrade_on_sqlite() {
+    let db = spark_testkit::sqlite().await;
+    first_migration(spark_outbox::sqlite::migrator()).run(&db.pool).await.unwrap();
+    for sql in BEFORE_THE_UPGRADE {
+        sqlx::query(sql).execute(&db.pool).await.unwrap();
+    }
+    spark_outbox::sqlite::migrator().run(&db.pool).await.unwrap();
+    for k in 1..=2 {
+        let mut tx = db.pool.begin().await.unwrap();
+        spark_outbox::sqlite::enqueue(&mut tx, &event("new", k)).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    old_dead_letters_do_not_block(SqliteOutbox::new(db.pool.clone())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_dead_letters_do_not_block_after_the_upgrade_on_postgres() {
+    let Some(db) = spark_testkit::postgres().await else { return };
+    first_migration(spark_outbox::postgres::migrator()).run(&db.pool).await.unwrap();
+    for sql in BEFORE_THE_UPGRADE {
+        sqlx::query(sql).execute(&db.pool).await.unwrap();
+    }
+    spark_outbox::postgres::migrator().run(&db.pool).await.unwrap();
+    emit(&db.pool, &[event("new", 1), event("new", 2)]).await;
+    old_dead_letters_do_not_block(PgOutbox::new(db.pool.clone())).await;
+}
