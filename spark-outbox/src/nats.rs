@@ -8,8 +8,11 @@ use async_trait::async_trait;
 
 use crate::{Event, OutboxError, PublishError, Publisher};
 
-/// The duplicate window of a stream created by [`NatsPublisher::connect`].
-const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// The duplicate window of a stream created by [`NatsPublisher::connect`]:
+/// it must cover a default relay's redelivery window (lease 60 s + backoff
+/// cap 5 min), or the relay would warn about the very stream it made and
+/// store a late redelivery twice; 10 minutes leaves room for a longer lease.
+const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
 
 /// Publishes each event to `<prefix>.<aggregate_type>.<event_type>` with
 /// `Nats-Msg-Id: <event id>`, and counts it published only after the
@@ -84,7 +87,7 @@ impl NatsPublisher {
     }
 
     /// Connects to `url` and makes sure a stream named `stream` captures
-    /// `<prefix>.>` (created with a 2-minute duplicate window if missing;
+    /// `<prefix>.>` (created with a 10-minute duplicate window if missing;
     /// an existing stream is used as it is).
     ///
     /// # Errors

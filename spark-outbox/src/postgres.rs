@@ -175,13 +175,14 @@ impl OutboxStore for PgOutbox {
     }
 
     async fn mark_failed(&self, seq: i64, token: ClaimToken, error: &str, failure: Failure) -> Result<Option<Failed>> {
-        let (retry_at, budget) = failure_binds(failure);
+        let (retry_at, budget, refusal, max_refusals) = failure_binds(failure);
         let status: Option<String> = sqlx::query_scalar(
             "UPDATE spark_outbox
-                SET attempts = attempts + 1, last_error = $3, locked_until_ms = 0, claim_token = NULL,
-                    first_failed_at_ms = COALESCE(first_failed_at_ms, $4),
+                SET attempts = attempts + 1, refusals = refusals + $7, last_error = $3, locked_until_ms = 0,
+                    claim_token = NULL, first_failed_at_ms = COALESCE(first_failed_at_ms, $4),
                     available_at_ms = COALESCE($5, available_at_ms),
                     status = CASE WHEN $5::bigint IS NULL OR COALESCE(first_failed_at_ms, $4) + $6 <= $4
+                                       OR refusals + $7 >= $8
                                   THEN 'dead' ELSE 'pending' END
               WHERE seq = $1 AND claim_token = $2 AND status = 'pending'
              RETURNING status",
@@ -192,6 +193,8 @@ impl OutboxStore for PgOutbox {
         .bind(self.clock.now_ms())
         .bind(retry_at)
         .bind(budget)
+        .bind(refusal)
+        .bind(max_refusals)
         .fetch_optional(&self.pool)
         .await?;
         Ok(failed(status))
@@ -204,6 +207,20 @@ impl OutboxStore for PgOutbox {
         )
         .bind(seqs)
         .bind(token.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn defer(&self, seqs: &[i64], token: ClaimToken, until_ms: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE spark_outbox
+                SET locked_until_ms = 0, claim_token = NULL, available_at_ms = GREATEST(available_at_ms, $3)
+              WHERE seq = ANY($1) AND claim_token = $2 AND status = 'pending'",
+        )
+        .bind(seqs)
+        .bind(token.to_string())
+        .bind(until_ms)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
@@ -253,7 +270,7 @@ impl OutboxStore for PgOutbox {
     async fn retry_dead(&self, id: Option<Uuid>) -> Result<u64> {
         let r = sqlx::query(
             "UPDATE spark_outbox
-                SET status = 'pending', attempts = 0, first_failed_at_ms = NULL, available_at_ms = $2,
+                SET status = 'pending', attempts = 0, refusals = 0, first_failed_at_ms = NULL, available_at_ms = $2,
                     locked_until_ms = 0, locked_by = NULL, claim_token = NULL, skipped_by = NULL, skipped_at_ms = NULL
               WHERE status = 'dead' AND (($1::uuid IS NULL AND skipped_at_ms IS NULL) OR id = $1::uuid)",
         )
@@ -499,10 +516,25 @@ async fn run_listener(cfg: Listen, relays: Vec<Arc<Notify>>, health: Arc<Health>
                         break;
                     }
                     let nonce = format!("{PROBE}{:016x}", fastrand::u64(..));
-                    match send_probe(&mut probe_conn, &probe_url, &nonce).await {
+                    // Bounded like the delivery: a probe connection whose
+                    // peer vanished silently would otherwise hang here for
+                    // good, with no probe sent again and the health stuck
+                    // at whatever it was.
+                    let sent = tokio::time::timeout(cfg.probe_timeout, send_probe(&mut probe_conn, &probe_url, &nonce))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(sqlx::Error::Io(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                format!("probe not sent within {:?}", cfg.probe_timeout),
+                            )))
+                        });
+                    match sent {
                         Ok(()) => probe = Some((nonce, tokio::time::Instant::now() + cfg.probe_timeout)),
                         Err(e) => {
-                            tracing::warn!(error = %e, "outbox LISTEN probe could not be sent");
+                            tracing::warn!(error = %e, "outbox LISTEN probe could not be sent; health unknown");
+                            // Unverified is not up: the gauge says "listening
+                            // and passing its probe".
+                            set_up(&health, false);
                             probe_conn = None;
                             next_probe = tokio::time::Instant::now() + cfg.probe_every;
                         }

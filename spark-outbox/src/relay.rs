@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
@@ -113,8 +114,8 @@ impl<S: OutboxStore> RelayBuilder<S> {
         self.retry_budget = budget;
         self
     }
-    /// Attempts before an event the sink refused (a permanent error) becomes
-    /// a dead letter (default 3).
+    /// Refusals (permanent errors) before an event becomes a dead letter
+    /// (default 3). Transient failures do not count toward them.
     #[must_use]
     pub fn max_permanent_attempts(mut self, n: u32) -> Self {
         self.max_permanent_attempts = n;
@@ -124,7 +125,9 @@ impl<S: OutboxStore> RelayBuilder<S> {
     /// up to `min(cap, base × 2^(n-1))` (defaults 500 ms and 5 min). While
     /// every event of its batches fails transiently (the sink is down) the
     /// relay as a whole backs off the same way and the events are given back
-    /// uncounted, so an outage does not use up their retry budget.
+    /// uncounted, so an outage does not use up their retry budget; they are
+    /// deferred by the relay's backoff ceiling, so that when it is they and
+    /// not the sink that fail, the next claim reaches other aggregates.
     #[must_use]
     pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
         self.backoff_base = base;
@@ -189,7 +192,7 @@ impl<S: OutboxStore> RelayBuilder<S> {
             });
         }
         let id = self.id.clone().unwrap_or_else(|| format!("relay-{:08x}", fastrand::u32(..)));
-        Ok(Relay { cfg: self, id, wake: Arc::new(Notify::new()) })
+        Ok(Relay { cfg: self, id, wake: Arc::new(Notify::new()), outages: AtomicU32::new(0) })
     }
 
     /// Builds [`relays`](Self::relays) relays and runs them on the tokio
@@ -288,6 +291,10 @@ pub struct Relay<S> {
     cfg: RelayBuilder<S>,
     id: String,
     wake: Arc<Notify>,
+    /// Batches in a row that failed as a whole (the sink looks down); reset
+    /// by the first publish that succeeds. Sets the relay's pause and how
+    /// long such a batch's events are deferred.
+    outages: AtomicU32,
 }
 
 /// What a relay did before it stopped.
@@ -382,7 +389,6 @@ impl<S: OutboxStore> Relay<S> {
         // `None` until the first pass (subtracting from `Instant::now()`
         // could underflow on a freshly booted machine).
         let mut last_housekeeping: Option<Instant> = None;
-        let mut outages = 0u32;
         tracing::info!(relay = %self.id, "outbox relay started");
         // A redelivery can come a lease (crash mid-publish) plus a backoff
         // cap after the first delivery; a sink that dedupes for less stores
@@ -400,11 +406,6 @@ impl<S: OutboxStore> Relay<S> {
             let claimed = match self.run_once(&publisher).await {
                 Ok(batch) => {
                     report.add(&batch);
-                    if batch.outage {
-                        outages = outages.saturating_add(1);
-                    } else if batch.published > 0 {
-                        outages = 0;
-                    }
                     batch.claimed
                 }
                 Err(e) if e.is_fatal() => {
@@ -416,6 +417,7 @@ impl<S: OutboxStore> Relay<S> {
                     0
                 }
             };
+            let outages = self.outages.load(Ordering::Relaxed);
             if claimed > 0 && outages > 0 {
                 let pause = self.backoff(outages);
                 tracing::warn!(relay = %self.id, ?pause, "outbox sink down (a whole batch failed); relay backs off");
@@ -544,19 +546,28 @@ impl<S: OutboxStore> Relay<S> {
             ::metrics::counter!(metrics::ATTEMPTS, "result" => "transient").increment(started);
             let first = &transient[0].1;
             tracing::warn!(relay = %self.id, events = started, error = %first, "outbox sink down: every event of the batch failed");
-            not_started.extend(transient.iter().map(|(e, _)| e.seq));
+            let streak = self.outages.load(Ordering::Relaxed).saturating_add(1);
+            self.outages.store(streak, Ordering::Relaxed);
+            // Given back uncounted, but not before the relay's pause can
+            // end: released as they were, the same events (the oldest heads)
+            // would be claimed first again, and if it is they that fail and
+            // not the sink, every aggregate behind them would wait forever.
+            let until = store.clock().now_ms() + millis(self.backoff_ceiling(streak));
+            let seqs: Vec<i64> = transient.iter().map(|(e, _)| e.seq).collect();
+            store.defer(&seqs, token, until).await?;
         } else {
             let now = store.clock().now_ms();
             for (event, err) in transient {
                 self.failed(&event, &err, token, now, &mut report).await?;
             }
         }
+        if report.published > 0 {
+            self.outages.store(0, Ordering::Relaxed);
+        }
         if !not_started.is_empty() {
             store.release(&not_started, token).await?;
-            if !report.outage {
-                tracing::warn!(relay = %self.id, events = not_started.len(), "outbox lease nearly over; events given back");
-                report.released += not_started.len() as u64;
-            }
+            tracing::warn!(relay = %self.id, events = not_started.len(), "outbox lease nearly over; events given back");
+            report.released += not_started.len() as u64;
         }
         Ok(report)
     }
@@ -571,11 +582,15 @@ impl<S: OutboxStore> Relay<S> {
     ) -> Result<()> {
         report.failed += 1;
         let attempt = u32::try_from(event.attempts).unwrap_or(0).saturating_add(1);
-        let retry = Failure::Retry { at_ms: now + millis(self.backoff(attempt)), budget: self.cfg.retry_budget };
+        let (at_ms, budget) = (now + millis(self.backoff(attempt)), self.cfg.retry_budget);
+        // Refusals are counted by the store apart from attempts: counting
+        // every attempt would let an outage's transient failures use up
+        // the few tries a refused event gets.
         let (kind, failure) = match err {
-            PublishError::Transient(_) => ("transient", retry),
-            PublishError::Permanent(_) if attempt >= self.cfg.max_permanent_attempts => ("permanent", Failure::Dead),
-            PublishError::Permanent(_) => ("permanent", retry),
+            PublishError::Transient(_) => ("transient", Failure::Retry { at_ms, budget }),
+            PublishError::Permanent(_) => {
+                ("permanent", Failure::Refused { at_ms, budget, max: self.cfg.max_permanent_attempts })
+            }
         };
         ::metrics::counter!(metrics::ATTEMPTS, "result" => kind).increment(1);
         match self.cfg.store.mark_failed(event.seq, token, &err.to_string(), failure).await? {
@@ -594,9 +609,14 @@ impl<S: OutboxStore> Relay<S> {
 
     /// Full jitter: uniform in `[0, min(cap, base × 2^(attempt-1))]`.
     fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self.cfg.backoff_base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        let ceiling = exp.min(self.cfg.backoff_cap);
+        let ceiling = self.backoff_ceiling(attempt);
         Duration::from_millis(fastrand::u64(0..=u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX)))
+    }
+
+    /// The longest backoff after failure `attempt`: `min(cap, base × 2^(attempt-1))`.
+    fn backoff_ceiling(&self, attempt: u32) -> Duration {
+        let exp = self.cfg.backoff_base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        exp.min(self.cfg.backoff_cap)
     }
 
     /// Gauges, and retention cleanup.
@@ -635,7 +655,8 @@ pub struct BatchReport {
     pub lost: u64,
     /// Two or more events were tried and every one failed transiently: the
     /// sink looks down. They were given back without counting an attempt,
-    /// and [`Relay::run`] backs off as a whole.
+    /// deferred by the relay's backoff ceiling, and [`Relay::run`] backs off
+    /// as a whole.
     pub outage: bool,
 }
 

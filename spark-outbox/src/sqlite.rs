@@ -138,13 +138,14 @@ impl OutboxStore for SqliteOutbox {
     }
 
     async fn mark_failed(&self, seq: i64, token: ClaimToken, error: &str, failure: Failure) -> Result<Option<Failed>> {
-        let (retry_at, budget) = failure_binds(failure);
+        let (retry_at, budget, refusal, max_refusals) = failure_binds(failure);
         let status: Option<String> = sqlx::query_scalar(
             "UPDATE spark_outbox
-                SET attempts = attempts + 1, last_error = ?3, locked_until_ms = 0, claim_token = NULL,
-                    first_failed_at_ms = COALESCE(first_failed_at_ms, ?4),
+                SET attempts = attempts + 1, refusals = refusals + ?7, last_error = ?3, locked_until_ms = 0,
+                    claim_token = NULL, first_failed_at_ms = COALESCE(first_failed_at_ms, ?4),
                     available_at_ms = COALESCE(?5, available_at_ms),
                     status = CASE WHEN ?5 IS NULL OR COALESCE(first_failed_at_ms, ?4) + ?6 <= ?4
+                                       OR refusals + ?7 >= ?8
                                   THEN 'dead' ELSE 'pending' END
               WHERE seq = ?1 AND claim_token = ?2 AND status = 'pending'
              RETURNING status",
@@ -155,6 +156,8 @@ impl OutboxStore for SqliteOutbox {
         .bind(self.clock.now_ms())
         .bind(retry_at)
         .bind(budget)
+        .bind(refusal)
+        .bind(max_refusals)
         .fetch_optional(&self.pool)
         .await?;
         Ok(failed(status))
@@ -167,6 +170,20 @@ impl OutboxStore for SqliteOutbox {
         )
         .bind(seq_list(seqs))
         .bind(token.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn defer(&self, seqs: &[i64], token: ClaimToken, until_ms: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE spark_outbox
+                SET locked_until_ms = 0, claim_token = NULL, available_at_ms = MAX(available_at_ms, ?3)
+              WHERE seq IN (SELECT value FROM json_each(?1)) AND claim_token = ?2 AND status = 'pending'",
+        )
+        .bind(seq_list(seqs))
+        .bind(token.to_string())
+        .bind(until_ms)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
@@ -215,7 +232,7 @@ impl OutboxStore for SqliteOutbox {
     async fn retry_dead(&self, id: Option<Uuid>) -> Result<u64> {
         let r = sqlx::query(
             "UPDATE spark_outbox
-                SET status = 'pending', attempts = 0, first_failed_at_ms = NULL, available_at_ms = ?2,
+                SET status = 'pending', attempts = 0, refusals = 0, first_failed_at_ms = NULL, available_at_ms = ?2,
                     locked_until_ms = 0, locked_by = NULL, claim_token = NULL, skipped_by = NULL, skipped_at_ms = NULL
               WHERE status = 'dead' AND ((?1 IS NULL AND skipped_at_ms IS NULL) OR id = ?1)",
         )

@@ -72,6 +72,18 @@ pub enum Failure {
         /// How long an event may keep failing.
         budget: Duration,
     },
+    /// The sink refused the event (a permanent error): counted as a
+    /// refusal, and a dead letter once it is the `max`-th; until then as
+    /// [`Retry`](Self::Retry). Refusals are counted apart from transient
+    /// failures, so an outage does not use up an event's refusals.
+    Refused {
+        /// Not before this time (Unix ms, the store's clock).
+        at_ms: i64,
+        /// How long an event may keep failing.
+        budget: Duration,
+        /// Refusals that make a dead letter.
+        max: u32,
+    },
     /// A dead letter now.
     Dead,
 }
@@ -116,6 +128,14 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Gives claimed events back (shutdown, or no time left in the lease)
     /// without counting an attempt. Returns how many were still held.
     async fn release(&self, seqs: &[i64], token: ClaimToken) -> Result<u64>;
+
+    /// Gives claimed events back without counting an attempt, like
+    /// [`release`](Self::release), but not claimable before `until_ms` (the
+    /// store's clock): what a relay does with a batch that failed as a whole
+    /// (the sink looks down), so that the next claim reaches other
+    /// aggregates instead of the same events again. Returns how many were
+    /// still held.
+    async fn defer(&self, seqs: &[i64], token: ClaimToken, until_ms: i64) -> Result<u64>;
 
     /// Deletes published events older than `before_ms`, `batch` at a time.
     async fn cleanup(&self, before_ms: i64, batch: u32) -> Result<u64>;
@@ -166,11 +186,13 @@ pub(crate) fn failed(status: Option<String>) -> Option<Failed> {
     status.map(|s| if s == "dead" { Failed::Dead } else { Failed::Retrying })
 }
 
-/// The values [`Failure`] binds: retry time (`None` = dead) and budget ms.
-pub(crate) fn failure_binds(failure: Failure) -> (Option<i64>, i64) {
+/// The values [`Failure`] binds: retry time (`None` = dead), budget ms,
+/// whether it is a refusal, and the refusals that make a dead letter.
+pub(crate) fn failure_binds(failure: Failure) -> (Option<i64>, i64, i64, i64) {
     match failure {
-        Failure::Retry { at_ms, budget } => (Some(at_ms), millis(budget)),
-        Failure::Dead => (None, 0),
+        Failure::Retry { at_ms, budget } => (Some(at_ms), millis(budget), 0, i64::MAX),
+        Failure::Refused { at_ms, budget, max } => (Some(at_ms), millis(budget), 1, i64::from(max)),
+        Failure::Dead => (None, 0, 0, i64::MAX),
     }
 }
 
@@ -191,6 +213,9 @@ impl<T: OutboxStore + ?Sized> OutboxStore for std::sync::Arc<T> {
     }
     async fn release(&self, seqs: &[i64], token: ClaimToken) -> Result<u64> {
         (**self).release(seqs, token).await
+    }
+    async fn defer(&self, seqs: &[i64], token: ClaimToken, until_ms: i64) -> Result<u64> {
+        (**self).defer(seqs, token, until_ms).await
     }
     async fn cleanup(&self, before_ms: i64, batch: u32) -> Result<u64> {
         (**self).cleanup(before_ms, batch).await

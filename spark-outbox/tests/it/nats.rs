@@ -129,11 +129,15 @@ async fn a_short_duplicate_window_is_reported() {
     assert_eq!(nats.preflight(Duration::from_millis(500)).await, None);
     js.delete_stream(&tag).await.unwrap();
 
-    // The stream `connect` creates dedupes for 2 minutes.
+    // The stream `connect` creates dedupes for 10 minutes: enough for a
+    // relay with the defaults, which then has nothing to warn about.
     let created = NatsPublisher::connect(&url, &tag, &tag).await.unwrap();
-    let window = created.check_duplicate_window(Duration::from_secs(60)).await.unwrap();
+    let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+    let relay = spark_outbox::Relay::builder(spark_outbox::SqliteOutbox::new(pool)).build().unwrap();
+    let window = created.check_duplicate_window(relay.redelivery_window()).await.unwrap();
     assert!(window.covers(), "{window}");
-    assert!(!created.check_duplicate_window(Duration::from_secs(300)).await.unwrap().covers());
+    assert_eq!(created.preflight(relay.redelivery_window()).await, None);
+    assert!(!created.check_duplicate_window(Duration::from_secs(601)).await.unwrap().covers());
     js.delete_stream(&tag).await.unwrap();
 
     // No stream captures the subjects: an error, not a silent pass.

@@ -116,24 +116,74 @@ async fn ninety_second_outage_dead_letters_nothing() {
     let store = PgOutbox::new(db.pool.clone()).with_clock(Arc::new(clock.clone()));
     let sink = Scripted::new(down);
     let relay = Relay::builder(store.clone()).build().unwrap();
-    let mut failed = 0;
+    let mut tries = 0;
     for _ in 0..90 {
         let batch = relay.run_once(&sink).await.unwrap();
-        assert!(batch.outage);
-        failed += batch.failed;
+        assert!(batch.claimed == 0 || batch.outage, "{batch:?}");
+        if batch.outage {
+            assert_eq!(batch.failed, 20, "all heads tried together");
+            tries += 1;
+        }
         clock.advance(Duration::from_secs(1));
     }
-    assert_eq!(failed, 90 * 20, "every head was tried every second");
+    // Deferred by the relay's growing backoff (0.5, 1, 2, 4 … s): tried
+    // again and again, but not every second.
+    assert!((5..90).contains(&tries), "{tries} tries in 90 s");
     assert_eq!(store.stats().await.unwrap().dead, 0);
     assert_eq!(count(&db.pool, "SELECT MAX(attempts)::bigint FROM spark_outbox").await, 0, "the outage is the relay's");
 
     sink.set(accept);
+    clock.advance(Duration::from_secs(300)); // at most the backoff cap
     for _ in 0..5 {
         relay.run_once(&sink).await.unwrap();
     }
     for a in 0..20 {
         assert_eq!(sink.rec.sequence(&format!("agg{a}")), [1, 2]);
     }
+}
+
+/// Two heads that fail transiently by themselves (not the sink) look like
+/// an outage. Given back as they were, they would be the next claim's oldest
+/// heads again, batch after batch, and every aggregate behind them would
+/// wait forever.
+async fn whole_batch_failure_does_not_stall_the_others<S: OutboxStore>(store: S, clock: &ManualClock) {
+    let sink = Scripted::new(|e| if e.aggregate_id == "c" { Ok(()) } else { down(e) });
+    let relay = Relay::builder(store).batch_size(2).build().unwrap();
+    let first = relay.run_once(&sink).await.unwrap();
+    assert!(first.outage, "{first:?}");
+    assert_eq!(first.failed, 2);
+    drain(&relay, &sink, 3).await;
+    assert_eq!(sink.rec.sequence("c"), [1], "c#1 must not wait behind a#1 and b#1");
+    // Still the relay's outage, not the events' failures: they come back.
+    clock.advance(Duration::from_secs(300));
+    sink.set(accept);
+    drain(&relay, &sink, 2).await;
+    assert_eq!((sink.rec.sequence("a"), sink.rec.sequence("b")), (vec![1], vec![1]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_batch_failure_does_not_stall_the_others_on_postgres() {
+    let Some(db) = db().await else { return };
+    emit(&db.pool, &[event("a", 1), event("b", 1), event("c", 1)]).await;
+    let clock = ManualClock::new(SystemClock.now_ms());
+    let store = PgOutbox::new(db.pool.clone()).with_clock(Arc::new(clock.clone()));
+    whole_batch_failure_does_not_stall_the_others(store, &clock).await;
+    assert_eq!(count(&db.pool, "SELECT COUNT(*) FROM spark_outbox").await, 0);
+}
+
+#[tokio::test]
+async fn whole_batch_failure_does_not_stall_the_others_on_sqlite() {
+    let db = spark_testkit::sqlite().await;
+    spark_outbox::sqlite::migrator().run(&db.pool).await.unwrap();
+    for a in ["a", "b", "c"] {
+        let mut tx = db.pool.begin().await.unwrap();
+        spark_outbox::sqlite::enqueue(&mut tx, &event(a, 1)).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let clock = ManualClock::new(SystemClock.now_ms());
+    let store = SqliteOutbox::new(db.pool.clone()).with_clock(Arc::new(clock.clone()));
+    whole_batch_failure_does_not_stall_the_others(store.clone(), &clock).await;
+    assert_eq!(store.stats().await.unwrap().pending, 0);
 }
 
 /// Point 3: an event that keeps failing transiently is retried for the
@@ -163,6 +213,42 @@ async fn transient_failure_beyond_the_budget_is_dead_lettered() {
     let dead = store.dead_letters(1).await.unwrap();
     assert!(dead[0].attempts > 100, "{} attempts", dead[0].attempts);
     assert!(dead[0].last_error.as_deref().unwrap().contains("503"));
+}
+
+/// Refusals are counted apart from transient failures: an event that failed
+/// transiently through an outage still gets its three tries when the
+/// receiver, mid-deploy, refuses it once — instead of becoming a dead letter
+/// (which holds its aggregate) on the first refusal.
+#[tokio::test]
+async fn transient_failures_do_not_use_up_the_refusals() {
+    let db = spark_testkit::sqlite().await;
+    spark_outbox::sqlite::migrator().run(&db.pool).await.unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    spark_outbox::sqlite::enqueue(&mut tx, &event("a", 1)).await.unwrap();
+    tx.commit().await.unwrap();
+    let clock = ManualClock::new(SystemClock.now_ms());
+    let store = SqliteOutbox::new(db.pool.clone()).with_clock(Arc::new(clock.clone()));
+    let relay = Relay::builder(store.clone()).build().unwrap();
+    let sink = Scripted::new(down);
+    for _ in 0..5 {
+        assert_eq!(relay.run_once(&sink).await.unwrap().failed, 1);
+        clock.advance(Duration::from_secs(300));
+    }
+    sink.set(refuse("a", 1));
+    for refusal in 1..=2 {
+        let batch = relay.run_once(&sink).await.unwrap();
+        assert_eq!((batch.failed, batch.dead), (1, 0), "refusal {refusal} of 3 after 5 transient failures");
+        clock.advance(Duration::from_secs(300));
+    }
+    let batch = relay.run_once(&sink).await.unwrap();
+    assert_eq!(batch.dead, 1, "the third refusal");
+    let dead = store.dead_letters(1).await.unwrap();
+    assert_eq!(dead[0].attempts, 8);
+
+    // A retried dead letter gets its refusals back too.
+    assert_eq!(store.retry_dead(None).await.unwrap(), 1);
+    let batch = relay.run_once(&sink).await.unwrap();
+    assert_eq!((batch.failed, batch.dead), (1, 0));
 }
 
 /// Point 3: a claim that ends without a failure (released, or its lease ran
@@ -474,4 +560,131 @@ async fn the_relay_asks_the_sink_to_cover_lease_plus_backoff_cap() {
     // A warning, not a stop: the relay keeps running.
     handle.shutdown().await.unwrap();
     assert_eq!(*asked.0.lock().unwrap(), [Duration::from_secs(210)]);
+}
+
+/// A loopback TCP proxy to the database of `url` that can be frozen: it then
+/// keeps its connections open and forwards nothing, like a network path that
+/// died silently. Returns the URL through it and the switch.
+async fn freezable_proxy(url: &str) -> (String, Arc<AtomicBool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (head, rest) = url.split_once('@').unwrap();
+    let (target, path) = rest.split_once('/').unwrap();
+    let target = target.to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let through = format!("{head}@{}/{path}", listener.local_addr().unwrap());
+    let frozen = Arc::new(AtomicBool::new(false));
+    let switch = frozen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&target).await else { continue };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            for (mut from, mut to) in [(cr, sw), (sr, cw)] {
+                let frozen = frozen.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    loop {
+                        let n = match from.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        // Held, not dropped, for at most a minute.
+                        for _ in 0..3000 {
+                            if !frozen.load(Ordering::SeqCst) {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (through, switch)
+}
+
+/// The probe is what notices a silent failure, so it must not hang on one
+/// itself: a probe connection that stops answering counts as a failed probe
+/// (health down) instead of stopping the probes for good with the health
+/// stuck at "up".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_connection_that_stops_answering_is_noticed() {
+    let Some(db) = db().await else { return };
+    let (through, frozen) = freezable_proxy(&db.url).await;
+    let listener = Listen::new(db.url.clone())
+        .probe_url(through)
+        .probe_every(Duration::from_millis(100))
+        .probe_timeout(Duration::from_millis(500))
+        .spawn(Vec::new());
+    eventually(Duration::from_secs(10), "the listener's first probe", || async { listener.is_up() }).await;
+    frozen.store(true, Ordering::SeqCst);
+    eventually(Duration::from_secs(10), "the hung probe to count as failed", || async { !listener.is_up() }).await;
+    frozen.store(false, Ordering::SeqCst);
+    eventually(Duration::from_secs(10), "the probe to pass again", || async { listener.is_up() }).await;
+    listener.stop();
+}
+
+/// The rows of an outbox written before the upgrade: a dead letter `old#1`
+/// that (back then) held nothing back, and `old#2` behind it, pending.
+const BEFORE_THE_UPGRADE: [&str; 2] = [
+    "INSERT INTO spark_outbox (id, aggregate_type, aggregate_id, event_type, payload, headers,
+                               created_at_ms, available_at_ms, status, attempts, last_error)
+     VALUES ('0190a5b2-0000-7000-8000-000000000001', 'order', 'old', 'order.accepted', '{\"n\": 1}', '{}',
+             0, 0, 'dead', 5, '400 Bad Request')",
+    "INSERT INTO spark_outbox (id, aggregate_type, aggregate_id, event_type, payload, headers,
+                               created_at_ms, available_at_ms)
+     VALUES ('0190a5b2-0000-7000-8000-000000000002', 'order', 'old', 'order.accepted', '{\"n\": 2}', '{}', 0, 0)",
+];
+
+/// The first migration alone: the schema before the relay hardening.
+fn first_migration(m: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    let mut first = m;
+    first.migrations = first.migrations[..1].to_vec().into();
+    first
+}
+
+/// After the upgrade, a dead letter written back then (when dead letters did
+/// not block) must not stop its aggregate: old#2 was flowing and goes on.
+/// One written since (new#1) still blocks new#2.
+async fn old_dead_letters_do_not_block<S: OutboxStore + Clone>(store: S) {
+    let sink = Scripted::new(refuse("new", 1));
+    let relay = Relay::builder(store.clone()).max_permanent_attempts(1).build().unwrap();
+    drain(&relay, &sink, 3).await;
+    assert_eq!(sink.rec.sequence("old"), [2], "old#2 was flowing before the upgrade");
+    assert!(sink.rec.sequence("new").is_empty(), "new#2 waits behind the new dead letter");
+    let dead = store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(dead[0].skipped_by.as_deref().is_some_and(|b| b.starts_with("migration")), "{dead:?}");
+    assert_eq!((dead[1].skipped_by.as_deref(), dead[1].blocked), (None, 1), "{dead:?}");
+}
+
+#[tokio::test]
+async fn old_dead_letters_do_not_block_after_the_upgrade_on_sqlite() {
+    let db = spark_testkit::sqlite().await;
+    first_migration(spark_outbox::sqlite::migrator()).run(&db.pool).await.unwrap();
+    for sql in BEFORE_THE_UPGRADE {
+        sqlx::query(sql).execute(&db.pool).await.unwrap();
+    }
+    spark_outbox::sqlite::migrator().run(&db.pool).await.unwrap();
+    for k in 1..=2 {
+        let mut tx = db.pool.begin().await.unwrap();
+        spark_outbox::sqlite::enqueue(&mut tx, &event("new", k)).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    old_dead_letters_do_not_block(SqliteOutbox::new(db.pool.clone())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_dead_letters_do_not_block_after_the_upgrade_on_postgres() {
+    let Some(db) = spark_testkit::postgres().await else { return };
+    first_migration(spark_outbox::postgres::migrator()).run(&db.pool).await.unwrap();
+    for sql in BEFORE_THE_UPGRADE {
+        sqlx::query(sql).execute(&db.pool).await.unwrap();
+    }
+    spark_outbox::postgres::migrator().run(&db.pool).await.unwrap();
+    emit(&db.pool, &[event("new", 1), event("new", 2)]).await;
+    old_dead_letters_do_not_block(PgOutbox::new(db.pool.clone())).await;
 }
