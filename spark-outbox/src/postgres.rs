@@ -303,6 +303,10 @@ pub fn listen(listen_url: String, relays: Vec<Arc<Notify>>) -> JoinHandle<()> {
     Listen::new(listen_url).spawn(relays).task.take_task()
 }
 
+/// The shortest probe interval and timeout a [`Listen`] accepts; shorter
+/// ones are raised to it.
+pub const MIN_PROBE: Duration = Duration::from_millis(100);
+
 /// A LISTEN connection that checks itself.
 ///
 /// Give it its own URL: pgBouncer in transaction mode drops LISTEN (the
@@ -354,7 +358,8 @@ impl Listen {
     /// How often to probe (default 10 s).
     #[must_use]
     pub fn probe_every(mut self, every: Duration) -> Self {
-        self.probe_every = every;
+        // A zero interval would probe in a busy loop.
+        self.probe_every = every.max(MIN_PROBE);
         self
     }
 
@@ -362,7 +367,8 @@ impl Listen {
     /// dead and reconnects (default 5 s).
     #[must_use]
     pub fn probe_timeout(mut self, timeout: Duration) -> Self {
-        self.probe_timeout = timeout;
+        // A zero timeout would call every listener dead and reconnect forever.
+        self.probe_timeout = timeout.max(MIN_PROBE);
         self
     }
 
@@ -555,4 +561,15 @@ async fn send_probe(conn: &mut Option<PgConnection>, url: &str, nonce: &str) -> 
     let Some(c) = conn.as_mut() else { return Ok(()) };
     sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(nonce).execute(c).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_probe_settings_are_raised_to_the_minimum() {
+        let listen = Listen::new("postgres://x").probe_every(Duration::ZERO).probe_timeout(Duration::ZERO);
+        assert_eq!((listen.probe_every, listen.probe_timeout), (MIN_PROBE, MIN_PROBE));
+    }
 }
