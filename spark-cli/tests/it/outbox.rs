@@ -229,3 +229,38 @@ fn relay_exits_non_zero_when_a_relay_dies() {
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains("died") && run.stderr.contains("no such table"), "{}", run.stderr);
 }
+
+/// `spark bench outbox` drains the whole backlog (it waits on the sink's
+/// acknowledgements, then confirms the table is empty) and measures lag, on
+/// the embedded backend with no server.
+#[test]
+fn bench_outbox_drains_every_event_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let run = spark(&[
+        "bench",
+        "outbox",
+        "--database-url",
+        &url,
+        "--events",
+        "300",
+        "--aggregates",
+        "30",
+        "--relays",
+        "1",
+        "--rate",
+        "50",
+        "--steady-seconds",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["events"], 300);
+    assert!(report["publish_events_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+    assert_eq!(report["steady_events"], 50, "{report}");
+    let stats = spark(&["outbox", "stats", "--database-url", &url, "--json"]);
+    assert_eq!(stats.code, 0, "{}", stats.stderr);
+    let stats: serde_json::Value = serde_json::from_str(&stats.stdout).unwrap();
+    assert_eq!(stats["pending"], 0, "{stats}");
+}
