@@ -66,10 +66,7 @@ impl Publisher for Lag {
         self.acked.fetch_add(1, Ordering::Relaxed);
         self.ack.notify_one();
         if self.recording.load(Ordering::Relaxed) {
-            let now = i64::try_from(
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis(),
-            )
-            .unwrap_or(i64::MAX);
+            let now = spark_db::Clock::now_ms(&spark_db::SystemClock);
             self.lags.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(now - event.created_at_ms);
         }
         Ok(())

@@ -111,10 +111,7 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
     let lag_sink = lags.clone();
     let collector = tokio::spawn(async move {
         while let Some(event) = received.recv().await {
-            let now = i64::try_from(
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis(),
-            )
-            .unwrap_or(i64::MAX);
+            let now = spark_db::Clock::now_ms(&spark_db::SystemClock);
             lag_sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(now - event.created_at_ms);
         }
     });

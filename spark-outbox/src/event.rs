@@ -133,11 +133,6 @@ pub struct OutboxStats {
     pub oldest_pending_age_ms: Option<i64>,
 }
 
-pub(crate) fn now_ms() -> i64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-}
-
 pub(crate) fn stats(pending: i64, dead: i64, published: i64, oldest: Option<i64>, now_ms: i64) -> OutboxStats {
     let count = |n: i64| u64::try_from(n).unwrap_or(0);
     OutboxStats {
@@ -188,7 +183,7 @@ macro_rules! enqueue_with {
             .bind(&$event.event_type)
             .bind($event.payload.to_string())
             .bind(serde_json::to_string(&$event.headers).unwrap_or_else(|_| "{}".to_owned()))
-            .bind(crate::event::now_ms())
+            .bind(spark_db::Clock::now_ms(&spark_db::SystemClock))
             .execute($conn)
             .await?;
         ::metrics::counter!(crate::metrics::ENQUEUED).increment(1);

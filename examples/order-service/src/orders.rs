@@ -45,11 +45,6 @@ enum Placed {
     Mismatch,
 }
 
-fn now_ms() -> i64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// RFC 3339 UTC with milliseconds, from Unix ms (no date crate needed for
 /// one format).
 fn rfc3339(ms: i64) -> String {
@@ -175,7 +170,7 @@ fn prepare(state: &AppState, req: &OrderRequest) -> Result<Prepared, Problem> {
         .with("violations", serde_json::to_value(violations).unwrap_or_default())
     })?;
     let order_id = uuid::Uuid::now_v7().to_string();
-    let created_at_ms = now_ms();
+    let created_at_ms = spark_db::Clock::now_ms(&spark_db::SystemClock);
     let order = Order {
         order_id: order_id.clone(),
         status: "accepted".into(),

@@ -111,7 +111,7 @@ fn bench_idempotency_reports_both_phases() {
 }
 
 fn now_ms() -> i64 {
-    i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap()
+    spark_db::Clock::now_ms(&spark_db::SystemClock)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
