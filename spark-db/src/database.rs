@@ -171,11 +171,12 @@ impl Database {
     /// [`DbError::Migrate`] naming the crate whose migration failed.
     pub async fn migrate(&self, crates: &[Migrations]) -> Result<Vec<(&'static str, usize)>, DbError> {
         let mut applied = Vec::with_capacity(crates.len());
+        // One count per crate: what one crate ends with, the next starts from.
+        let mut before = self.applied_versions().await?;
         for set in crates {
             let migrator = set
                 .migrator(self.backend())
                 .ok_or(DbError::MigrationsNotBuilt { name: set.name, backend: self.backend() })?;
-            let before = self.applied_versions().await?;
             let result = match self {
                 #[cfg(feature = "postgres")]
                 Database::Postgres(pool) => migrator.run(pool).await,
@@ -186,6 +187,7 @@ impl Database {
             let after = self.applied_versions().await?;
             tracing::info!(crate_name = set.name, applied = after.saturating_sub(before), "migrated");
             applied.push((set.name, after.saturating_sub(before)));
+            before = after;
         }
         Ok(applied)
     }
