@@ -115,6 +115,18 @@ pub enum PublishError {
     Permanent(String),
 }
 
+/// An error and its causes on one line (`{:#}` without anyhow).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -264,10 +264,7 @@ impl Publisher for NatsPublisher {
         match self.check_duplicate_window(redelivery).await {
             Ok(window) if window.covers() => None,
             Ok(window) => Some(window.to_string()),
-            Err(e) => {
-                let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
-                Some(format!("cannot check the JetStream duplicate window: {e}{cause}"))
-            }
+            Err(e) => Some(format!("cannot check the JetStream duplicate window: {}", crate::error::chain(&e))),
         }
     }
 }

@@ -10,6 +10,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::error::chain;
 use crate::store::millis;
 use crate::{Event, Failed, Failure, OutboxError, OutboxStore, PublishError, Publisher, Result, metrics};
 
@@ -736,18 +737,6 @@ impl RelayHandle {
         }
         first_error.map_or(Ok(total), Err)
     }
-}
-
-/// An error and its causes on one line (`{:#}` without anyhow).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
