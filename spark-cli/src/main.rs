@@ -60,11 +60,11 @@ enum Command {
 
 /// Library warnings and errors (a relay's sink check, a dropped LISTEN) go
 /// to stderr; `SPARK_LOG=info|debug|trace|off` changes the level.
-fn init_logs(default: &str) {
+fn init_logs(default: tracing_subscriber::filter::LevelFilter) {
     let level = std::env::var("SPARK_LOG")
         .ok()
         .and_then(|v| v.parse::<tracing_subscriber::filter::LevelFilter>().ok())
-        .unwrap_or_else(|| default.parse().unwrap_or(tracing_subscriber::filter::LevelFilter::WARN));
+        .unwrap_or(default);
     let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).try_init();
 }
 
@@ -79,7 +79,7 @@ fn main() -> ExitCode {
         Err(err) => return output::usage_error(&err),
     };
     let out = Output::new(cli.json);
-    init_logs("warn");
+    init_logs(tracing_subscriber::filter::LevelFilter::WARN);
     let result = match cli.command {
         Command::Money(cmd) => money::run(cmd, &out),
         Command::Demo(args) => block_on(demo::run(args, &out)),
