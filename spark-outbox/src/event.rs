@@ -168,27 +168,3 @@ pub(crate) fn dead_letter(row: DeadRow) -> DeadLetter {
     let blocked = if skipped_at_ms.is_some() { 0 } else { u64::try_from(blocked).unwrap_or(0) };
     DeadLetter { event, attempts, last_error, blocked, skipped_by, skipped_at_ms }
 }
-
-/// The body of `enqueue` on both backends: validate, give the event a UUIDv7,
-/// bind `$1` id, `$2` aggregate type, `$3` aggregate id, `$4` event type,
-/// `$5` payload, `$6` headers and `$7` now to the backend's `$sql`.
-macro_rules! enqueue_with {
-    ($conn:ident, $event:ident, $sql:literal) => {{
-        $event.validate()?;
-        let id = uuid::Uuid::now_v7();
-        sqlx::query($sql)
-            .bind(id.to_string())
-            .bind(&$event.aggregate_type)
-            .bind(&$event.aggregate_id)
-            .bind(&$event.event_type)
-            .bind($event.payload.to_string())
-            .bind(serde_json::to_string(&$event.headers).unwrap_or_else(|_| "{}".to_owned()))
-            .bind(spark_db::Clock::now_ms(&spark_db::SystemClock))
-            .execute($conn)
-            .await?;
-        ::metrics::counter!(crate::metrics::ENQUEUED).increment(1);
-        Ok(id)
-    }};
-}
-
-pub(crate) use enqueue_with;

@@ -1,9 +1,8 @@
 //! The consumer side: apply each event once per consumer.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use spark_db::Clock;
+
+use crate::OutboxConnection;
 
 /// What [`Inbox::process`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,75 +11,6 @@ pub enum Processed<T> {
     Applied(T),
     /// This consumer processed the id before; the handler did not run.
     Duplicate,
-}
-
-/// A connection the inbox can record ids on: `PgConnection` or
-/// `SqliteConnection` (sealed).
-pub trait InboxConnection: private::Sealed + sqlx::Connection + Send {
-    /// Records `(consumer, message_id)`; `true` if it was not there before.
-    #[doc(hidden)]
-    fn record<'a>(
-        &'a mut self,
-        consumer: &'a str,
-        message_id: &'a str,
-        now_ms: i64,
-    ) -> Pin<Box<dyn Future<Output = Result<bool, sqlx::Error>> + Send + 'a>>;
-}
-
-mod private {
-    pub trait Sealed {}
-}
-
-#[cfg(feature = "postgres")]
-impl private::Sealed for sqlx::PgConnection {}
-
-#[cfg(feature = "postgres")]
-impl InboxConnection for sqlx::PgConnection {
-    fn record<'a>(
-        &'a mut self,
-        consumer: &'a str,
-        message_id: &'a str,
-        now_ms: i64,
-    ) -> Pin<Box<dyn Future<Output = Result<bool, sqlx::Error>> + Send + 'a>> {
-        Box::pin(async move {
-            let row = sqlx::query(
-                "INSERT INTO spark_inbox (consumer, message_id, processed_at_ms) VALUES ($1, $2, $3)
-                 ON CONFLICT (consumer, message_id) DO NOTHING RETURNING message_id",
-            )
-            .bind(consumer)
-            .bind(message_id)
-            .bind(now_ms)
-            .fetch_optional(self)
-            .await?;
-            Ok(row.is_some())
-        })
-    }
-}
-
-#[cfg(feature = "sqlite")]
-impl private::Sealed for sqlx::SqliteConnection {}
-
-#[cfg(feature = "sqlite")]
-impl InboxConnection for sqlx::SqliteConnection {
-    fn record<'a>(
-        &'a mut self,
-        consumer: &'a str,
-        message_id: &'a str,
-        now_ms: i64,
-    ) -> Pin<Box<dyn Future<Output = Result<bool, sqlx::Error>> + Send + 'a>> {
-        Box::pin(async move {
-            let row = sqlx::query(
-                "INSERT INTO spark_inbox (consumer, message_id, processed_at_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (consumer, message_id) DO NOTHING RETURNING message_id",
-            )
-            .bind(consumer)
-            .bind(message_id)
-            .bind(now_ms)
-            .fetch_optional(self)
-            .await?;
-            Ok(row.is_some())
-        })
-    }
 }
 
 /// Applies each delivered message once per consumer: delivery is at least
@@ -160,7 +90,7 @@ impl Inbox {
     /// back), or a database error (through `E: From<sqlx::Error>`).
     pub async fn process<C, T, E, F>(&self, conn: &mut C, message_id: &str, handler: F) -> Result<Processed<T>, E>
     where
-        C: InboxConnection,
+        C: OutboxConnection,
         C::Database: sqlx::Database<Connection = C>,
         F: AsyncFnOnce(&mut C) -> Result<T, E>,
         E: From<sqlx::Error>,

@@ -68,6 +68,7 @@
     allow(rustdoc::broken_intra_doc_links, reason = "links to items of features not enabled in this build")
 )]
 
+mod connection;
 mod error;
 mod event;
 mod inbox;
@@ -84,9 +85,10 @@ mod store;
 #[cfg(feature = "webhook")]
 pub mod webhook;
 
+pub use crate::connection::{OutboxConnection, enqueue};
 pub use crate::error::{OutboxError, PublishError, Result};
 pub use crate::event::{DeadLetter, Event, OutboxEvent, OutboxStats};
-pub use crate::inbox::{Inbox, InboxConnection, Processed};
+pub use crate::inbox::{Inbox, Processed};
 #[cfg(feature = "nats")]
 pub use crate::nats::{DuplicateWindow, NatsPublisher};
 #[cfg(feature = "postgres")]

@@ -2,11 +2,12 @@
 
 use std::time::Duration;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -32,15 +33,17 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 }
 
 /// Writes `event` inside the caller's transaction and returns its id (a
-/// UUIDv7). One statement, which also:
+/// UUIDv7): [`crate::enqueue`] on a PostgreSQL connection. One statement,
+/// which also takes a transaction-scoped advisory lock on the aggregate, so
+/// that transactions writing events for the same aggregate commit one after
+/// the other and insertion order is commit order (relays publish an
+/// aggregate's events in that order).
 ///
-/// - takes a transaction-scoped advisory lock on the aggregate, so that
-///   transactions writing events for the same aggregate commit one after the
-///   other and insertion order is commit order (relays publish an aggregate's
-///   events in that order);
-/// - issues `NOTIFY spark_outbox`, delivered when the transaction commits and
-///   collapsed by PostgreSQL to one per transaction however many events it
-///   writes. Nothing is announced if the transaction rolls back.
+/// At commit, a deferred trigger sends `NOTIFY spark_outbox` if some relay
+/// is waiting for work (collapsed by PostgreSQL to one per transaction).
+/// While every relay is busy it stays silent: a NOTIFY serializes the
+/// commits of all notifying transactions. Nothing is announced if the
+/// transaction rolls back.
 ///
 /// Works behind pgBouncer in transaction mode (no session state).
 ///
@@ -49,35 +52,69 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 /// [`OutboxError::InvalidEvent`](crate::OutboxError::InvalidEvent) for an
 /// empty type or aggregate; database errors.
 pub async fn enqueue(conn: &mut PgConnection, event: &OutboxEvent) -> Result<Uuid> {
-    crate::event::enqueue_with!(
-        conn,
-        event,
-        "WITH lock AS (SELECT pg_advisory_xact_lock(hashtextextended($2 || chr(31) || $3, 7151)) AS l),
-              wake AS (SELECT pg_notify('spark_outbox', '') AS n)
-         INSERT INTO spark_outbox
-            (id, aggregate_type, aggregate_id, event_type, payload, headers, created_at_ms, available_at_ms)
-         SELECT $1::uuid, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $7 FROM lock, wake"
-    )
+    crate::enqueue(conn, event).await
 }
 
+/// The enqueue statement: `$1` id, `$2` aggregate type, `$3` aggregate id,
+/// `$4` event type, `$5` payload, `$6` headers, `$7` now.
+pub(crate) const ENQUEUE: &str =
+    "WITH lock AS (SELECT pg_advisory_xact_lock(hashtextextended($2 || chr(31) || $3, 7151)) AS l)
+     INSERT INTO spark_outbox
+        (id, aggregate_type, aggregate_id, event_type, payload, headers, created_at_ms, available_at_ms)
+     SELECT $1::uuid, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $7 FROM lock";
+
 /// The outbox on a PostgreSQL pool: what relays claim from.
-#[derive(Debug, Clone)]
+///
+/// A claim is a transaction that holds its events' row locks while the
+/// relay publishes them, and deletes the published ones when it commits
+/// ([`OutboxStore::finish`]):
+///
+/// - other relays skip locked rows (`SKIP LOCKED`) and anything queued
+///   behind them in the same aggregate, so they never publish an event
+///   twice at once or out of order;
+/// - a relay that crashes or loses its connection rolls back, and its
+///   events are claimable again at once (no lease to wait out);
+/// - a relay that hangs past its lease is cut off by PostgreSQL
+///   (`idle_in_transaction_session_timeout`): its late commit fails and
+///   changes nothing — the fencing is the database's, not a token's;
+/// - each event is written once (the delete) on the way out, not updated
+///   and then deleted.
+#[derive(Clone)]
 pub struct PgOutbox {
     pool: PgPool,
     clock: SharedClock,
+    open: Arc<Mutex<HashMap<ClaimToken, Open>>>,
+}
+
+/// A claim in progress: its transaction and what was published on it.
+struct Open {
+    tx: Transaction<'static, Postgres>,
+    published: Vec<i64>,
+    keep: bool,
+    /// The server ended the transaction (lease idle timeout, restart):
+    /// nothing done on it counts any more.
+    lost: bool,
+}
+
+impl std::fmt::Debug for PgOutbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOutbox").field("pool", &self.pool).field("open_claims", &self.lock_open().len()).finish()
+    }
 }
 
 impl PgOutbox {
     /// The outbox on `pool`, on the system clock. Relays share work through
-    /// `SKIP LOCKED`, so any number of processes may run one each.
+    /// `SKIP LOCKED`, so any number of processes may run one each. Each
+    /// running claim holds one pooled connection until it is finished.
     #[must_use]
     pub fn new(pool: PgPool) -> PgOutbox {
-        PgOutbox { pool, clock: spark_db::system_clock() }
+        PgOutbox { pool, clock: spark_db::system_clock(), open: Arc::default() }
     }
 
     /// The same outbox reading `clock` for backoff, the retry budget and
-    /// retention. Leases always use the database's clock, so relays on hosts
-    /// whose clocks disagree cannot take each other's claims early.
+    /// retention. A claim's lease is enforced by the database
+    /// (`idle_in_transaction_session_timeout`), never by a relay host's
+    /// clock.
     #[must_use]
     pub fn with_clock(mut self, clock: SharedClock) -> PgOutbox {
         self.clock = clock;
@@ -89,47 +126,109 @@ impl PgOutbox {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    fn lock_open(&self) -> std::sync::MutexGuard<'_, HashMap<ClaimToken, Open>> {
+        // A panic while the map was locked cannot leave it half-changed
+        // (each use is one insert or remove), so a poisoned lock is usable.
+        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `f` on claim `token`'s transaction. `None` when the claim no
+    /// longer holds its events: not open (finished, abandoned), or lost
+    /// (the server ended its transaction).
+    async fn with_claim<T>(
+        &self,
+        token: ClaimToken,
+        f: impl AsyncFnOnce(&mut Open) -> std::result::Result<T, sqlx::Error>,
+    ) -> Result<Option<T>> {
+        let Some(mut open) = self.lock_open().remove(&token) else { return Ok(None) };
+        let result = if open.lost { Ok(None) } else { f(&mut open).await.map(Some) };
+        let result = match result {
+            Err(e) if is_lost(&e) => {
+                tracing::warn!(error = %e, "outbox claim lost: the database ended its transaction");
+                open.lost = true;
+                Ok(None)
+            }
+            other => other.map_err(Into::into),
+        };
+        // Put back even after an error: the relay ends the claim with
+        // `finish`, which rolls it back.
+        self.lock_open().insert(token, open);
+        result
+    }
 }
 
-/// The claim: one statement. The CTE picks each aggregate's oldest pending
-/// event (nothing older of the same aggregate pending, in flight or backing
-/// off — nor, under `Block`, dead and unskipped), skips rows other relays are
-/// claiming right now, and the UPDATE leases what it picked. Leases are read
-/// and written on the database's clock (`now()`), never a relay host's.
-fn claim_sql(policy: DeadLetterPolicy) -> &'static str {
-    static SQL: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
-        let sql = |blocking: &str| {
-            format!(
-                "WITH db AS (SELECT (extract(epoch FROM now()) * 1000)::bigint AS now_ms),
-                 picked AS (
-                    SELECT o.seq FROM spark_outbox o, db
-                    WHERE o.status = 'pending' AND o.available_at_ms <= $1 AND o.locked_until_ms <= db.now_ms
-                      AND NOT EXISTS (
-                          SELECT 1 FROM spark_outbox e
-                          WHERE e.aggregate_type = o.aggregate_type AND e.aggregate_id = o.aggregate_id
-                            AND e.status = 'pending' AND e.seq < o.seq)
-                      {blocking}
-                    ORDER BY o.seq
-                    LIMIT $2
-                    FOR UPDATE OF o SKIP LOCKED)
-                 UPDATE spark_outbox o
-                    SET locked_until_ms = db.now_ms + $3, locked_by = $4, claim_token = $5
-                   FROM picked, db WHERE o.seq = picked.seq
-                 RETURNING o.seq, o.id::text, o.aggregate_type, o.aggregate_id, o.event_type, o.payload::text,
-                           o.headers::text, o.created_at_ms, o.attempts"
-            )
-        };
-        [
-            sql("AND NOT EXISTS (
-                    SELECT 1 FROM spark_outbox d
-                    WHERE d.aggregate_type = o.aggregate_type AND d.aggregate_id = o.aggregate_id
-                      AND d.status = 'dead' AND d.skipped_at_ms IS NULL AND d.seq < o.seq)"),
-            sql(""),
-        ]
-    });
-    match policy {
-        DeadLetterPolicy::Block => &SQL[0],
-        DeadLetterPolicy::Skip => &SQL[1],
+/// The claim. `cand` locks the first available pending rows in `seq` order,
+/// skipping rows other relays hold. For each aggregate in it, `stops` finds
+/// the oldest event this claim cannot take although it comes before the
+/// claim's last event of that aggregate: held by another relay, backing
+/// off, held, or (under `Block`, `$3`) an unskipped dead letter. Only the
+/// events before an aggregate's stop are returned. Events behind a stop
+/// that will not move soon (backing off, dead, held) are set aside as
+/// `held`, out of the index `cand` scans, so they cost later claims
+/// nothing; the rest are simply not returned and their locks end with the
+/// transaction. Cost: the batch, and one index probe per aggregate in it —
+/// not the backlog.
+const CLAIM: &str = "WITH cand AS MATERIALIZED (
+        SELECT o.seq, o.agg_key FROM spark_outbox o
+        WHERE o.status = 'pending' AND o.available_at_ms <= $1
+        ORDER BY o.seq LIMIT $2
+        FOR UPDATE SKIP LOCKED),
+     last AS MATERIALIZED (SELECT agg_key, max(seq) AS last FROM cand GROUP BY agg_key),
+     stops AS MATERIALIZED (
+        SELECT l.agg_key, s.seq AS stop, s.status, s.available_at_ms
+        FROM last l LEFT JOIN LATERAL (
+            SELECT e.seq, e.status, e.available_at_ms FROM spark_outbox e
+            WHERE e.agg_key = l.agg_key AND e.seq < l.last
+              AND e.status IN ('pending', 'held', 'dead')
+              AND (e.status <> 'dead' OR ($3 AND e.skipped_at_ms IS NULL))
+              AND e.seq NOT IN (SELECT seq FROM cand)
+            ORDER BY e.seq LIMIT 1) s ON true),
+     hold AS (
+        UPDATE spark_outbox o SET status = 'held'
+        FROM cand c JOIN stops s USING (agg_key)
+        WHERE o.seq = c.seq AND c.seq > s.stop
+          AND (s.status IN ('held', 'dead') OR s.available_at_ms > $1))
+     SELECT o.seq, o.id::text, o.aggregate_type, o.aggregate_id, o.event_type, o.payload::text,
+            o.headers::text, o.created_at_ms, o.attempts
+     FROM cand c JOIN stops s USING (agg_key) JOIN spark_outbox o ON o.seq = c.seq
+     WHERE s.stop IS NULL OR c.seq < s.stop
+     ORDER BY o.seq";
+
+/// Deletes the published events and frees what was held behind them.
+const DELETE_PUBLISHED: &str = "WITH done AS (DELETE FROM spark_outbox WHERE seq = ANY($1) RETURNING agg_key)
+     UPDATE spark_outbox SET status = 'pending'
+      WHERE status = 'held' AND agg_key IN (SELECT agg_key FROM done)";
+
+/// Keeps the published events (retention) and frees what was held behind
+/// them.
+const KEEP_PUBLISHED: &str = "WITH done AS (
+        UPDATE spark_outbox SET status = 'published', published_at_ms = $2, locked_until_ms = 0, claim_token = NULL
+         WHERE seq = ANY($1) RETURNING agg_key)
+     UPDATE spark_outbox SET status = 'pending'
+      WHERE status = 'held' AND agg_key IN (SELECT agg_key FROM done)";
+
+/// Frees held events whose aggregate has nothing in front of them any more
+/// (`$1`: dead letters block). The claim and the publish free them as they
+/// go; this sweep covers the rest (a relay switched to the skipping policy,
+/// a crash between a hold and the publish that would have freed it).
+const UNHOLD: &str = "WITH heads AS (
+        SELECT agg_key, min(seq) AS first FROM spark_outbox WHERE status = 'held' GROUP BY agg_key)
+     UPDATE spark_outbox o SET status = 'pending'
+       FROM heads h
+      WHERE o.agg_key = h.agg_key AND o.status = 'held'
+        AND NOT EXISTS (
+            SELECT 1 FROM spark_outbox e
+             WHERE e.agg_key = h.agg_key AND e.seq < h.first
+               AND (e.status = 'pending' OR ($1 AND e.status = 'dead' AND e.skipped_at_ms IS NULL)))";
+
+fn is_lost(e: &sqlx::Error) -> bool {
+    // The server ended the session (the lease's idle timeout, a restart) or
+    // the connection broke: the transaction is gone, nothing was committed.
+    match e {
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("25P03" | "57P01" | "08006" | "08003")),
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        _ => false,
     }
 }
 
@@ -139,91 +238,157 @@ impl OutboxStore for PgOutbox {
         self.clock.clone()
     }
 
-    async fn claim(&self, relay: &str, batch: u32, lease: Duration, policy: DeadLetterPolicy) -> Result<Claim> {
+    async fn claim(&self, _relay: &str, batch: u32, lease: Duration, policy: DeadLetterPolicy) -> Result<Claim> {
         let token = ClaimToken::new();
-        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(claim_sql(policy)))
+        // One round trip: the transaction starts with its own lease. A
+        // relay that stays silent in it for longer is disconnected by the
+        // server, which rolls the claim back.
+        let begin = format!(
+            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {}",
+            millis(lease).clamp(1, i64::from(i32::MAX))
+        );
+        let mut tx = self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await?;
+        let rows: Vec<Row> = sqlx::query_as(CLAIM)
             .bind(self.clock.now_ms())
             .bind(i64::from(batch))
-            .bind(millis(lease))
-            .bind(relay)
-            .bind(token.to_string())
-            .fetch_all(&self.pool)
+            .bind(policy == DeadLetterPolicy::Block)
+            .fetch_all(&mut *tx)
             .await?;
+        if rows.is_empty() {
+            // Holds made by this claim still count.
+            tx.commit().await?;
+            return Ok(claimed(token, rows));
+        }
+        self.lock_open().insert(token, Open { tx, published: Vec::new(), keep: false, lost: false });
         Ok(claimed(token, rows))
     }
 
-    async fn mark_published(&self, seqs: &[i64], token: ClaimToken, keep: bool) -> Result<u64> {
-        let done = if keep {
-            sqlx::query(
-                "UPDATE spark_outbox
-                    SET status = 'published', published_at_ms = $3, locked_until_ms = 0, claim_token = NULL
-                  WHERE seq = ANY($1) AND claim_token = $2 AND status = 'pending'",
-            )
-            .bind(seqs)
-            .bind(token.to_string())
-            .bind(self.clock.now_ms())
-            .execute(&self.pool)
-            .await?
-        } else {
-            sqlx::query("DELETE FROM spark_outbox WHERE seq = ANY($1) AND claim_token = $2 AND status = 'pending'")
-                .bind(seqs)
-                .bind(token.to_string())
-                .execute(&self.pool)
-                .await?
+    async fn finish(&self, token: ClaimToken, commit: bool) -> Result<bool> {
+        let Some(mut open) = self.lock_open().remove(&token) else { return Ok(true) };
+        if open.lost {
+            return Ok(false);
+        }
+        if !commit {
+            // A rollback that fails leaves the connection broken, which
+            // rolls back too; the pool replaces it.
+            if let Err(e) = open.tx.rollback().await {
+                tracing::debug!(error = %e, "outbox claim rollback failed; the connection is dropped");
+            }
+            return Ok(true);
+        }
+        let done = async {
+            if !open.published.is_empty() {
+                if open.keep {
+                    sqlx::query(KEEP_PUBLISHED)
+                        .bind(&open.published)
+                        .bind(self.clock.now_ms())
+                        .execute(&mut *open.tx)
+                        .await?;
+                } else {
+                    sqlx::query(DELETE_PUBLISHED).bind(&open.published).execute(&mut *open.tx).await?;
+                }
+            }
+            open.tx.commit().await
         };
-        Ok(done.rows_affected())
+        match done.await {
+            Ok(()) => Ok(true),
+            Err(e) if is_lost(&e) => {
+                tracing::warn!(error = %e, "outbox claim lost before it was committed; its events will be claimed again");
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn abandon(&self, token: ClaimToken) {
+        // Dropping the transaction rolls it back when its connection is
+        // next used or returned to the pool.
+        drop(self.lock_open().remove(&token));
+    }
+
+    async fn set_idle(&self, relay: &str, idle: bool) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO spark_outbox_relays (relay, idle, seen_at_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (relay) DO UPDATE SET idle = excluded.idle, seen_at_ms = excluded.seen_at_ms",
+        )
+        .bind(relay)
+        .bind(idle)
+        .bind(self.clock.now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn forget_relay(&self, relay: &str) -> Result<()> {
+        sqlx::query("DELETE FROM spark_outbox_relays WHERE relay = $1").bind(relay).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Recorded on the claim; the events are deleted (or, with `keep`,
+    /// marked published) when [`finish`](OutboxStore::finish) commits it.
+    async fn mark_published(&self, seqs: &[i64], token: ClaimToken, keep: bool) -> Result<u64> {
+        let marked = self
+            .with_claim(token, async |open: &mut Open| {
+                open.published.extend_from_slice(seqs);
+                open.keep = keep;
+                Ok(seqs.len() as u64)
+            })
+            .await?;
+        Ok(marked.unwrap_or(0))
     }
 
     async fn mark_failed(&self, seq: i64, token: ClaimToken, error: &str, failure: Failure) -> Result<Option<Failed>> {
         let (retry_at, budget, refusal, max_refusals) = failure_binds(failure);
-        let status: Option<String> = sqlx::query_scalar(
-            "UPDATE spark_outbox
-                SET attempts = attempts + 1, refusals = refusals + $7, last_error = $3, locked_until_ms = 0,
-                    claim_token = NULL, first_failed_at_ms = COALESCE(first_failed_at_ms, $4),
-                    available_at_ms = COALESCE($5, available_at_ms),
-                    status = CASE WHEN $5::bigint IS NULL OR COALESCE(first_failed_at_ms, $4) + $6 <= $4
-                                       OR refusals + $7 >= $8
-                                  THEN 'dead' ELSE 'pending' END
-              WHERE seq = $1 AND claim_token = $2 AND status = 'pending'
-             RETURNING status",
-        )
-        .bind(seq)
-        .bind(token.to_string())
-        .bind(error)
-        .bind(self.clock.now_ms())
-        .bind(retry_at)
-        .bind(budget)
-        .bind(refusal)
-        .bind(max_refusals)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(failed(status))
+        let now = self.clock.now_ms();
+        let status = self
+            .with_claim(token, async |open: &mut Open| {
+                let status: Option<String> = sqlx::query_scalar(
+                    "UPDATE spark_outbox
+                        SET attempts = attempts + 1, refusals = refusals + $6, last_error = $2,
+                            first_failed_at_ms = COALESCE(first_failed_at_ms, $3),
+                            available_at_ms = COALESCE($4, available_at_ms),
+                            status = CASE WHEN $4::bigint IS NULL OR COALESCE(first_failed_at_ms, $3) + $5 <= $3
+                                               OR refusals + $6 >= $7
+                                          THEN 'dead' ELSE 'pending' END
+                      WHERE seq = $1 AND status = 'pending'
+                     RETURNING status",
+                )
+                .bind(seq)
+                .bind(error)
+                .bind(now)
+                .bind(retry_at)
+                .bind(budget)
+                .bind(refusal)
+                .bind(max_refusals)
+                .fetch_optional(&mut *open.tx)
+                .await?;
+                Ok(status)
+            })
+            .await?;
+        Ok(failed(status.flatten()))
     }
 
+    /// Nothing to write: the events' locks end with the claim.
     async fn release(&self, seqs: &[i64], token: ClaimToken) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE spark_outbox SET locked_until_ms = 0, claim_token = NULL
-             WHERE seq = ANY($1) AND claim_token = $2 AND status = 'pending'",
-        )
-        .bind(seqs)
-        .bind(token.to_string())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        let held = self.with_claim(token, async |_: &mut Open| Ok(seqs.len() as u64)).await?;
+        Ok(held.unwrap_or(0))
     }
 
     async fn defer(&self, seqs: &[i64], token: ClaimToken, until_ms: i64) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE spark_outbox
-                SET locked_until_ms = 0, claim_token = NULL, available_at_ms = GREATEST(available_at_ms, $3)
-              WHERE seq = ANY($1) AND claim_token = $2 AND status = 'pending'",
-        )
-        .bind(seqs)
-        .bind(token.to_string())
-        .bind(until_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        let done = self
+            .with_claim(token, async |open: &mut Open| {
+                let r = sqlx::query(
+                    "UPDATE spark_outbox SET available_at_ms = GREATEST(available_at_ms, $2)
+                      WHERE seq = ANY($1) AND status = 'pending'",
+                )
+                .bind(seqs)
+                .bind(until_ms)
+                .execute(&mut *open.tx)
+                .await?;
+                Ok(r.rows_affected())
+            })
+            .await?;
+        Ok(done.unwrap_or(0))
     }
 
     async fn cleanup(&self, before_ms: i64, batch: u32) -> Result<u64> {
@@ -246,6 +411,11 @@ impl OutboxStore for PgOutbox {
         }
     }
 
+    async fn unhold(&self, policy: DeadLetterPolicy) -> Result<u64> {
+        let r = sqlx::query(UNHOLD).bind(policy == DeadLetterPolicy::Block).execute(&self.pool).await?;
+        Ok(r.rows_affected())
+    }
+
     async fn stats(&self) -> Result<OutboxStats> {
         let (pending, dead, published, oldest): (i64, i64, i64, Option<i64>) =
             sqlx::query_as(crate::store::STATS_SQL).fetch_one(&self.pool).await?;
@@ -257,8 +427,7 @@ impl OutboxStore for PgOutbox {
             "SELECT o.seq, o.id::text, o.aggregate_type, o.aggregate_id, o.event_type, o.payload::text,
                     o.headers::text, o.created_at_ms, o.attempts, o.last_error, o.skipped_by, o.skipped_at_ms,
                     (SELECT COUNT(*) FROM spark_outbox p
-                      WHERE p.aggregate_type = o.aggregate_type AND p.aggregate_id = o.aggregate_id
-                        AND p.status = 'pending' AND p.seq > o.seq)
+                      WHERE p.agg_key = o.agg_key AND p.status IN ('pending', 'held') AND p.seq > o.seq)
              FROM spark_outbox o WHERE o.status = 'dead' ORDER BY o.seq LIMIT $1",
         )
         .bind(i64::from(limit))
@@ -282,16 +451,26 @@ impl OutboxStore for PgOutbox {
     }
 
     async fn skip_dead(&self, id: Uuid, by: &str) -> Result<bool> {
+        // Skipping frees what was held behind the dead letter, unless an
+        // older dead letter of the same aggregate still holds it (the
+        // sweep, `unhold`, sorts that out on the next pass).
         let r = sqlx::query(
-            "UPDATE spark_outbox SET skipped_by = $2, skipped_at_ms = $3
-              WHERE id = $1::uuid AND status = 'dead' AND skipped_at_ms IS NULL",
+            "WITH skipped AS (
+                UPDATE spark_outbox SET skipped_by = $2, skipped_at_ms = $3
+                 WHERE id = $1::uuid AND status = 'dead' AND skipped_at_ms IS NULL
+                RETURNING agg_key)
+             SELECT count(*) FROM skipped",
         )
         .bind(id.to_string())
         .bind(by)
         .bind(self.clock.now_ms())
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(r.rows_affected() == 1)
+        let skipped: i64 = sqlx::Row::try_get(&r, 0)?;
+        if skipped == 1 {
+            self.unhold(DeadLetterPolicy::Block).await?;
+        }
+        Ok(skipped == 1)
     }
 }
 

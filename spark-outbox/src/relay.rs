@@ -397,6 +397,13 @@ impl<S: OutboxStore> Relay<S> {
         if let Some(problem) = publisher.preflight(self.redelivery_window()).await {
             tracing::warn!(relay = %self.id, "{problem}");
         }
+        // Whether this relay last told the store it waits for work (`None`:
+        // not yet said). Enqueues NOTIFY only while some relay waits.
+        let mut idle: Option<bool> = None;
+        // Claims to make soon after going idle, before trusting NOTIFY: an
+        // enqueue that committed while the relay was saying so may not
+        // have seen it (see `IDLE_RECHECK`).
+        let mut rechecks = 0u8;
         loop {
             // Gauges and cleanup scan the table: every few seconds is
             // plenty, and several relays should not each do it every loop.
@@ -429,39 +436,101 @@ impl<S: OutboxStore> Relay<S> {
                 continue;
             }
             if claimed > 0 {
+                // A quarter of a batch or more: the relay is behind and
+                // claims again without being told, so enqueues need not
+                // NOTIFY (which would serialize their commits).
+                if claimed.saturating_mul(4) >= u64::from(self.cfg.batch_size) && idle != Some(false) {
+                    self.say_idle(false, &mut idle).await;
+                }
                 // More may be waiting; only stop between batches.
                 if futures_util::FutureExt::now_or_never(shutdown.as_mut()).is_some() {
                     break;
                 }
                 continue;
             }
+            if idle != Some(true) {
+                self.say_idle(true, &mut idle).await;
+                rechecks = 2;
+            }
+            let wait = match rechecks {
+                2 => Duration::ZERO,
+                1 => IDLE_RECHECK,
+                _ => self.cfg.poll_interval,
+            };
+            rechecks = rechecks.saturating_sub(1);
             tokio::select! {
                 () = &mut shutdown => break,
                 () = self.wake.notified() => {}
-                () = tokio::time::sleep(self.cfg.poll_interval) => {}
+                () = tokio::time::sleep(wait) => {}
             }
+        }
+        if let Err(e) = self.cfg.store.forget_relay(&self.id).await {
+            tracing::warn!(relay = %self.id, error = %chain(&e), "outbox relay could not deregister");
         }
         tracing::info!(relay = %self.id, ?report, "outbox relay stopped");
         Ok(report)
     }
 
-    /// Claims one batch, publishes it and records each outcome as it comes
-    /// in. An event is started only while enough of the lease is left for
-    /// its publish to finish; the rest are given back.
+    async fn say_idle(&self, now_idle: bool, idle: &mut Option<bool>) {
+        match self.cfg.store.set_idle(&self.id, now_idle).await {
+            Ok(()) => *idle = Some(now_idle),
+            // Unknown again: said next time. Meanwhile the relay polls.
+            Err(e) => {
+                tracing::warn!(relay = %self.id, error = %chain(&e), "outbox relay could not record its state");
+                *idle = None;
+            }
+        }
+    }
+
+    /// Claims one batch, publishes it and records each outcome. Each
+    /// aggregate's run is published one event at a time, in order, and
+    /// stops at its first failure (the rest go back untouched); different
+    /// aggregates are published in parallel. An event is started only while
+    /// enough of the lease is left for its publish to finish; the rest are
+    /// given back.
     ///
     /// # Errors
     ///
-    /// When the database fails; events already published stay published,
-    /// the rest return after the lease.
+    /// When the database fails: the claim is rolled back (PostgreSQL) or
+    /// its unmarked events return after the lease (SQLite), and what was
+    /// already published is published again later — at least once.
     pub async fn run_once<P: Publisher + ?Sized>(&self, publisher: &P) -> Result<BatchReport> {
         let store = &self.cfg.store;
         // Taken before the claim, so the local deadline is never later than
-        // the lease the database wrote.
+        // the lease the database enforces.
         let claimed_at = Instant::now();
         let claim = store.claim(&self.id, self.cfg.batch_size, self.cfg.lease, self.cfg.dead_letters).await?;
         let token = claim.token;
-        let mut report =
-            BatchReport { claimed: (claim.events.len() + claim.unreadable.len()) as u64, ..BatchReport::default() };
+        // Whatever happens below (an error, this future dropped half-way),
+        // the claim is ended: committed on success, else rolled back.
+        let guard = Abandon { store: store.as_ref(), token: Some(token) };
+        let mut report = BatchReport::default();
+        let outcome = self.publish_claim(publisher, claim, claimed_at, &mut report).await;
+        let committed = store.finish(token, outcome.is_ok()).await;
+        guard.disarm();
+        outcome?;
+        if committed? {
+            report.published = report.marked;
+            ::metrics::counter!(metrics::PUBLISHED).increment(report.published);
+        } else {
+            report.lost += report.marked;
+        }
+        if report.published > 0 {
+            self.outages.store(0, Ordering::Relaxed);
+        }
+        Ok(report)
+    }
+
+    async fn publish_claim<P: Publisher + ?Sized>(
+        &self,
+        publisher: &P,
+        claim: crate::Claim,
+        claimed_at: Instant,
+        report: &mut BatchReport,
+    ) -> Result<()> {
+        let store = &self.cfg.store;
+        let token = claim.token;
+        report.claimed = (claim.events.len() + claim.unreadable.len()) as u64;
         for bad in claim.unreadable {
             // A row nobody can read would otherwise come back after every
             // lease and hold its aggregate forever.
@@ -476,31 +545,47 @@ impl<S: OutboxStore> Relay<S> {
             }
         }
         if claim.events.is_empty() {
-            return Ok(report);
+            return Ok(());
         }
         let deadline = claimed_at + self.cfg.lease;
         let timeout = self.cfg.publish_timeout;
-        let mut outcomes = futures_util::stream::iter(claim.events)
-            .map(|event| async move {
-                if Instant::now() + timeout > deadline {
-                    return (event, None);
-                }
-                let attempt = AssertUnwindSafe(publisher.publish(&event)).catch_unwind();
-                let result = match tokio::time::timeout(timeout, attempt).await {
-                    Ok(Ok(result)) => result,
-                    Ok(Err(panic)) => {
-                        Err(PublishError::Permanent(format!("publisher panicked: {}", panic_message(panic.as_ref()))))
+        let mut outcomes = futures_util::stream::iter(runs(claim.events))
+            .map(|run| async move {
+                let mut outcomes = Vec::with_capacity(run.len());
+                let mut stopped = false;
+                for event in run {
+                    if stopped {
+                        // Behind a failure of its own aggregate: order
+                        // forbids publishing it now.
+                        outcomes.push((event, Outcome::Behind));
+                        continue;
                     }
-                    Err(_) => Err(PublishError::Transient(format!("publish timed out after {timeout:?}"))),
-                };
-                (event, Some(result))
+                    if Instant::now() + timeout > deadline {
+                        stopped = true;
+                        outcomes.push((event, Outcome::Late));
+                        continue;
+                    }
+                    let attempt = AssertUnwindSafe(publisher.publish(&event)).catch_unwind();
+                    let result = match tokio::time::timeout(timeout, attempt).await {
+                        Ok(Ok(result)) => result,
+                        Ok(Err(panic)) => Err(PublishError::Permanent(format!(
+                            "publisher panicked: {}",
+                            panic_message(panic.as_ref())
+                        ))),
+                        Err(_) => Err(PublishError::Transient(format!("publish timed out after {timeout:?}"))),
+                    };
+                    stopped = result.is_err();
+                    outcomes.push((event, Outcome::Done(result)));
+                }
+                outcomes
             })
             .buffer_unordered(self.cfg.concurrency)
             // Whatever has completed is marked at once, not at the end of
-            // the batch: a slow straggler does not hold finished events
-            // until the lease runs out.
+            // the batch (on SQLite it is then safe from a crash; on
+            // PostgreSQL it is recorded on the claim).
             .ready_chunks(usize::try_from(self.cfg.batch_size).unwrap_or(usize::MAX));
         let mut not_started = Vec::new();
+        let mut late = 0usize;
         // Transient failures are recorded at the end of the batch: if every
         // event failed transiently, the sink is down and that is charged to
         // the relay (it backs off), not to the events.
@@ -510,20 +595,24 @@ impl<S: OutboxStore> Relay<S> {
             let now = store.clock().now_ms();
             let mut published = Vec::new();
             let mut failures = Vec::new();
-            for (event, outcome) in chunk {
+            for (event, outcome) in chunk.into_iter().flatten() {
                 match outcome {
-                    None => not_started.push(event.seq),
-                    Some(Ok(())) => {
+                    Outcome::Late => {
+                        late += 1;
+                        not_started.push(event.seq);
+                    }
+                    Outcome::Behind => not_started.push(event.seq),
+                    Outcome::Done(Ok(())) => {
                         started += 1;
                         metrics::latency(now - event.created_at_ms);
                         ::metrics::counter!(metrics::ATTEMPTS, "result" => "ok").increment(1);
                         published.push(event.seq);
                     }
-                    Some(Err(err @ PublishError::Transient(_))) => {
+                    Outcome::Done(Err(err @ PublishError::Transient(_))) => {
                         started += 1;
                         transient.push((event, err));
                     }
-                    Some(Err(err)) => {
+                    Outcome::Done(Err(err)) => {
                         started += 1;
                         failures.push((event, err));
                     }
@@ -531,12 +620,11 @@ impl<S: OutboxStore> Relay<S> {
             }
             if !published.is_empty() {
                 let marked = store.mark_published(&published, token, self.cfg.retention.is_some()).await?;
-                report.published += marked;
+                report.marked += marked;
                 report.lost += published.len() as u64 - marked.min(published.len() as u64);
-                ::metrics::counter!(metrics::PUBLISHED).increment(marked);
             }
             for (event, err) in failures {
-                self.failed(&event, &err, token, now, &mut report).await?;
+                self.failed(&event, &err, token, now, report).await?;
             }
         }
         // One failing event says nothing about the sink; two or more, all
@@ -559,18 +647,17 @@ impl<S: OutboxStore> Relay<S> {
         } else {
             let now = store.clock().now_ms();
             for (event, err) in transient {
-                self.failed(&event, &err, token, now, &mut report).await?;
+                self.failed(&event, &err, token, now, report).await?;
             }
-        }
-        if report.published > 0 {
-            self.outages.store(0, Ordering::Relaxed);
         }
         if !not_started.is_empty() {
             store.release(&not_started, token).await?;
-            tracing::warn!(relay = %self.id, events = not_started.len(), "outbox lease nearly over; events given back");
+            if late > 0 {
+                tracing::warn!(relay = %self.id, events = late, "outbox lease nearly over; events given back");
+            }
             report.released += not_started.len() as u64;
         }
-        Ok(report)
+        Ok(())
     }
 
     async fn failed(
@@ -622,6 +709,11 @@ impl<S: OutboxStore> Relay<S> {
 
     /// Gauges, and retention cleanup.
     async fn housekeeping(&self) {
+        match self.cfg.store.unhold(self.cfg.dead_letters).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(relay = %self.id, events = n, "outbox events no longer held back"),
+            Err(e) => tracing::warn!(error = %chain(&e), "outbox unhold failed"),
+        }
         match self.cfg.store.stats().await {
             Ok(stats) => metrics::gauges(&stats),
             Err(e) => tracing::warn!(error = %chain(&e), "outbox stats failed"),
@@ -637,6 +729,13 @@ impl<S: OutboxStore> Relay<S> {
 /// How often a running relay refreshes the gauges and cleans up.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 
+/// How long after going idle a relay claims once more. An enqueue reads
+/// the relays' state just before it commits; one that read "busy" while a
+/// relay was going idle becomes visible only once its commit is flushed,
+/// possibly after the relay's first claim as an idle relay. A commit's
+/// flush takes far less than this on any healthy database.
+const IDLE_RECHECK: Duration = Duration::from_millis(25);
+
 /// What one [`Relay::run_once`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -649,7 +748,8 @@ pub struct BatchReport {
     pub failed: u64,
     /// Events dead-lettered.
     pub dead: u64,
-    /// Events given back unstarted: too little of the lease was left.
+    /// Events given back unstarted: too little of the lease was left, or
+    /// an older event of their aggregate failed in this batch.
     pub released: u64,
     /// Completions that changed nothing: the lease had run out and another
     /// claim held the event.
@@ -659,6 +759,57 @@ pub struct BatchReport {
     /// deferred by the relay's backoff ceiling, and [`Relay::run`] backs off
     /// as a whole.
     pub outage: bool,
+    /// Marked published on the claim, not yet committed.
+    marked: u64,
+}
+
+/// How one event of a run ended.
+enum Outcome {
+    /// Published, or failed.
+    Done(std::result::Result<(), PublishError>),
+    /// Not started: too little of the lease was left.
+    Late,
+    /// Not started: an older event of its aggregate failed or was late.
+    Behind,
+}
+
+/// Splits a claim (in `seq` order) into one run per aggregate, each in
+/// `seq` order, the runs in the order of their first event.
+fn runs(events: Vec<Event>) -> Vec<Vec<Event>> {
+    let mut index: std::collections::HashMap<(String, String), usize> = std::collections::HashMap::new();
+    let mut runs: Vec<Vec<Event>> = Vec::new();
+    for event in events {
+        let key = (event.aggregate_type.clone(), event.aggregate_id.clone());
+        match index.get(&key) {
+            Some(&i) => runs[i].push(event),
+            None => {
+                index.insert(key, runs.len());
+                runs.push(vec![event]);
+            }
+        }
+    }
+    runs
+}
+
+/// Ends a claim that was dropped half-way (its relay task cancelled), so
+/// its events go back at once instead of keeping a connection.
+struct Abandon<'a, S: OutboxStore> {
+    store: &'a S,
+    token: Option<crate::ClaimToken>,
+}
+
+impl<S: OutboxStore> Abandon<'_, S> {
+    fn disarm(mut self) {
+        self.token = None;
+    }
+}
+
+impl<S: OutboxStore> Drop for Abandon<'_, S> {
+    fn drop(&mut self) {
+        if let Some(token) = self.token.take() {
+            self.store.abandon(token);
+        }
+    }
 }
 
 /// The relays [`RelayBuilder::spawn`] started, and their LISTEN wake-up.

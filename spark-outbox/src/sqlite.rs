@@ -23,21 +23,21 @@ pub fn migrator() -> sqlx::migrate::Migrator {
     m
 }
 
-/// Writes `event` inside the caller's transaction and returns its id.
-/// SQLite serializes writers, so insertion order is commit order.
+/// Writes `event` inside the caller's transaction and returns its id:
+/// [`crate::enqueue`] on a SQLite connection. SQLite serializes writers,
+/// so insertion order is commit order.
 ///
 /// # Errors
 ///
 /// As [`postgres::enqueue`](crate::postgres::enqueue).
 pub async fn enqueue(conn: &mut SqliteConnection, event: &OutboxEvent) -> Result<Uuid> {
-    crate::event::enqueue_with!(
-        conn,
-        event,
-        "INSERT INTO spark_outbox
-            (id, aggregate_type, aggregate_id, event_type, payload, headers, created_at_ms, available_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)"
-    )
+    crate::enqueue(conn, event).await
 }
+
+/// The enqueue statement; its binds are the PostgreSQL one's.
+pub(crate) const ENQUEUE: &str = "INSERT INTO spark_outbox
+        (id, aggregate_type, aggregate_id, event_type, payload, headers, created_at_ms, available_at_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)";
 
 /// The outbox on a SQLite pool. Run one relay (it polls).
 #[derive(Debug, Clone)]

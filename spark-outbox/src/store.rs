@@ -42,7 +42,9 @@ impl fmt::Display for ClaimToken {
 pub struct Claim {
     /// The token every completion of these events must show.
     pub token: ClaimToken,
-    /// The claimed events, in `seq` order, at most one per aggregate.
+    /// The claimed events, in `seq` order. An aggregate may have several
+    /// (a run): nothing older of that aggregate is left outside the claim,
+    /// and the relay publishes a run one event at a time, in order.
     pub events: Vec<Event>,
     /// Claimed rows that cannot be decoded (e.g. headers that are not a map
     /// of strings, written by hand): the relay dead-letters them with the
@@ -110,15 +112,54 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// database's clock).
     fn clock(&self) -> SharedClock;
 
-    /// Claims up to `batch` events for `relay` until `lease` runs out: each
-    /// the oldest pending event of its aggregate, available, and not claimed
-    /// by another relay. At most one event per aggregate. Under
-    /// [`DeadLetterPolicy::Block`] an aggregate with an unskipped dead letter
-    /// yields nothing.
+    /// Claims up to `batch` events for `relay` until `lease` runs out:
+    /// available events no other relay holds, each with nothing older of its
+    /// aggregate left unpublished outside this claim (so an aggregate's
+    /// events come as a run in `seq` order). Under
+    /// [`DeadLetterPolicy::Block`] nothing behind an unskipped dead letter
+    /// is claimed.
+    ///
+    /// Every claim that returned events must be ended with
+    /// [`finish`](Self::finish) (or, if the relay is dropped half-way,
+    /// [`abandon`](Self::abandon)).
     async fn claim(&self, relay: &str, batch: u32, lease: Duration, policy: DeadLetterPolicy) -> Result<Claim>;
 
+    /// Ends claim `token`. With `commit`, everything marked on it takes
+    /// effect: PostgreSQL commits the claim's transaction here, so a
+    /// [`mark_published`](Self::mark_published) counts only once this
+    /// returns `Ok(true)`. `Ok(false)`: the claim was lost (its lease ran
+    /// out and the database ended it) and nothing marked on it happened;
+    /// its events go to the next claim. Without `commit`, the claim is
+    /// rolled back: every event goes back as it was. Stores whose marks are
+    /// immediate (SQLite) have nothing to do here.
+    async fn finish(&self, token: ClaimToken, commit: bool) -> Result<bool> {
+        let _ = (token, commit);
+        Ok(true)
+    }
+
+    /// Drops claim `token` without waiting: what a relay task that is
+    /// cancelled half-way does. Its events go back to the queue.
+    fn abandon(&self, token: ClaimToken) {
+        let _ = token;
+    }
+
+    /// Records whether `relay` is waiting for work (`idle`) or busy
+    /// draining. PostgreSQL enqueues NOTIFY only while some relay waits: a
+    /// NOTIFY serializes the commits of every notifying transaction.
+    async fn set_idle(&self, relay: &str, idle: bool) -> Result<()> {
+        let _ = (relay, idle);
+        Ok(())
+    }
+
+    /// Forgets `relay` (its clean shutdown).
+    async fn forget_relay(&self, relay: &str) -> Result<()> {
+        let _ = relay;
+        Ok(())
+    }
+
     /// Marks events published: deleted, or kept as `published` when `keep`
-    /// (retention). Returns how many were still held by `token`.
+    /// (retention). Returns how many were still held by `token`. On
+    /// PostgreSQL this takes effect when [`finish`](Self::finish) commits.
     async fn mark_published(&self, seqs: &[i64], token: ClaimToken, keep: bool) -> Result<u64>;
 
     /// Records a failed attempt (counts it, keeps `error`). `None` when the
@@ -140,6 +181,14 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Deletes published events older than `before_ms`, `batch` at a time.
     async fn cleanup(&self, before_ms: i64, batch: u32) -> Result<u64>;
 
+    /// Makes held events pending again where nothing is in front of them
+    /// any more (under `policy`); returns how many. Stores that never hold
+    /// events (SQLite) have nothing to do.
+    async fn unhold(&self, policy: DeadLetterPolicy) -> Result<u64> {
+        let _ = policy;
+        Ok(0)
+    }
+
     /// Counts for operators and the lag gauge.
     async fn stats(&self) -> Result<OutboxStats>;
 
@@ -159,8 +208,8 @@ pub trait OutboxStore: Send + Sync + 'static {
 
 /// Counts by status and the oldest pending event; the same on both backends.
 pub(crate) const STATS_SQL: &str =
-    "SELECT COUNT(*) FILTER (WHERE status = 'pending'), COUNT(*) FILTER (WHERE status = 'dead'),
-        COUNT(*) FILTER (WHERE status = 'published'), MIN(created_at_ms) FILTER (WHERE status = 'pending')
+    "SELECT COUNT(*) FILTER (WHERE status IN ('pending', 'held')), COUNT(*) FILTER (WHERE status = 'dead'),
+        COUNT(*) FILTER (WHERE status = 'published'), MIN(created_at_ms) FILTER (WHERE status IN ('pending', 'held'))
      FROM spark_outbox";
 
 pub(crate) fn millis(d: Duration) -> i64 {
@@ -205,6 +254,18 @@ impl<T: OutboxStore + ?Sized> OutboxStore for std::sync::Arc<T> {
     async fn claim(&self, relay: &str, batch: u32, lease: Duration, policy: DeadLetterPolicy) -> Result<Claim> {
         (**self).claim(relay, batch, lease, policy).await
     }
+    async fn finish(&self, token: ClaimToken, commit: bool) -> Result<bool> {
+        (**self).finish(token, commit).await
+    }
+    fn abandon(&self, token: ClaimToken) {
+        (**self).abandon(token);
+    }
+    async fn set_idle(&self, relay: &str, idle: bool) -> Result<()> {
+        (**self).set_idle(relay, idle).await
+    }
+    async fn forget_relay(&self, relay: &str) -> Result<()> {
+        (**self).forget_relay(relay).await
+    }
     async fn mark_published(&self, seqs: &[i64], token: ClaimToken, keep: bool) -> Result<u64> {
         (**self).mark_published(seqs, token, keep).await
     }
@@ -219,6 +280,9 @@ impl<T: OutboxStore + ?Sized> OutboxStore for std::sync::Arc<T> {
     }
     async fn cleanup(&self, before_ms: i64, batch: u32) -> Result<u64> {
         (**self).cleanup(before_ms, batch).await
+    }
+    async fn unhold(&self, policy: DeadLetterPolicy) -> Result<u64> {
+        (**self).unhold(policy).await
     }
     async fn stats(&self) -> Result<OutboxStats> {
         (**self).stats().await

@@ -260,37 +260,40 @@ async fn a_claim_without_a_failure_is_not_an_attempt() {
     emit(&db.pool, &[event("a", 1)]).await;
     let first = store.claim("r", 10, Duration::from_secs(30), DeadLetterPolicy::Block).await.unwrap();
     assert_eq!(store.release(&[first.events[0].seq], first.token).await.unwrap(), 1);
+    assert!(store.finish(first.token, true).await.unwrap());
     let second = store.claim("r", 10, Duration::from_millis(200), DeadLetterPolicy::Block).await.unwrap();
     assert_eq!(second.events[0].attempts, 0);
-    tokio::time::sleep(Duration::from_millis(300)).await; // the lease lapses
+    tokio::time::sleep(Duration::from_millis(400)).await; // the lease lapses
     let third = store.claim("r", 10, Duration::from_secs(30), DeadLetterPolicy::Block).await.unwrap();
     assert_eq!(third.events[0].attempts, 0);
+    assert!(!store.finish(second.token, true).await.unwrap(), "the lapsed claim is lost");
+    assert!(store.finish(third.token, true).await.unwrap());
 }
 
 /// Point 5: relay A claims, its lease lapses, relay B — with the same name —
-/// claims again; A's late completions change nothing.
+/// claims again; A's late completions change nothing. On PostgreSQL the
+/// database itself ends A's transaction when its lease lapses
+/// (`idle_in_transaction_session_timeout`), so A's commit fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_completion_after_a_reclaim_changes_nothing() {
     let Some(db) = db().await else { return };
     let store = PgOutbox::new(db.pool.clone());
     emit(&db.pool, &[event("a", 1)]).await;
     let a = store.claim("twin", 10, Duration::from_millis(200), DeadLetterPolicy::Block).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
     let b = store.claim("twin", 10, Duration::from_secs(30), DeadLetterPolicy::Block).await.unwrap();
     let seq = a.events[0].seq;
     assert_eq!(b.events[0].seq, seq);
     assert_ne!(a.token, b.token);
 
-    assert_eq!(store.mark_published(&[seq], a.token, false).await.unwrap(), 0);
     let failure = spark_outbox::Failure::Dead;
-    assert_eq!(store.mark_failed(seq, a.token, "late", failure).await.unwrap(), None);
+    assert_eq!(store.mark_failed(seq, a.token, "late", failure).await.unwrap(), None, "A no longer holds it");
+    assert_eq!(store.mark_published(&[seq], a.token, false).await.unwrap(), 0);
     assert_eq!(store.release(&[seq], a.token).await.unwrap(), 0);
-    assert_eq!(
-        count(&db.pool, "SELECT COUNT(*) FROM spark_outbox WHERE status = 'pending' AND locked_until_ms > 0").await,
-        1,
-        "still B's"
-    );
+    assert!(!store.finish(a.token, true).await.unwrap(), "A's commit is refused");
+    assert_eq!(count(&db.pool, "SELECT COUNT(*) FROM spark_outbox WHERE status = 'pending'").await, 1, "still B's");
     assert_eq!(store.mark_published(&[seq], b.token, false).await.unwrap(), 1);
+    assert!(store.finish(b.token, true).await.unwrap());
     assert_eq!(count(&db.pool, "SELECT COUNT(*) FROM spark_outbox").await, 0);
 }
 
@@ -380,7 +383,7 @@ async fn the_runner_reports_a_relay_that_died() {
 /// A publisher that, for aggregate `b`, waits (up to 3 s) until `a`'s event
 /// has left the table, and records whether it saw that.
 struct SeesEarlierMarks {
-    pool: sqlx::PgPool,
+    pool: sqlx::SqlitePool,
     saw: Arc<AtomicBool>,
 }
 
@@ -404,17 +407,46 @@ impl Publisher for SeesEarlierMarks {
     }
 }
 
-/// Point 4: an event is marked as soon as its publish completes, not at
-/// the end of the batch.
+/// Point 4: on SQLite an event is marked as soon as its publish completes,
+/// not at the end of the batch. (On PostgreSQL a batch is one transaction:
+/// see `a_batch_is_one_transaction_on_postgres`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_are_marked_as_each_publish_completes() {
-    let Some(db) = db().await else { return };
-    emit(&db.pool, &[event("a", 1), event("b", 1)]).await;
+async fn events_are_marked_as_each_publish_completes_on_sqlite() {
+    let db = spark_testkit::sqlite().await;
+    spark_outbox::sqlite::migrator().run(&db.pool).await.unwrap();
+    for a in ["a", "b"] {
+        let mut tx = db.pool.begin().await.unwrap();
+        spark_outbox::enqueue(&mut *tx, &event(a, 1)).await.unwrap();
+        tx.commit().await.unwrap();
+    }
     let sink = SeesEarlierMarks { pool: db.pool.clone(), saw: Arc::default() };
-    let relay = Relay::builder(PgOutbox::new(db.pool.clone())).batch_size(2).concurrency(1).build().unwrap();
+    let relay = Relay::builder(SqliteOutbox::new(db.pool.clone())).batch_size(2).concurrency(1).build().unwrap();
     let batch = relay.run_once(&sink).await.unwrap();
     assert_eq!(batch.published, 2);
     assert!(sink.saw.load(Ordering::SeqCst), "a was still in the table while b was being published");
+}
+
+/// On PostgreSQL a batch is one transaction: nothing is deleted until every
+/// event of it was tried, and then all published events at once — so a
+/// crash half-way returns the whole batch, and no other relay can take an
+/// event of it meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_one_transaction_on_postgres() {
+    let Some(db) = db().await else { return };
+    emit(&db.pool, &[event("a", 1), event("b", 1)]).await;
+    let store = PgOutbox::new(db.pool.clone());
+    let claim = store.claim("r", 10, Duration::from_secs(30), DeadLetterPolicy::Block).await.unwrap();
+    assert_eq!(claim.events.len(), 2);
+    let seqs: Vec<i64> = claim.events.iter().map(|e| e.seq).collect();
+    assert_eq!(store.mark_published(&seqs[..1], claim.token, false).await.unwrap(), 1);
+    assert_eq!(count(&db.pool, "SELECT COUNT(*) FROM spark_outbox").await, 2, "not before the commit");
+    let other = store.claim("other", 10, Duration::from_secs(30), DeadLetterPolicy::Block).await.unwrap();
+    assert!(other.events.is_empty(), "another relay must not get a claimed event: {other:?}");
+    assert!(store.finish(claim.token, true).await.unwrap());
+    assert_eq!(count(&db.pool, "SELECT COUNT(*) FROM spark_outbox").await, 1, "only the published one is gone");
+    let again = store.claim("other", 10, Duration::from_secs(30), DeadLetterPolicy::Block).await.unwrap();
+    assert_eq!(again.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [seqs[1]]);
+    assert!(store.finish(again.token, false).await.unwrap());
 }
 
 /// A publisher that blocks its thread for `block` on aggregate `slow` (a
