@@ -8,13 +8,17 @@ use anyhow::Context;
 use async_trait::async_trait;
 use clap::Args;
 use serde::Serialize;
-use spark_outbox::{Event, OutboxEvent, PublishError, Publisher, Relay};
+use spark_outbox::{Event, OutboxConnection, OutboxEvent, PublishError, Publisher, Relay};
 
 use crate::db::Db;
 use crate::outbox::{Sink, SinkArgs, store};
 use crate::output::{CmdResult, Output};
 
 const AGGREGATE_TYPE: &str = "spark-bench";
+/// Writers in the enqueue and yardstick phases (pgbench `-c 8`).
+const WRITERS: u32 = 8;
+/// Bare inserts in the yardstick phase: enough for a steady rate.
+const BARE_INSERTS: u64 = 20_000;
 
 #[derive(Debug, Args)]
 #[allow(clippy::struct_field_names, reason = "field names are the CLI flags")]
@@ -80,7 +84,11 @@ struct Report {
     events: u64,
     aggregates: u64,
     relays: u32,
+    /// pgbench's bare single-row insert on the same database, same run.
+    bare_insert_tx_per_sec: f64,
     enqueue_events_per_sec: f64,
+    /// `enqueue_events_per_sec / bare_insert_tx_per_sec`.
+    enqueue_over_bare: f64,
     publish_events_per_sec: f64,
     steady_rate: u32,
     steady_events: usize,
@@ -96,23 +104,86 @@ async fn enqueue_one(db: &Db, n: u64, aggregates: u64) -> anyhow::Result<()> {
         serde_json::json!({ "n": n }),
     );
     match db {
+        Db::Postgres(pool) => enqueue_in(pool, &event).await,
+        Db::Sqlite(pool) => enqueue_in(pool, &event).await,
+    }
+}
+
+/// One event, one transaction: the enqueue statement on its own (autocommit),
+/// as pgbench's yardstick and pgmq's `send` run theirs. Inside a service's
+/// own transaction the statement is the same; the transaction's BEGIN and
+/// COMMIT are the service's (see `spark bench http`).
+async fn enqueue_in<DB: sqlx::Database>(pool: &sqlx::Pool<DB>, event: &OutboxEvent) -> anyhow::Result<()>
+where
+    DB::Connection: OutboxConnection,
+{
+    let mut conn = pool.acquire().await?;
+    spark_outbox::enqueue(&mut *conn, event).await?;
+    Ok(())
+}
+
+/// The yardstick: pgbench's bare single-row insert (one autocommit INSERT
+/// of a small JSON payload per transaction, into a table with only a primary
+/// key), on the same database, from the same process and pool.
+const BARE_TABLE_PG: &str = "CREATE TABLE IF NOT EXISTS spark_bench_bare
+    (id BIGSERIAL PRIMARY KEY, payload JSONB NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())";
+const BARE_TABLE_SQLITE: &str = "CREATE TABLE IF NOT EXISTS spark_bench_bare
+    (id INTEGER PRIMARY KEY AUTOINCREMENT, payload TEXT NOT NULL, created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)";
+
+async fn bare_insert(db: &Db, n: u64) -> anyhow::Result<()> {
+    let payload = format!("{{\"n\":{n}}}");
+    match db {
         Db::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
-            spark_outbox::postgres::enqueue(&mut tx, &event).await?;
-            tx.commit().await?;
+            sqlx::query("INSERT INTO spark_bench_bare (payload) VALUES ($1::jsonb)")
+                .bind(payload)
+                .execute(pool)
+                .await?;
         }
         Db::Sqlite(pool) => {
-            let mut tx = pool.begin().await?;
-            spark_outbox::sqlite::enqueue(&mut tx, &event).await?;
-            tx.commit().await?;
+            sqlx::query("INSERT INTO spark_bench_bare (payload) VALUES (?1)").bind(payload).execute(pool).await?;
         }
     }
     Ok(())
 }
 
+async fn exec(db: &Db, sql: &'static str) -> anyhow::Result<()> {
+    match db {
+        Db::Postgres(pool) => sqlx::query(sql).execute(pool).await.map(drop)?,
+        Db::Sqlite(pool) => sqlx::query(sql).execute(pool).await.map(drop)?,
+    }
+    Ok(())
+}
+
+/// Runs `total` operations on `writers` tasks; returns operations per second.
+async fn writers<F, Fut>(db: &Db, writers: u32, total: u64, op: F) -> anyhow::Result<f64>
+where
+    F: Fn(Db, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let (db, next, op) = (db.clone(), next.clone(), op.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    return anyhow::Ok(());
+                }
+                op(db.clone(), n).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.context("writer panicked")??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
 pub(crate) async fn run(args: OutboxBench, out: &Output) -> CmdResult {
-    let writers = 8u32;
-    let db = Db::connect(&args.database_url, args.relays + writers + 2).await?;
+    let writers_n = WRITERS;
+    let db = Db::connect(&args.database_url, args.relays + writers_n + 2).await?;
     db.migrate(&crate::db::SPARK_MIGRATIONS).await?;
     let relays = if matches!(db, Db::Sqlite(_)) { 1 } else { args.relays };
     let sink_args = SinkArgs {
@@ -136,27 +207,26 @@ pub(crate) async fn run(args: OutboxBench, out: &Output) -> CmdResult {
         }
     };
 
+    // Phase 0: the yardstick, on the same database and pool.
+    let bare_total = args.events.min(BARE_INSERTS);
+    progress(&format!("phase 0/3: {bare_total} bare single-row inserts (pgbench's yardstick)"));
+    exec(
+        &db,
+        match &db {
+            Db::Postgres(_) => BARE_TABLE_PG,
+            Db::Sqlite(_) => BARE_TABLE_SQLITE,
+        },
+    )
+    .await?;
+    let bare_tps = writers(&db, writers_n, bare_total, |db, n| async move { bare_insert(&db, n).await }).await;
+    exec(&db, "DROP TABLE IF EXISTS spark_bench_bare").await?;
+    let bare_tps = bare_tps?;
+
     // Phase 1: enqueue the backlog, one event per transaction, 8 writers.
     progress(&format!("phase 1/3: enqueue {} events", args.events));
-    let started = Instant::now();
-    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..writers {
-        let (db, next, total, aggregates) = (db.clone(), next.clone(), args.events, args.aggregates);
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= total {
-                    return anyhow::Ok(());
-                }
-                enqueue_one(&db, n, aggregates).await?;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.context("writer panicked")??;
-    }
-    let enqueue_eps = args.events as f64 / started.elapsed().as_secs_f64();
+    let aggregates = args.aggregates;
+    let enqueue_eps =
+        writers(&db, writers_n, args.events, move |db, n| async move { enqueue_one(&db, n, aggregates).await }).await?;
 
     // Phase 2: drain it.
     progress(&format!("phase 2/3: drain with {relays} relay(s)"));
@@ -237,7 +307,9 @@ pub(crate) async fn run(args: OutboxBench, out: &Output) -> CmdResult {
         events: args.events,
         aggregates: args.aggregates,
         relays,
+        bare_insert_tx_per_sec: bare_tps,
         enqueue_events_per_sec: enqueue_eps,
+        enqueue_over_bare: enqueue_eps / bare_tps,
         publish_events_per_sec: publish_eps,
         steady_rate: args.rate,
         steady_events: lags.len(),
@@ -247,20 +319,30 @@ pub(crate) async fn run(args: OutboxBench, out: &Output) -> CmdResult {
     out.emit(&report, || {
         format!(
             "backend {} · sink {} · {} events over {} aggregates · {} relay(s)\n\
-             enqueue:  {:>9.0} events/s (one event per transaction, 8 writers)\n\
+             bare:     {:>9.0} tx/s (pgbench-style bare single-row insert, 8 writers)\n\
+             enqueue:  {:>9.0} events/s (one event per transaction, autocommit, 8 writers) = {:.2} x bare\n\
              publish:  {:>9.0} events/s (backlog drain)\n\
-             lag at {} events/s: p50 {} ms, p99 {} ms ({} events)",
+             lag at {} events/s: p50 {} ms, p99 {} ms ({} events){}",
             report.backend,
             report.sink,
             report.events,
             report.aggregates,
             report.relays,
+            report.bare_insert_tx_per_sec,
             report.enqueue_events_per_sec,
+            report.enqueue_over_bare,
             report.publish_events_per_sec,
             report.steady_rate,
             report.lag_p50_ms,
             report.lag_p99_ms,
-            report.steady_events
+            report.steady_events,
+            if report.backend == "postgres" {
+                "\nthe yardstick as a pgbench run (spark_bench_bare as created by this command):\n  \
+                 pgbench -n -c 8 -j 2 -T 10 -f FILE DATABASE_URL, FILE holding \
+                 INSERT INTO spark_bench_bare (payload) VALUES ('{\"n\":1}');"
+            } else {
+                ""
+            }
         )
     })
 }

@@ -14,6 +14,8 @@ pub const PENDING: &str = "spark_outbox_pending";
 pub const LAG: &str = "spark_outbox_oldest_pending_age_seconds";
 /// Seconds from enqueue to the sink's acknowledgement (histogram).
 pub const LATENCY: &str = "spark_outbox_enqueue_to_ack_seconds";
+/// Vacuums a relay ran itself because autovacuum is off.
+pub const VACUUMS: &str = "spark_outbox_vacuums_total";
 /// 1 while the LISTEN connection is up, 0 while relays only poll.
 pub const LISTEN_UP: &str = "spark_outbox_listen_up";
 

@@ -709,6 +709,9 @@ impl<S: OutboxStore> Relay<S> {
 
     /// Gauges, and retention cleanup.
     async fn housekeeping(&self) {
+        if let Err(e) = self.cfg.store.maintain().await {
+            tracing::warn!(error = %chain(&e), "outbox maintenance failed");
+        }
         match self.cfg.store.unhold(self.cfg.dead_letters).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(relay = %self.id, events = n, "outbox events no longer held back"),

@@ -189,6 +189,12 @@ pub trait OutboxStore: Send + Sync + 'static {
         Ok(0)
     }
 
+    /// Keeps the table healthy where the database will not (PostgreSQL
+    /// with autovacuum off); called by relays every few seconds.
+    async fn maintain(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Counts for operators and the lag gauge.
     async fn stats(&self) -> Result<OutboxStats>;
 
@@ -283,6 +289,9 @@ impl<T: OutboxStore + ?Sized> OutboxStore for std::sync::Arc<T> {
     }
     async fn unhold(&self, policy: DeadLetterPolicy) -> Result<u64> {
         (**self).unhold(policy).await
+    }
+    async fn maintain(&self) -> Result<()> {
+        (**self).maintain().await
     }
     async fn stats(&self) -> Result<OutboxStats> {
         (**self).stats().await
