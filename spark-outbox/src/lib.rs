@@ -2,19 +2,29 @@
 //! the business change, so it is announced if and only if the change
 //! commits; relays then publish it at least once, in order per aggregate.
 //!
-//! - **Enqueue** ([`postgres::enqueue`], [`sqlite::enqueue`]) inside the
-//!   caller's transaction; ids are UUIDv7; on PostgreSQL the same statement
-//!   issues one `NOTIFY` per transaction.
-//! - **Relays** ([`Relay`]) claim batches in one statement with
-//!   `FOR UPDATE SKIP LOCKED` (several relays, processes or hosts share the
-//!   work with no other coordination), lease what they claim (a relay killed
-//!   with SIGKILL loses nothing), publish, and delete or mark published as
-//!   each publish completes. Every completion is fenced by the claim's
-//!   [`ClaimToken`]; on PostgreSQL leases are on the database's clock.
+//! - **Enqueue** ([`enqueue`], generic over the sealed [`OutboxConnection`]:
+//!   `PgConnection` or `SqliteConnection`) inside the caller's transaction;
+//!   ids are UUIDv7. On PostgreSQL it takes an advisory lock on the
+//!   aggregate (insertion order is commit order) and, at commit, NOTIFYs
+//!   only if some relay is waiting for work: a NOTIFY serializes the commits
+//!   of all notifying transactions.
+//! - **Relays** ([`Relay`]) share the work through `FOR UPDATE SKIP LOCKED`
+//!   (several relays, processes or hosts, no other coordination). A claim
+//!   returns each aggregate's run in order; the relay publishes a run one
+//!   event at a time and different aggregates in parallel. On PostgreSQL a
+//!   claim is a transaction holding its events' row locks while they are
+//!   published: [`OutboxStore::finish`] deletes the published ones and
+//!   commits, a crash rolls back (the events are claimable at once), and a
+//!   relay silent past its lease is cut off by the server, so its late
+//!   commit fails. On SQLite claims are leases fenced by a [`ClaimToken`]
+//!   and events are marked as each publish completes. The claim's cost is
+//!   the batch, not the backlog.
 //! - **Per-aggregate order is absolute:** an aggregate's next event is not
 //!   claimed while an earlier one is in flight, backing off, or dead
 //!   ([`DeadLetterPolicy::Block`], the default) until the dead letter is
-//!   retried or skipped on purpose.
+//!   retried or skipped on purpose. On PostgreSQL the events queued behind
+//!   such an event are held aside (status `held`, out of the scanned index),
+//!   so one stuck aggregate costs the others nothing.
 //! - **Failures:** exponential backoff with full jitter (cap 5 min);
 //!   transient failures are retried for a time budget (24 h), errors the
 //!   sink refused a few times; then a dead letter with its last error. A

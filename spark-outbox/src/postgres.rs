@@ -183,7 +183,7 @@ const CLAIM: &str = "WITH cand AS MATERIALIZED (
               AND e.status IN ('pending', 'held', 'dead')
               AND (e.status <> 'dead' OR ($3 AND e.skipped_at_ms IS NULL))
               AND e.seq NOT IN (SELECT seq FROM cand)
-            ORDER BY e.seq LIMIT 1) s ON true),
+            ORDER BY e.agg_key, e.seq LIMIT 1) s ON true),
      hold AS (
         UPDATE spark_outbox o SET status = 'held'
         FROM cand c JOIN stops s USING (agg_key)

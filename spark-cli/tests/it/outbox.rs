@@ -81,7 +81,9 @@ async fn relay_survives_sigkill_and_stops_on_sigterm() {
     let pool = db.pool.clone();
     let start = Instant::now();
     loop {
-        let locked: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM spark_outbox WHERE locked_by IS NOT NULL")
+        // Every event is row-locked by the first relay's claim (a row lock
+        // sets the row's xmax; reading it takes no lock of our own).
+        let locked: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM spark_outbox WHERE xmax::text <> '0'")
             .fetch_one(&pool)
             .await
             .unwrap();
