@@ -70,16 +70,18 @@ impl<S: OutboxStore> RelayBuilder<S> {
         self.batch_size = n;
         self
     }
-    /// Publishes in flight at once within a batch (default 64). A batch
-    /// holds at most one event per aggregate, so this never reorders an
-    /// aggregate.
+    /// Aggregates published at once within a batch (default 64). An
+    /// aggregate's run is published one event at a time, in order, so this
+    /// never reorders an aggregate.
     #[must_use]
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n;
         self
     }
     /// How long a claim lasts (default 60 s). A relay killed while holding
-    /// a batch loses nothing: its events return after the lease. Must cover
+    /// a batch loses nothing: on PostgreSQL its events return as soon as
+    /// its connection is gone (or, if it hangs, when the server ends its
+    /// transaction after the lease); on SQLite after the lease. Must cover
     /// the batch: at least `ceil(batch / concurrency) × publish_timeout ×
     /// 1.5`.
     #[must_use]
@@ -404,6 +406,10 @@ impl<S: OutboxStore> Relay<S> {
         // enqueue that committed while the relay was saying so may not
         // have seen it (see `IDLE_RECHECK`).
         let mut rechecks = 0u8;
+        // When the relay last found work: for `AWAKE_WINDOW` after it, it
+        // polls every `AWAKE_POLL` itself instead of asking enqueues to
+        // NOTIFY it.
+        let mut last_work: Option<Instant> = None;
         loop {
             // Gauges and cleanup scan the table: every few seconds is
             // plenty, and several relays should not each do it every loop.
@@ -436,15 +442,28 @@ impl<S: OutboxStore> Relay<S> {
                 continue;
             }
             if claimed > 0 {
-                // A quarter of a batch or more: the relay is behind and
-                // claims again without being told, so enqueues need not
-                // NOTIFY (which would serialize their commits).
-                if claimed.saturating_mul(4) >= u64::from(self.cfg.batch_size) && idle != Some(false) {
+                last_work = Some(Instant::now());
+                // Busy: the relay claims again without being told, so
+                // enqueues need not NOTIFY (a NOTIFY serializes their
+                // commits). Said once per change, not per batch.
+                if idle != Some(false) {
                     self.say_idle(false, &mut idle).await;
                 }
                 // More may be waiting; only stop between batches.
                 if futures_util::FutureExt::now_or_never(shutdown.as_mut()).is_some() {
                     break;
+                }
+                continue;
+            }
+            // Events keep coming one by one while the relay keeps up: it
+            // stays awake and polls for a moment, so a steady stream never
+            // needs a NOTIFY per event (measured: 443 enqueues/s with a
+            // relay woken by every one, 0.14x a bare insert).
+            if last_work.is_some_and(|t| t.elapsed() < AWAKE_WINDOW) && idle == Some(false) {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(AWAKE_POLL) => {}
                 }
                 continue;
             }
@@ -492,7 +511,7 @@ impl<S: OutboxStore> Relay<S> {
     /// # Errors
     ///
     /// When the database fails: the claim is rolled back (PostgreSQL) or
-    /// its unmarked events return after the lease (SQLite), and what was
+    /// its unmarked events are given back (SQLite), and what was
     /// already published is published again later — at least once.
     pub async fn run_once<P: Publisher + ?Sized>(&self, publisher: &P) -> Result<BatchReport> {
         let store = &self.cfg.store;
@@ -738,6 +757,14 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 /// possibly after the relay's first claim as an idle relay. A commit's
 /// flush takes far less than this on any healthy database.
 const IDLE_RECHECK: Duration = Duration::from_millis(25);
+
+/// How long a relay that found work stays awake, polling every
+/// [`AWAKE_POLL`], before it says it is idle and waits for a NOTIFY.
+const AWAKE_WINDOW: Duration = Duration::from_millis(250);
+
+/// A relay's poll interval while it is awake: the worst added lag of an
+/// event that arrives then.
+const AWAKE_POLL: Duration = Duration::from_millis(5);
 
 /// What one [`Relay::run_once`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -130,8 +130,10 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// returns `Ok(true)`. `Ok(false)`: the claim was lost (its lease ran
     /// out and the database ended it) and nothing marked on it happened;
     /// its events go to the next claim. Without `commit`, the claim is
-    /// rolled back: every event goes back as it was. Stores whose marks are
-    /// immediate (SQLite) have nothing to do here.
+    /// rolled back: every event goes back as it was (SQLite, whose marks
+    /// are immediate, gives back what the claim still holds). A token that
+    /// is not open (already finished, or a claim that returned nothing)
+    /// returns `Ok(true)`.
     async fn finish(&self, token: ClaimToken, commit: bool) -> Result<bool> {
         let _ = (token, commit);
         Ok(true)
