@@ -120,6 +120,23 @@ impl OutboxStore for SqliteOutbox {
         Ok(claimed(token, rows))
     }
 
+    /// Marks are immediate, so a commit has nothing left to do. Without
+    /// one, the events the claim still holds go back at once, as the trait
+    /// promises, instead of only after their lease (what is already marked
+    /// stays marked).
+    async fn finish(&self, token: ClaimToken, commit: bool) -> Result<bool> {
+        if !commit {
+            sqlx::query(
+                "UPDATE spark_outbox SET locked_until_ms = 0, claim_token = NULL
+                 WHERE claim_token = ?1 AND status = 'pending'",
+            )
+            .bind(token.to_string())
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(true)
+    }
+
     async fn mark_published(&self, seqs: &[i64], token: ClaimToken, keep: bool) -> Result<u64> {
         let sql = if keep {
             "UPDATE spark_outbox SET status = 'published', published_at_ms = ?3, locked_until_ms = 0, claim_token = NULL
