@@ -195,6 +195,9 @@ const CLAIM: &str = "WITH cand AS MATERIALIZED (
      WHERE s.stop IS NULL OR c.seq < s.stop
      ORDER BY o.seq";
 
+/// A relay row not refreshed for this long is a dead relay's.
+const STALE_RELAY_MS: i64 = 10 * 60 * 1000;
+
 /// Dead rows after which a relay vacuums the table itself when autovacuum
 /// is off.
 pub const VACUUM_AFTER_DEAD: i64 = 20_000;
@@ -424,13 +427,20 @@ impl OutboxStore for PgOutbox {
         }
     }
 
-    /// Vacuums the table when the server will not: with autovacuum off
+    /// Clears the rows of relays that died, and vacuums the table when the
+    /// server will not: with autovacuum off
     /// (as on some managed and test servers), every deleted event stays in
     /// the indexes the claim scans, and a drain slows down with every event
     /// it has ever published. Runs only when autovacuum is off for the
     /// table and more than [`VACUUM_AFTER_DEAD`] dead rows have piled up;
     /// `SKIP_LOCKED`, so relays never queue behind each other's vacuum.
     async fn maintain(&self) -> Result<()> {
+        // Relays refresh their row every few seconds; a row unseen for ten
+        // minutes belongs to a relay that died without saying goodbye.
+        sqlx::query("DELETE FROM spark_outbox_relays WHERE seen_at_ms < $1")
+            .bind(self.clock.now_ms() - STALE_RELAY_MS)
+            .execute(&self.pool)
+            .await?;
         let (autovacuum_off, dead): (bool, i64) = sqlx::query_as(
             "SELECT current_setting('autovacuum') = 'off'
                     OR coalesce('autovacuum_enabled=false' = ANY(c.reloptions), false),

@@ -416,6 +416,11 @@ impl<S: OutboxStore> Relay<S> {
             if last_housekeeping.is_none_or(|t| t.elapsed() >= HOUSEKEEPING_EVERY) {
                 last_housekeeping = Some(Instant::now());
                 self.housekeeping().await;
+                // Refreshes this relay's row, so the stale rows of relays
+                // that died can be told apart and cleared.
+                if let Some(now_idle) = idle {
+                    self.say_idle(now_idle, &mut idle).await;
+                }
             }
             let claimed = match self.run_once(&publisher).await {
                 Ok(batch) => {
