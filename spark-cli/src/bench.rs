@@ -1,6 +1,7 @@
 //! `spark bench …`: database throughput, measured against the operator's own
 //! database.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -8,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use spark_idempotency::{Claim, Config, Fingerprint, IdempotencyKey, PgStore, SqliteStore, StoredResponse};
+use spark_idempotency::{Claim, Config, Fingerprint, IdempotencyKey, SqlBackend, SqlStore, StoredResponse};
+use sqlx::{Pool, Postgres, Sqlite};
 
 use crate::db::Db;
 use crate::output::{CmdResult, Output};
@@ -67,17 +69,10 @@ pub(crate) async fn run(cmd: BenchCommand, out: &Output) -> CmdResult {
     };
     let db = Db::connect(&args.database_url, args.concurrency + 1).await?;
     db.migrate(&crate::db::SPARK_MIGRATIONS).await?;
-    setup(&db).await?;
-    let duration = Duration::from_secs(args.seconds);
-    if !out.is_json() {
-        eprintln!("phase 1/2: plain insert transactions ({}s, concurrency {})", args.seconds, args.concurrency);
-    }
-    let plain = phase(&db, args.concurrency, duration, Mode::Plain).await?;
-    if !out.is_json() {
-        eprintln!("phase 2/2: insert + claim + completion in one transaction");
-    }
-    let idempotent = phase(&db, args.concurrency, duration, Mode::Idempotent).await?;
-    teardown(&db).await?;
+    let (plain, idempotent) = match &db {
+        Db::Postgres(pool) => both_phases(pool, &args, out).await?,
+        Db::Sqlite(pool) => both_phases(pool, &args, out).await?,
+    };
     let ratio = if plain.tps > 0.0 { idempotent.tps / plain.tps } else { 0.0 };
     let report = Report {
         backend: db.backend().as_str(),
@@ -107,40 +102,78 @@ pub(crate) async fn run(cmd: BenchCommand, out: &Output) -> CmdResult {
     })
 }
 
-const TABLE: &str = "spark_bench_orders";
+/// The scope of every key the benchmark claims; teardown deletes them.
 const SCOPE: &str = "spark-bench";
+const PAYLOAD: &str = r#"{"account_id":"acc-1","symbol":"THYAO","side":"buy","quantity":"100","price":"101.30"}"#;
 
-async fn setup(db: &Db) -> anyhow::Result<()> {
-    teardown(db).await?;
-    let create = match db {
-        Db::Postgres(_) => {
-            "CREATE TABLE spark_bench_orders (id BIGSERIAL PRIMARY KEY, client TEXT NOT NULL, payload TEXT NOT NULL)"
-        }
-        Db::Sqlite(_) => {
-            "CREATE TABLE spark_bench_orders (id INTEGER PRIMARY KEY AUTOINCREMENT, client TEXT NOT NULL, payload TEXT NOT NULL)"
-        }
-    };
-    match db {
-        Db::Postgres(pool) => sqlx::query(create).execute(pool).await.map(drop),
-        Db::Sqlite(pool) => sqlx::query(create).execute(pool).await.map(drop),
-    }
-    .context("creating the bench table")
+/// What the benchmark runs on one backend besides the store's own
+/// statements: its business table and the insert into it, each backend's
+/// statements as plain constants. The phases are written once, over this.
+trait BenchBackend: SqlBackend {
+    /// Creates `spark_bench_orders`.
+    const CREATE_TABLE: &'static str;
+    /// The business write: `client`, `payload`.
+    const INSERT: &'static str;
+
+    /// Runs `sql` (no binds) on the pool.
+    fn execute(pool: &Pool<Self>, sql: &'static str) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// The business insert, in the transaction on `conn`.
+    fn insert(conn: &mut Self::Connection) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
-async fn teardown(db: &Db) -> anyhow::Result<()> {
-    let drop_table = "DROP TABLE IF EXISTS spark_bench_orders";
-    let delete_keys = "DELETE FROM spark_idempotency_keys WHERE scope = 'spark-bench'";
-    match db {
-        Db::Postgres(pool) => {
-            sqlx::query(drop_table).execute(pool).await?;
-            sqlx::query(delete_keys).execute(pool).await?;
-        }
-        Db::Sqlite(pool) => {
-            sqlx::query(drop_table).execute(pool).await?;
-            sqlx::query(delete_keys).execute(pool).await?;
-        }
+impl BenchBackend for Postgres {
+    const CREATE_TABLE: &'static str =
+        "CREATE TABLE spark_bench_orders (id BIGSERIAL PRIMARY KEY, client TEXT NOT NULL, payload TEXT NOT NULL)";
+    const INSERT: &'static str = "INSERT INTO spark_bench_orders (client, payload) VALUES ($1, $2)";
+
+    async fn execute(pool: &Pool<Postgres>, sql: &'static str) -> Result<(), sqlx::Error> {
+        sqlx::query(sql).execute(pool).await.map(drop)
     }
-    debug_assert!(TABLE.starts_with("spark_bench") && SCOPE == "spark-bench");
+
+    async fn insert(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query(Self::INSERT).bind(SCOPE).bind(PAYLOAD).execute(conn).await.map(drop)
+    }
+}
+
+impl BenchBackend for Sqlite {
+    const CREATE_TABLE: &'static str = "CREATE TABLE spark_bench_orders \
+        (id INTEGER PRIMARY KEY AUTOINCREMENT, client TEXT NOT NULL, payload TEXT NOT NULL)";
+    const INSERT: &'static str = "INSERT INTO spark_bench_orders (client, payload) VALUES (?1, ?2)";
+
+    async fn execute(pool: &Pool<Sqlite>, sql: &'static str) -> Result<(), sqlx::Error> {
+        sqlx::query(sql).execute(pool).await.map(drop)
+    }
+
+    async fn insert(conn: &mut sqlx::SqliteConnection) -> Result<(), sqlx::Error> {
+        sqlx::query(Self::INSERT).bind(SCOPE).bind(PAYLOAD).execute(conn).await.map(drop)
+    }
+}
+
+/// Sets up, runs the plain phase, then the idempotent one, and cleans up.
+async fn both_phases<DB: BenchBackend>(
+    pool: &Pool<DB>,
+    args: &IdempotencyBench,
+    out: &Output,
+) -> anyhow::Result<(Phase, Phase)> {
+    teardown(pool).await?;
+    DB::execute(pool, DB::CREATE_TABLE).await.context("creating the bench table")?;
+    let duration = Duration::from_secs(args.seconds);
+    if !out.is_json() {
+        eprintln!("phase 1/2: plain insert transactions ({}s, concurrency {})", args.seconds, args.concurrency);
+    }
+    let plain = phase(pool, args.concurrency, duration, Mode::Plain).await?;
+    if !out.is_json() {
+        eprintln!("phase 2/2: insert + claim + completion in one transaction");
+    }
+    let idempotent = phase(pool, args.concurrency, duration, Mode::Idempotent).await?;
+    teardown(pool).await?;
+    Ok((plain, idempotent))
+}
+
+async fn teardown<DB: BenchBackend>(pool: &Pool<DB>) -> anyhow::Result<()> {
+    DB::execute(pool, "DROP TABLE IF EXISTS spark_bench_orders").await?;
+    DB::execute(pool, "DELETE FROM spark_idempotency_keys WHERE scope = 'spark-bench'").await?;
     Ok(())
 }
 
@@ -150,22 +183,26 @@ enum Mode {
     Idempotent,
 }
 
-const INSERT: &str = "INSERT INTO spark_bench_orders (client, payload) VALUES ($1, $2)";
-const PAYLOAD: &str = r#"{"account_id":"acc-1","symbol":"THYAO","side":"buy","quantity":"100","price":"101.30"}"#;
-
-async fn phase(db: &Db, concurrency: u32, duration: Duration, mode: Mode) -> anyhow::Result<Phase> {
+async fn phase<DB: BenchBackend>(
+    pool: &Pool<DB>,
+    concurrency: u32,
+    duration: Duration,
+    mode: Mode,
+) -> anyhow::Result<Phase> {
+    // One store for the phase: it is a pool handle and a configuration.
+    let store = SqlStore::new(pool.clone(), Config::default())?;
     let stop = Arc::new(AtomicBool::new(false));
     let seq = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut workers = Vec::new();
     for worker in 0..concurrency {
-        let (db, stop, seq) = (db.clone(), stop.clone(), seq.clone());
+        let (pool, store, stop, seq) = (pool.clone(), store.clone(), stop.clone(), seq.clone());
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let n = seq.fetch_add(1, Ordering::Relaxed);
                 let t = Instant::now();
-                one(&db, mode, worker, n).await?;
+                one(&pool, &store, mode, worker, n).await?;
                 latencies.push(t.elapsed());
             }
             anyhow::Ok(latencies)
@@ -192,37 +229,31 @@ async fn phase(db: &Db, concurrency: u32, duration: Duration, mode: Mode) -> any
 }
 
 /// One transaction: a business insert, with or without the claim and the
-/// completion around it (transactional mode, as a service would use it).
-async fn one(db: &Db, mode: Mode, worker: u32, n: u64) -> anyhow::Result<()> {
-    let key: IdempotencyKey = format!("bench-{worker}-{n}").parse()?;
-    let fingerprint = Fingerprint::of_request("POST", "/v1/orders", PAYLOAD.as_bytes());
-    let response = StoredResponse::new(201, format!("{{\"order_id\":\"{n}\",\"status\":\"accepted\"}}"))
-        .with_header("content-type", "application/json");
-    macro_rules! transaction {
-        ($pool:expr, $store:ty, $insert:expr) => {{
-            let mut tx = $pool.begin().await?;
-            match mode {
-                Mode::Plain => {
-                    sqlx::query($insert).bind(SCOPE).bind(PAYLOAD).execute(&mut *tx).await?;
-                }
-                Mode::Idempotent => {
-                    // Stores are cheap handles (a pool clone and a config).
-                    let store = <$store>::new($pool.clone(), Config::default())?;
-                    let Claim::Acquired(lease) = store.claim_in(&mut tx, SCOPE, &key, &fingerprint).await? else {
-                        anyhow::bail!("bench key {key} was not fresh");
-                    };
-                    sqlx::query($insert).bind(SCOPE).bind(PAYLOAD).execute(&mut *tx).await?;
-                    store.complete_in(&mut tx, &lease, &response).await?;
-                }
-            }
-            tx.commit().await?;
-        }};
-    }
-    match db {
-        Db::Postgres(pool) => transaction!(pool, PgStore, INSERT),
-        Db::Sqlite(pool) => {
-            transaction!(pool, SqliteStore, "INSERT INTO spark_bench_orders (client, payload) VALUES (?1, ?2)")
+/// completion (transactional mode, as a service would use it). The response
+/// is known before the insert, so the claim carries it: one statement for
+/// claim and completion.
+async fn one<DB: BenchBackend>(
+    pool: &Pool<DB>,
+    store: &SqlStore<DB>,
+    mode: Mode,
+    worker: u32,
+    n: u64,
+) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    match mode {
+        Mode::Plain => DB::insert(&mut tx).await?,
+        Mode::Idempotent => {
+            let key: IdempotencyKey = format!("bench-{worker}-{n}").parse()?;
+            let fingerprint = Fingerprint::of_request("POST", "/v1/orders", PAYLOAD.as_bytes());
+            let response = StoredResponse::new(201, format!("{{\"order_id\":\"{n}\",\"status\":\"accepted\"}}"))
+                .with_header("content-type", "application/json");
+            let claim = store.claim_and_complete_in(&mut tx, SCOPE, &key, &fingerprint, &response).await?;
+            let Claim::Acquired(_) = claim else {
+                anyhow::bail!("bench key {key} was not fresh");
+            };
+            DB::insert(&mut tx).await?;
         }
     }
+    tx.commit().await?;
     Ok(())
 }

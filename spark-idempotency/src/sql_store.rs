@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use self::sealed::NewRecord;
 use crate::types::{duration_ms, retry_after};
 use crate::{
     Claim, Config, Fingerprint, IdempotencyError, IdempotencyKey, IdempotencyStore, Lease, Result, Stats,
@@ -45,20 +46,40 @@ pub(crate) mod sealed {
     /// Live, expired and in-flight counts, and the oldest creation time.
     pub(crate) type StatsRow = (i64, i64, i64, Option<i64>);
 
+    /// The record a claim writes: in flight, or (when the claim carries
+    /// the response) already completed or released.
+    #[derive(Debug)]
+    pub struct NewRecord<'a> {
+        pub scope: &'a str,
+        pub key: &'a str,
+        pub fingerprint: &'a [u8],
+        /// `in_flight` or `completed`.
+        pub state: &'static str,
+        /// 0 for a record written released.
+        pub lease_until_ms: i64,
+        pub now_ms: i64,
+        pub expires_at_ms: i64,
+        pub status: Option<i32>,
+        pub headers: Option<String>,
+        pub body: Option<&'a [u8]>,
+    }
+
     /// The statements one backend runs, each with its binds. Every method
     /// is one statement on `conn`.
     pub trait Backend: sqlx::Database {
         /// Inserts the record or takes over an expired one; the new
         /// `(fencing, first_fencing)`, or `None` if the key is held,
         /// completed or bound to another request.
+        ///
+        /// With `lock_wait_ms`, the statement waits at most that long for
+        /// another transaction that holds the key (and fails with an error
+        /// [`is_busy`](Backend::is_busy) accepts), and leaves the
+        /// connection's own wait setting as it found it — all in this one
+        /// statement, so the bound costs no round trip.
         fn claim(
             conn: &mut Self::Connection,
-            scope: &str,
-            key: &str,
-            fingerprint: &[u8],
-            lease_until_ms: i64,
-            now_ms: i64,
-            expires_at_ms: i64,
+            record: &NewRecord<'_>,
+            lock_wait_ms: Option<i64>,
         ) -> impl Future<Output = Result<Option<(i64, i64)>, sqlx::Error>> + Send;
 
         /// The live record of `(scope, key)`.
@@ -101,21 +122,6 @@ pub(crate) mod sealed {
             conn: &mut Self::Connection,
             now_ms: i64,
         ) -> impl Future<Output = Result<StatsRow, sqlx::Error>> + Send;
-
-        /// Before a transactional claim: bounds how long the claim may wait
-        /// for another transaction holding the key, and returns the setting
-        /// to put back afterwards (`None` when nothing was changed).
-        fn bound_lock_wait(
-            conn: &mut Self::Connection,
-            timeout_ms: i64,
-        ) -> impl Future<Output = Result<Option<String>, sqlx::Error>> + Send;
-
-        /// After a transactional claim: puts back what
-        /// [`bound_lock_wait`](Backend::bound_lock_wait) returned.
-        fn restore_lock_wait(
-            conn: &mut Self::Connection,
-            previous: String,
-        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
         /// Whether `err` says the claim gave up waiting for another
         /// transaction that holds the key.
@@ -208,6 +214,10 @@ impl<DB: SqlBackend> SqlStore<DB> {
     /// back. On PostgreSQL the caller's own `lock_timeout` is put back after
     /// the claim, so the rest of the transaction keeps its setting.
     ///
+    /// When the response is known before the work runs, prefer
+    /// [`claim_and_complete_in`](Self::claim_and_complete_in): it saves the
+    /// completion's statement.
+    ///
     /// # Errors
     ///
     /// When the database fails.
@@ -218,24 +228,68 @@ impl<DB: SqlBackend> SqlStore<DB> {
         key: &IdempotencyKey,
         fingerprint: &Fingerprint,
     ) -> Result<Claim> {
-        let timeout_ms = duration_ms(self.config.lock_timeout()).max(1);
-        let previous = DB::bound_lock_wait(conn, timeout_ms).await?;
-        match self.claim_on(conn, scope, key, fingerprint).await {
-            Ok(claim) => {
-                if let Some(previous) = previous {
-                    DB::restore_lock_wait(conn, previous).await?;
-                }
-                Ok(claim)
-            }
-            // The transaction is aborted now, so there is nothing to put
-            // back: the caller must roll it back.
-            Err(IdempotencyError::Database(e)) if DB::is_busy(&e) => {
-                let claim = Claim::InFlight { retry_after: retry_after(timeout_ms, 0) };
-                metrics::claim(&claim);
-                Ok(claim)
-            }
-            Err(e) => Err(e),
+        self.claim_bounded(conn, scope, key, fingerprint, None).await
+    }
+
+    /// Transactional mode in one statement, for a request whose response is
+    /// known before its work runs (say, an id the service generated): claims
+    /// the key and stores `response` as its outcome at once, in the caller's
+    /// transaction. The record it writes is the one
+    /// [`claim_in`](Self::claim_in) followed by
+    /// [`complete_in`](Self::complete_in) would have written (completed, or
+    /// released for an outcome the configuration does not store), so replay,
+    /// 409, 422, fencing, the bounded wait of a duplicate and the caller's
+    /// `lock_timeout` behave exactly as there.
+    ///
+    /// On [`Claim::Acquired`], run the business writes and commit; do not
+    /// call `complete_in` (the outcome is already stored, so it would answer
+    /// [`IdempotencyError::LeaseLost`]). If the work fails or ends otherwise,
+    /// roll back: that frees the key, as with `claim_in`. The other answers
+    /// change nothing and are handled as with `claim_in`.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use spark_idempotency::{Claim, Config, Fingerprint, IdempotencyKey, SqliteStore, StoredResponse};
+    ///
+    /// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+    /// let store = SqliteStore::new(pool.clone(), Config::default())?;
+    /// store.migrate().await?;
+    /// sqlx::query("CREATE TABLE orders (id TEXT PRIMARY KEY)").execute(&pool).await?;
+    ///
+    /// let key: IdempotencyKey = "order-42".parse()?;
+    /// let fp = Fingerprint::of_request("POST", "/v1/orders", b"{}");
+    /// let created = StoredResponse::new(201, "{\"id\":\"42\"}");
+    /// for _attempt in 0..2 {
+    ///     let mut tx = pool.begin().await?;
+    ///     match store.claim_and_complete_in(&mut tx, "client-a", &key, &fp, &created).await? {
+    ///         Claim::Acquired(_) => {
+    ///             sqlx::query("INSERT INTO orders (id) VALUES ('42')").execute(&mut *tx).await?;
+    ///             tx.commit().await?;
+    ///         }
+    ///         Claim::Replay(stored) => assert_eq!(stored, created),
+    ///         other => panic!("{other:?}"),
+    ///     }
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// When the database fails.
+    pub async fn claim_and_complete_in(
+        &self,
+        conn: &mut DB::Connection,
+        scope: &str,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        response: &StoredResponse,
+    ) -> Result<Claim> {
+        let claim = self.claim_bounded(conn, scope, key, fingerprint, Some(response)).await?;
+        if matches!(claim, Claim::Acquired(_)) {
+            metrics::completion(if self.config.stores(response.status) { "stored" } else { "released" });
         }
+        Ok(claim)
     }
 
     /// Transactional mode: stores the outcome in the caller's transaction
@@ -249,26 +303,73 @@ impl<DB: SqlBackend> SqlStore<DB> {
         self.complete_on(conn, lease, response).await
     }
 
+    /// A claim whose wait on another transaction holding the key is bounded
+    /// by the configured `lock_timeout`; giving up means "in flight".
+    async fn claim_bounded(
+        &self,
+        conn: &mut DB::Connection,
+        scope: &str,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        outcome: Option<&StoredResponse>,
+    ) -> Result<Claim> {
+        let timeout_ms = duration_ms(self.config.lock_timeout()).max(1);
+        match self.claim_on(conn, scope, key, fingerprint, outcome, Some(timeout_ms)).await {
+            // The transaction is aborted now: the caller must roll it back.
+            Err(IdempotencyError::Database(e)) if DB::is_busy(&e) => {
+                let claim = Claim::InFlight { retry_after: retry_after(timeout_ms, 0) };
+                metrics::claim(&claim);
+                Ok(claim)
+            }
+            other => other,
+        }
+    }
+
+    /// The claim loop. With `outcome`, the record is written with that
+    /// outcome already in it (see
+    /// [`claim_and_complete_in`](Self::claim_and_complete_in)).
     async fn claim_on(
         &self,
         conn: &mut DB::Connection,
         scope: &str,
         key: &IdempotencyKey,
         fingerprint: &Fingerprint,
+        outcome: Option<&StoredResponse>,
+        lock_wait_ms: Option<i64>,
     ) -> Result<Claim> {
+        let fp = &fingerprint.as_bytes()[..];
         for _ in 0..CLAIM_ATTEMPTS {
             let now = self.config.now_ms();
-            let lease_until = self.config.lease_until(now);
-            let expires_at = self.config.expires_at(now);
-            let fp = &fingerprint.as_bytes()[..];
-            if let Some((fencing, first_fencing)) =
-                DB::claim(conn, scope, key.as_str(), fp, lease_until, now, expires_at).await?
-            {
+            let mut record = NewRecord {
+                scope,
+                key: key.as_str(),
+                fingerprint: fp,
+                state: "in_flight",
+                lease_until_ms: self.config.lease_until(now),
+                now_ms: now,
+                expires_at_ms: self.config.expires_at(now),
+                status: None,
+                headers: None,
+                body: None,
+            };
+            match outcome {
+                Some(response) if self.config.stores(response.status) => {
+                    record.state = "completed";
+                    record.status = Some(i32::from(response.status));
+                    record.headers = Some(response.headers_json());
+                    record.body = Some(&response.body);
+                }
+                // What `release` writes: the lease is over, so a retry after
+                // the commit takes the key over and executes again.
+                Some(_) => record.lease_until_ms = 0,
+                None => {}
+            }
+            if let Some((fencing, first_fencing)) = DB::claim(conn, &record, lock_wait_ms).await? {
                 let claim = Claim::Acquired(Lease {
                     scope: scope.to_owned(),
                     key: key.clone(),
                     fencing,
-                    lease_until_ms: lease_until,
+                    lease_until_ms: record.lease_until_ms,
                     takeover: fencing != first_fencing,
                 });
                 metrics::claim(&claim);
@@ -325,7 +426,9 @@ impl<DB: SqlBackend> SqlStore<DB> {
 impl<DB: SqlBackend> IdempotencyStore for SqlStore<DB> {
     async fn claim(&self, scope: &str, key: &IdempotencyKey, fingerprint: &Fingerprint) -> Result<Claim> {
         let mut conn = self.pool.acquire().await?;
-        self.claim_on(&mut conn, scope, key, fingerprint).await
+        // Leased mode leaves the wait to the connection's own setting: it
+        // has no caller's transaction to keep from hanging.
+        self.claim_on(&mut conn, scope, key, fingerprint, None, None).await
     }
 
     async fn complete(&self, lease: &Lease, response: &StoredResponse) -> Result<()> {

@@ -5,7 +5,7 @@ use sqlx::migrate::MigrateError;
 use sqlx::{Row as _, Sqlite, SqliteConnection, SqlitePool};
 
 use crate::sql_store::SqlStore;
-use crate::sql_store::sealed::{Backend, Record, StatsRow};
+use crate::sql_store::sealed::{Backend, NewRecord, Record, StatsRow};
 
 /// The SQLite store: the embedded default, for one machine.
 ///
@@ -49,15 +49,18 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 ///
 /// A takeover keeps the record's expiry but never lets it fall before the
 /// new lease ends, so GC cannot delete a record while its holder still runs.
+/// The record is written in flight, or with its outcome already in it when
+/// the claim carries the response (`claim_and_complete_in`).
 ///
 /// `?1` scope, `?2` key, `?3` fingerprint, `?4` lease end, `?5` now, `?6`
-/// expiry.
+/// expiry, `?7` state, `?8` status, `?9` headers, `?10` body.
 const CLAIM: &str = "INSERT INTO spark_idempotency_keys
-        (scope, key, fingerprint, state, fencing, first_fencing, lease_until_ms, created_at_ms, expires_at_ms)
-    VALUES (?1, ?2, ?3, 'in_flight', 1, 1, ?4, ?5, ?6)
+        (scope, key, fingerprint, state, fencing, first_fencing, lease_until_ms, created_at_ms, expires_at_ms,
+         response_status, response_headers, response_body)
+    VALUES (?1, ?2, ?3, ?7, 1, 1, ?4, ?5, ?6, ?8, ?9, ?10)
     ON CONFLICT (scope, key) DO UPDATE SET
         fingerprint = excluded.fingerprint,
-        state = 'in_flight',
+        state = excluded.state,
         fencing = spark_idempotency_keys.fencing + 1,
         first_fencing = CASE WHEN spark_idempotency_keys.expires_at_ms <= ?5
             THEN spark_idempotency_keys.fencing + 1 ELSE spark_idempotency_keys.first_fencing END,
@@ -67,9 +70,9 @@ const CLAIM: &str = "INSERT INTO spark_idempotency_keys
         expires_at_ms = CASE WHEN spark_idempotency_keys.expires_at_ms <= ?5
             THEN excluded.expires_at_ms
             ELSE MAX(spark_idempotency_keys.expires_at_ms, excluded.lease_until_ms) END,
-        response_status = NULL,
-        response_headers = NULL,
-        response_body = NULL
+        response_status = excluded.response_status,
+        response_headers = excluded.response_headers,
+        response_body = excluded.response_body
     WHERE spark_idempotency_keys.expires_at_ms <= ?5
        OR (spark_idempotency_keys.state = 'in_flight'
            AND spark_idempotency_keys.lease_until_ms <= ?5
@@ -114,22 +117,24 @@ const STATS: &str = "SELECT
     FROM spark_idempotency_keys";
 
 impl Backend for Sqlite {
+    /// SQLite has no lock timeout to bound: a transactional claim waits for
+    /// the writer ahead of it up to the pool's busy timeout.
     async fn claim(
         conn: &mut SqliteConnection,
-        scope: &str,
-        key: &str,
-        fingerprint: &[u8],
-        lease_until_ms: i64,
-        now_ms: i64,
-        expires_at_ms: i64,
+        record: &NewRecord<'_>,
+        _lock_wait_ms: Option<i64>,
     ) -> Result<Option<(i64, i64)>, sqlx::Error> {
         sqlx::query_as(CLAIM)
-            .bind(scope)
-            .bind(key)
-            .bind(fingerprint)
-            .bind(lease_until_ms)
-            .bind(now_ms)
-            .bind(expires_at_ms)
+            .bind(record.scope)
+            .bind(record.key)
+            .bind(record.fingerprint)
+            .bind(record.lease_until_ms)
+            .bind(record.now_ms)
+            .bind(record.expires_at_ms)
+            .bind(record.state)
+            .bind(record.status)
+            .bind(record.headers.as_deref())
+            .bind(record.body)
             .fetch_optional(conn)
             .await
     }
@@ -184,16 +189,6 @@ impl Backend for Sqlite {
 
     async fn stats(conn: &mut SqliteConnection, now_ms: i64) -> Result<StatsRow, sqlx::Error> {
         sqlx::query_as(STATS).bind(now_ms).fetch_one(conn).await
-    }
-
-    /// SQLite has no lock timeout to set: a transactional claim waits for
-    /// the writer ahead of it up to the pool's busy timeout.
-    async fn bound_lock_wait(_conn: &mut SqliteConnection, _timeout_ms: i64) -> Result<Option<String>, sqlx::Error> {
-        Ok(None)
-    }
-
-    async fn restore_lock_wait(_conn: &mut SqliteConnection, _previous: String) -> Result<(), sqlx::Error> {
-        Ok(())
     }
 
     /// SQLITE_BUSY (5) and its extended codes: another connection holds the
