@@ -150,7 +150,17 @@ impl BenchBackend for Sqlite {
     }
 }
 
-/// Sets up, runs the plain phase, then the idempotent one, and cleans up.
+/// At most this many slices per phase: a long run gets longer slices.
+const MAX_SLICES: u64 = 30;
+
+/// Sets up, runs both phases, and cleans up.
+///
+/// The phases alternate in slices of about a second (plain, idempotent,
+/// plain, …) rather than running one after the other: on a machine whose
+/// disk or CPUs are shared, what the neighbours do drifts over seconds, and
+/// back-to-back phases measured that drift as much as the claim (SQLite's
+/// ratio ranged 0.2–0.9 from run to run on one machine). Interleaved, both
+/// phases see the same conditions.
 async fn both_phases<DB: BenchBackend>(
     pool: &Pool<DB>,
     args: &IdempotencyBench,
@@ -158,17 +168,26 @@ async fn both_phases<DB: BenchBackend>(
 ) -> anyhow::Result<(Phase, Phase)> {
     teardown(pool).await?;
     DB::execute(pool, DB::CREATE_TABLE).await.context("creating the bench table")?;
-    let duration = Duration::from_secs(args.seconds);
+    let slices = args.seconds.min(MAX_SLICES);
+    let slice = Duration::from_secs(args.seconds) / u32::try_from(slices).unwrap_or(1);
     if !out.is_json() {
-        eprintln!("phase 1/2: plain insert transactions ({}s, concurrency {})", args.seconds, args.concurrency);
+        eprintln!(
+            "plain insert transactions, and insert + claim + completion in one transaction: \
+             {} s each in {slices} alternating slices, concurrency {}",
+            args.seconds, args.concurrency
+        );
     }
-    let plain = phase(pool, args.concurrency, duration, Mode::Plain).await?;
-    if !out.is_json() {
-        eprintln!("phase 2/2: insert + claim + completion in one transaction");
+    // One store for the run (a pool handle and a configuration), and one
+    // sequence, so that every idempotent transaction has a fresh key.
+    let store = SqlStore::new(pool.clone(), Config::default())?;
+    let seq = Arc::new(AtomicU64::new(0));
+    let (mut plain, mut idempotent) = (Samples::default(), Samples::default());
+    for _ in 0..slices {
+        plain.run(pool, &store, &seq, args.concurrency, slice, Mode::Plain).await?;
+        idempotent.run(pool, &store, &seq, args.concurrency, slice, Mode::Idempotent).await?;
     }
-    let idempotent = phase(pool, args.concurrency, duration, Mode::Idempotent).await?;
     teardown(pool).await?;
-    Ok((plain, idempotent))
+    Ok((plain.phase(), idempotent.phase()))
 }
 
 async fn teardown<DB: BenchBackend>(pool: &Pool<DB>) -> anyhow::Result<()> {
@@ -183,49 +202,63 @@ enum Mode {
     Idempotent,
 }
 
-async fn phase<DB: BenchBackend>(
-    pool: &Pool<DB>,
-    concurrency: u32,
-    duration: Duration,
-    mode: Mode,
-) -> anyhow::Result<Phase> {
-    // One store for the phase: it is a pool handle and a configuration.
-    let store = SqlStore::new(pool.clone(), Config::default())?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let seq = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for worker in 0..concurrency {
-        let (pool, store, stop, seq) = (pool.clone(), store.clone(), stop.clone(), seq.clone());
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let n = seq.fetch_add(1, Ordering::Relaxed);
-                let t = Instant::now();
-                one(&pool, &store, mode, worker, n).await?;
-                latencies.push(t.elapsed());
-            }
-            anyhow::Ok(latencies)
-        }));
+/// The latencies of one phase's transactions and the time it ran.
+#[derive(Debug, Default)]
+struct Samples {
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Samples {
+    /// Runs `concurrency` workers in `mode` for `duration`.
+    async fn run<DB: BenchBackend>(
+        &mut self,
+        pool: &Pool<DB>,
+        store: &SqlStore<DB>,
+        seq: &Arc<AtomicU64>,
+        concurrency: u32,
+        duration: Duration,
+        mode: Mode,
+    ) -> anyhow::Result<()> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let mut workers = Vec::new();
+        for worker in 0..concurrency {
+            let (pool, store, stop, seq) = (pool.clone(), store.clone(), stop.clone(), seq.clone());
+            workers.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let n = seq.fetch_add(1, Ordering::Relaxed);
+                    let t = Instant::now();
+                    one(&pool, &store, mode, worker, n).await?;
+                    latencies.push(t.elapsed());
+                }
+                anyhow::Ok(latencies)
+            }));
+        }
+        tokio::time::sleep(duration).await;
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            self.latencies.extend(w.await.context("bench worker panicked")??);
+        }
+        self.elapsed += started.elapsed();
+        Ok(())
     }
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut latencies = Vec::new();
-    for w in workers {
-        latencies.extend(w.await.context("bench worker panicked")??);
+
+    fn phase(mut self) -> Phase {
+        self.latencies.sort_unstable();
+        let latencies = &self.latencies;
+        let pct = |p: f64| {
+            let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+            latencies.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+        Phase {
+            transactions: latencies.len() as u64,
+            tps: latencies.len() as f64 / self.elapsed.as_secs_f64(),
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+        }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort_unstable();
-    let pct = |p: f64| {
-        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
-        latencies.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
-    Ok(Phase {
-        transactions: latencies.len() as u64,
-        tps: latencies.len() as f64 / elapsed,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-    })
 }
 
 /// One transaction: a business insert, with or without the claim and the

@@ -110,6 +110,33 @@ fn bench_idempotency_reports_both_phases() {
     assert_eq!(run.code, 2);
 }
 
+/// The same bench on PostgreSQL, where the claim carries the response and
+/// bounds its lock wait in one statement; it leaves neither its table nor
+/// its keys behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_idempotency_on_postgres() {
+    let Some(db) = spark_testkit::postgres().await else { return };
+    let url = db.url.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        spark(&["bench", "idempotency", "--database-url", &url, "--concurrency", "4", "--seconds", "2", "--json"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v = run.json();
+    assert_eq!(v["backend"], "postgres");
+    assert!(v["plain"]["transactions"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["idempotent"]["transactions"].as_u64().unwrap() > 0, "{v}");
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM spark_idempotency_keys WHERE scope = 'spark-bench'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    let table: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('spark_bench_orders')::text").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(table, None);
+}
+
 fn now_ms() -> i64 {
     spark_db::Clock::now_ms(&spark_db::SystemClock)
 }
