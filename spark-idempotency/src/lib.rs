@@ -27,7 +27,9 @@
 //! - **Transactional** ([`SqlStore::claim_in`], on `PgStore` and
 //!   `SqliteStore`): claim and completion run inside the caller's transaction, so the
 //!   business write and the stored response commit or roll back together; a
-//!   rollback frees the key.
+//!   rollback frees the key. When the response is known before the work,
+//!   [`SqlStore::claim_and_complete_in`] claims and stores it in one
+//!   statement.
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
