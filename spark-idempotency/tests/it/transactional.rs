@@ -18,39 +18,43 @@ fn key() -> IdempotencyKey {
 }
 
 /// The same scenario on both SQL backends (the memory store has no
-/// transactions).
-macro_rules! transactional_suite {
-    ($store:ty, $pool:expr, $clock:expr) => {{
-        let pool = $pool;
-        let store = <$store>::new(pool.clone(), config(&$clock)).unwrap();
-        store.migrate().await.unwrap();
-        sqlx::query("CREATE TABLE orders (id TEXT PRIMARY KEY)").execute(&pool).await.unwrap();
-        let count =
-            || async { sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM orders").fetch_one(&pool).await.unwrap() };
+/// transactions), written once over the backend.
+async fn transactional_suite<DB: SqlBackend>(store: &SqlStore<DB>)
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let pool = store.pool().clone();
+    store.migrate().await.unwrap();
+    sqlx::query("CREATE TABLE orders (id TEXT PRIMARY KEY)").execute(&pool).await.unwrap();
+    let count =
+        || async { sqlx::query_scalar::<DB, i64>("SELECT COUNT(*) FROM orders").fetch_one(&pool).await.unwrap() };
+    let insert = "INSERT INTO orders (id) VALUES ('1')";
 
-        // A rollback leaves neither the order nor the claim: the key is free.
-        let mut tx = pool.begin().await.unwrap();
-        let Claim::Acquired(lease) = store.claim_in(&mut tx, "alice", &key(), &fp()).await.unwrap() else { panic!() };
-        sqlx::query("INSERT INTO orders (id) VALUES ('1')").execute(&mut *tx).await.unwrap();
-        store.complete_in(&mut tx, &lease, &StoredResponse::new(201, "one")).await.unwrap();
-        tx.rollback().await.unwrap();
-        assert_eq!(count().await, 0);
-        assert_eq!(store.stats().await.unwrap().live_keys, 0);
+    // A rollback leaves neither the order nor the claim: the key is free.
+    let mut tx = pool.begin().await.unwrap();
+    let Claim::Acquired(lease) = store.claim_in(&mut tx, "alice", &key(), &fp()).await.unwrap() else { panic!() };
+    sqlx::query(insert).execute(&mut *tx).await.unwrap();
+    store.complete_in(&mut tx, &lease, &StoredResponse::new(201, "one")).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(count().await, 0);
+    assert_eq!(store.stats().await.unwrap().live_keys, 0);
 
-        // A commit keeps both, and the retry replays without a second order.
-        let mut tx = pool.begin().await.unwrap();
-        let Claim::Acquired(lease) = store.claim_in(&mut tx, "alice", &key(), &fp()).await.unwrap() else { panic!() };
-        assert_eq!(lease.fencing(), 1);
-        sqlx::query("INSERT INTO orders (id) VALUES ('1')").execute(&mut *tx).await.unwrap();
-        store.complete_in(&mut tx, &lease, &StoredResponse::new(201, "one")).await.unwrap();
-        tx.commit().await.unwrap();
-        let mut tx = pool.begin().await.unwrap();
-        let claim = store.claim_in(&mut tx, "alice", &key(), &fp()).await.unwrap();
-        assert_eq!(claim, Claim::Replay(StoredResponse::new(201, "one")));
-        tx.rollback().await.unwrap();
-        assert_eq!(count().await, 1);
-        store
-    }};
+    // A commit keeps both, and the retry replays without a second order.
+    let mut tx = pool.begin().await.unwrap();
+    let Claim::Acquired(lease) = store.claim_in(&mut tx, "alice", &key(), &fp()).await.unwrap() else { panic!() };
+    assert_eq!(lease.fencing(), 1);
+    sqlx::query(insert).execute(&mut *tx).await.unwrap();
+    store.complete_in(&mut tx, &lease, &StoredResponse::new(201, "one")).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let claim = store.claim_in(&mut tx, "alice", &key(), &fp()).await.unwrap();
+    assert_eq!(claim, Claim::Replay(StoredResponse::new(201, "one")));
+    tx.rollback().await.unwrap();
+    assert_eq!(count().await, 1);
 }
 
 use spark_idempotency::IdempotencyStore as _;
@@ -59,14 +63,15 @@ use spark_idempotency::IdempotencyStore as _;
 async fn sqlite_claim_and_business_write_commit_together() {
     let db = spark_testkit::sqlite().await;
     let clock = spark_idempotency::ManualClock::new(crate::harness::START_MS);
-    transactional_suite!(SqliteStore, db.pool.clone(), clock);
+    transactional_suite(&SqliteStore::new(db.pool.clone(), config(&clock)).unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_claim_and_business_write_commit_together() {
     let Some(db) = spark_testkit::postgres().await else { return };
     let clock = spark_idempotency::ManualClock::new(crate::harness::START_MS);
-    let store = transactional_suite!(PgStore, db.pool.clone(), clock);
+    let store = PgStore::new(db.pool.clone(), config(&clock)).unwrap();
+    transactional_suite(&store).await;
 
     // A duplicate that arrives while the first transaction is open waits at
     // most lock_timeout (300 ms here), then hears "in flight".
