@@ -77,6 +77,11 @@ impl Migrations {
     }
 }
 
+/// How long a PostgreSQL connection may sit idle in the pool before it is
+/// pinged when it is taken out again.
+#[cfg(feature = "postgres")]
+const PING_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A connected database: PostgreSQL in production, SQLite embedded.
 ///
 /// The workspace has this one handle: the CLI, the example service and the
@@ -110,7 +115,9 @@ impl Database {
     /// `max_connections` (SQLite: at most 8; it has one writer anyway).
     ///
     /// SQLite files are created when missing, in WAL mode with a 10 s busy
-    /// timeout; a PostgreSQL pool waits at most 10 s for a free connection.
+    /// timeout; a PostgreSQL pool waits at most 10 s for a free connection,
+    /// and pings a connection it hands out only if it sat idle for a second
+    /// or more (sqlx pings each one as it is returned anyway).
     ///
     /// # Errors
     ///
@@ -127,6 +134,20 @@ impl Database {
                 let pool = sqlx::postgres::PgPoolOptions::new()
                     .max_connections(max_connections)
                     .acquire_timeout(std::time::Duration::from_secs(10))
+                    // sqlx pings every connection as it goes back to the
+                    // pool, and by default again as it comes out: a round
+                    // trip on every request's path. Only a connection that
+                    // sat idle for a while is pinged on the way out; one
+                    // that was healthy a moment ago is trusted.
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for >= PING_IDLE_AFTER {
+                                sqlx::Connection::ping(conn).await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect_with(options)
                     .await
                     .map_err(|source| DbError::Connect { url: redact_url(url), source })?;

@@ -42,3 +42,22 @@ async fn a_crate_without_the_backend_is_named() {
     let err = db.migrate(&[Migrations { name: "spark-nothing", postgres: None, sqlite: None }]).await.unwrap_err();
     assert!(err.to_string().contains("spark-nothing"), "{err}");
 }
+
+/// A pooled PostgreSQL connection is not pinged when it was in use a moment
+/// ago (a round trip on every request), but one that sat idle for a second
+/// is: a connection the server dropped meanwhile is replaced, not handed
+/// out to fail the caller's first query.
+#[tokio::test]
+async fn a_postgres_connection_idle_for_a_second_is_checked_before_use() {
+    let Some(test_db) = spark_testkit::postgres().await else { return };
+    let db = Database::connect(&test_db.url, 1).await.unwrap();
+    let Database::Postgres(pool) = &db else { unreachable!() };
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(pool).await.unwrap();
+    let ended: bool =
+        sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(pid).fetch_one(&test_db.pool).await.unwrap();
+    assert!(ended);
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let again: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(pool).await.unwrap();
+    assert_ne!(again, pid, "the dropped connection was replaced");
+    db.close().await;
+}
