@@ -36,7 +36,9 @@ pub trait BookBackend: private::Sealed + Send + Sync + 'static {
 
     /// Claims the fill id and applies the fill (already validated) at
     /// `now`, on a connection inside the savepoint of
-    /// [`Positions::apply_fill`].
+    /// [`Positions::apply_fill`] or the transaction of
+    /// [`Positions::apply_fill_or_roll_back`]: on an error, the caller rolls
+    /// back whatever this wrote.
     #[doc(hidden)]
     fn apply(
         conn: &mut <Self::Db as Database>::Connection,
@@ -136,6 +138,68 @@ impl<B: BookBackend> Positions<B> {
         let mut savepoint = conn.begin().await?;
         let outcome = B::apply(&mut savepoint, fill, q, now).await;
         finish(savepoint, outcome).await
+    }
+
+    /// Applies `fill` as one more write of the caller's transaction, without
+    /// the savepoint [`apply_fill`](Self::apply_fill) opens and releases: two
+    /// round trips fewer, and on PostgreSQL a fill that opens or increases a
+    /// position is one statement in all. For a caller that rolls back
+    /// whenever a fill is refused anyway, such as a service that writes an
+    /// order and its fill together.
+    ///
+    /// It takes the transaction and gives it back only with the applied
+    /// fill: a refused fill rolls the whole transaction back, so it leaves
+    /// no trace (its id is free for the corrected fill) and nothing the
+    /// transaction wrote before it can be committed without it.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use spark_money::{Currency, Side};
+    /// use spark_positions::{Fill, SqlitePositions};
+    ///
+    /// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+    /// spark_positions::sqlite::migrator().run(&pool).await?;
+    /// let book = SqlitePositions::new();
+    /// let fill = Fill {
+    ///     fill_id: "o-1".into(),
+    ///     account_id: "acc-1".into(),
+    ///     instrument: "THYAO".into(),
+    ///     side: Side::Buy,
+    ///     quantity: "100".parse()?,
+    ///     price: "101.30".parse()?,
+    ///     currency: Currency::TRY,
+    ///     price_scale: 2,
+    /// };
+    /// let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    /// // … the order's own writes on `tx` …
+    /// let (tx, _step) = book.apply_fill_or_roll_back(tx, &fill).await?;
+    /// tx.commit().await?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`apply_fill`](Self::apply_fill); the transaction is rolled back
+    /// (or, if the rollback fails, dropped, which rolls it back too).
+    pub async fn apply_fill_or_roll_back<'c>(
+        &self,
+        mut tx: sqlx::Transaction<'c, B::Db>,
+        fill: &Fill,
+    ) -> Result<(sqlx::Transaction<'c, B::Db>, Step)> {
+        let applied = match validate(fill) {
+            Ok(q) => B::apply(&mut tx, fill, q, self.clock.now_ms()).await,
+            Err(refused) => Err(refused),
+        };
+        match applied {
+            Ok(step) => Ok((tx, step)),
+            Err(refused) => {
+                // The refusal is the error the caller needs; a failed
+                // rollback drops the connection, which rolls back as well.
+                let _ = tx.rollback().await;
+                Err(refused)
+            }
+        }
     }
 
     /// The open position of `account_id` in `instrument`, if any.

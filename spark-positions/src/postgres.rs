@@ -2,7 +2,7 @@
 //! the partial unique index and row locks.
 
 use spark_money::Decimal;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Row as _};
 
 use crate::book::{ATTEMPTS, BookBackend, PositionFilter, Positions, already_applied, price_scale, record, unique};
 use crate::model::{Book, Fill, Position, Step, step};
@@ -34,11 +34,46 @@ pub fn migrator() -> sqlx::migrate::Migrator {
     m
 }
 
-/// Claims the fill id; no row back means it was applied before.
-const CLAIM_FILL: &str = "INSERT INTO spark_position_fills
-        (fill_id, account_id, instrument, side, quantity, price, currency, applied_at_ms)
-     VALUES ($1, $2, $3, $4, $5::numeric, $6::numeric, $7, $8)
-     ON CONFLICT (fill_id) DO NOTHING RETURNING fill_id";
+/// The first attempt of a fill, in one statement: claims the fill id, runs
+/// the open/increase path ([`OPEN_OR_INCREASE`]) and records which position
+/// version the fill produced. Returns whether the fill id was claimed, and
+/// the position when the open/increase path applied it (all `NULL` when the
+/// fill goes the other way or is in another currency; the fill is claimed
+/// then, and linked once the locking path has applied it).
+///
+/// The upsert skips a fill id already recorded. A concurrent transaction
+/// applying the same fill id can still slip past that check (it has not
+/// committed yet); its fill insert then waits for it and claims nothing,
+/// and `apply_fill` answers `AlreadyApplied`, rolling back what the upsert
+/// did.
+///
+/// `$1` fill id, `$2` account, `$3` instrument, `$4` side, `$5` quantity,
+/// `$6` price, `$7` currency, `$8` now, `$9` signed quantity, `$10`
+/// notional, `$11` price scale.
+const CLAIM_AND_OPEN_OR_INCREASE: &str = "WITH opened AS (
+        INSERT INTO spark_positions
+            (account_id, instrument, status, quantity, cost_basis, realized_pnl, currency, price_scale,
+             opened_at_ms, version)
+        SELECT $2, $3, 'open', $9::numeric, $10::numeric, 0, $7, $11, $8, 1
+        WHERE NOT EXISTS (SELECT FROM spark_position_fills WHERE fill_id = $1)
+        ON CONFLICT (account_id, instrument) WHERE status = 'open' DO UPDATE SET
+            quantity = spark_positions.quantity + excluded.quantity,
+            cost_basis = spark_positions.cost_basis + excluded.cost_basis,
+            price_scale = excluded.price_scale,
+            version = spark_positions.version + 1
+        WHERE sign(spark_positions.quantity) = sign(excluded.quantity)
+          AND spark_positions.currency = excluded.currency
+        RETURNING id, account_id, instrument, status, quantity::text, cost_basis::text, realized_pnl::text,
+            currency, price_scale, opened_at_ms, closed_at_ms, version
+     ), claimed AS (
+        INSERT INTO spark_position_fills
+            (fill_id, account_id, instrument, side, quantity, price, currency, applied_at_ms,
+             position_id, position_version)
+        SELECT $1, $2, $3, $4, $5::numeric, $6::numeric, $7, $8, opened.id, opened.version
+        FROM (SELECT) AS one LEFT JOIN opened ON true
+        ON CONFLICT (fill_id) DO NOTHING RETURNING fill_id
+     )
+     SELECT EXISTS (SELECT FROM claimed), opened.* FROM (SELECT) AS one LEFT JOIN opened ON true";
 
 /// The open/increase path: SQL adds the fill (exact NUMERIC addition) when a
 /// position in the same direction is open, and does nothing (no row back)
@@ -87,6 +122,19 @@ const UPDATE: &str = "UPDATE spark_positions SET quantity = $2::numeric, cost_ba
 /// made them too long for a `Decimal`; the values are unchanged.
 const TRIM: &str = "UPDATE spark_positions SET quantity = $2::numeric, cost_basis = $3::numeric WHERE id = $1";
 
+/// [`UPDATE`] and [`LINK_FILL`] in one statement, for a reduction or a
+/// close: `$8` is the fill id.
+const UPDATE_AND_LINK: &str = "WITH written AS (
+        UPDATE spark_positions SET quantity = $2::numeric, cost_basis = $3::numeric,
+            realized_pnl = $4::numeric, status = CASE WHEN $5::bigint IS NULL THEN 'open' ELSE 'closed' END,
+            closed_at_ms = $5, price_scale = $7, version = version + 1
+        WHERE id = $1 AND version = $6 RETURNING id, version
+     ), linked AS (
+        UPDATE spark_position_fills SET position_id = written.id, position_version = written.version
+        FROM written WHERE fill_id = $8
+     )
+     SELECT version FROM written";
+
 const LINK_FILL: &str = "UPDATE spark_position_fills SET position_id = $1, position_version = $2 WHERE fill_id = $3";
 
 impl BookBackend for PgBackend {
@@ -94,42 +142,39 @@ impl BookBackend for PgBackend {
     const NAME: &'static str = "PgPositions";
 
     async fn apply(conn: &mut PgConnection, fill: &Fill, q: Decimal, now: i64) -> Result<Step> {
-        let claimed: Option<(String,)> = sqlx::query_as(CLAIM_FILL)
-            .bind(&fill.fill_id)
-            .bind(&fill.account_id)
-            .bind(&fill.instrument)
-            .bind(fill.side.as_str())
-            .bind(fill.quantity.to_string())
-            .bind(fill.price.to_string())
-            .bind(fill.currency.code())
-            .bind(now)
-            .fetch_optional(&mut *conn)
-            .await?;
-        if claimed.is_none() {
-            return Err(already_applied(fill));
-        }
         let price_scale = price_scale(fill);
         let notional = crate::model::times(q, fill.price)?;
+        // The first attempt claims the fill id, opens or increases, and
+        // links the fill in one statement; the usual fill (a buy onto a
+        // long, a sell onto a short) costs no other round trip.
+        let row = claim_and_open_or_increase(conn, fill, q, notional, price_scale, now).await?;
+        let mut first = Some(row);
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 metrics::conflict_retried();
             }
             // The open/increase path, in one statement.
-            let row: Option<Row> = sqlx::query_as(OPEN_OR_INCREASE)
-                .bind(&fill.account_id)
-                .bind(&fill.instrument)
-                .bind(q.to_string())
-                .bind(notional.to_string())
-                .bind(fill.currency.code())
-                .bind(price_scale)
-                .bind(now)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(|e| unique(e, fill))?;
+            let (row, linked) = match first.take() {
+                Some(row) => (row, true),
+                None => {
+                    let row: Option<Row> = sqlx::query_as(OPEN_OR_INCREASE)
+                        .bind(&fill.account_id)
+                        .bind(&fill.instrument)
+                        .bind(q.to_string())
+                        .bind(notional.to_string())
+                        .bind(fill.currency.code())
+                        .bind(price_scale)
+                        .bind(now)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(|e| unique(e, fill))?;
+                    (row, false)
+                }
+            };
             if let Some(row) = row {
                 // NUMERIC adds without limit; a sum this row cannot carry
                 // back (more than 28 significant places) is an overflow, as
-                // the same sum is in Rust on SQLite. The savepoint undoes it.
+                // the same sum is in Rust on SQLite. The rollback undoes it.
                 let written = (row.4.clone(), row.5.clone());
                 let pos = row::position(row).map_err(|e| match e {
                     PositionsError::Corrupt(_) => crate::model::overflow(),
@@ -149,7 +194,9 @@ impl BookBackend for PgBackend {
                 }
                 let step = if pos.version == 1 { Step::Open(pos.book()) } else { Step::Increase(pos.book()) };
                 record(if pos.version == 1 { "open" } else { "increase" });
-                link(conn, fill, pos.id, pos.version).await?;
+                if !linked {
+                    link(conn, fill, pos.id, pos.version).await?;
+                }
                 return Ok(step);
             }
             // Opposite direction (or another currency): lock and compute.
@@ -164,8 +211,16 @@ impl BookBackend for PgBackend {
             }
             let step = step(Some(current.book()), q, fill.price, fill.price_scale)?;
             let (id, version) = match step {
-                Step::Reduce(b) => (current.id, write(conn, &current, b, None, price_scale).await?),
-                Step::Close(b) => (current.id, write(conn, &current, b, Some(now), price_scale).await?),
+                Step::Reduce(b) => {
+                    write_and_link(conn, fill, &current, b, None, price_scale).await?;
+                    record("reduce");
+                    return Ok(step);
+                }
+                Step::Close(b) => {
+                    write_and_link(conn, fill, &current, b, Some(now), price_scale).await?;
+                    record("close");
+                    return Ok(step);
+                }
                 Step::Flip { closed, opened } => {
                     write(conn, &current, closed, Some(now), price_scale).await?;
                     let id: i64 = sqlx::query_scalar(INSERT_OPEN)
@@ -183,11 +238,7 @@ impl BookBackend for PgBackend {
                 }
                 Step::Open(_) | Step::Increase(_) => continue,
             };
-            record(match step {
-                Step::Reduce(_) => "reduce",
-                Step::Close(_) => "close",
-                _ => "flip",
-            });
+            record("flip");
             link(conn, fill, id, version).await?;
             return Ok(step);
         }
@@ -229,6 +280,80 @@ async fn write(
         .fetch_one(&mut *conn)
         .await?;
     Ok(version)
+}
+
+/// Writes a reduced or closed position (the fill holds its row lock) and
+/// records which version the fill produced.
+async fn write_and_link(
+    conn: &mut PgConnection,
+    fill: &Fill,
+    pos: &Position,
+    b: Book,
+    closed_at: Option<i64>,
+    price_scale: i32,
+) -> Result<()> {
+    let _version: i64 = sqlx::query_scalar(UPDATE_AND_LINK)
+        .bind(pos.id)
+        .bind(b.quantity.to_string())
+        .bind(b.cost_basis.to_string())
+        .bind(b.realized.to_string())
+        .bind(closed_at)
+        .bind(pos.version)
+        .bind(price_scale)
+        .bind(&fill.fill_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The first attempt of a fill ([`CLAIM_AND_OPEN_OR_INCREASE`]): the
+/// position when the open/increase path applied the fill.
+///
+/// # Errors
+///
+/// [`PositionsError::AlreadyApplied`] when the fill id was recorded before.
+async fn claim_and_open_or_increase(
+    conn: &mut PgConnection,
+    fill: &Fill,
+    q: Decimal,
+    notional: Decimal,
+    price_scale: i32,
+    now: i64,
+) -> Result<Option<Row>> {
+    let row = sqlx::query(CLAIM_AND_OPEN_OR_INCREASE)
+        .bind(&fill.fill_id)
+        .bind(&fill.account_id)
+        .bind(&fill.instrument)
+        .bind(fill.side.as_str())
+        .bind(fill.quantity.to_string())
+        .bind(fill.price.to_string())
+        .bind(fill.currency.code())
+        .bind(now)
+        .bind(q.to_string())
+        .bind(notional.to_string())
+        .bind(price_scale)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| unique(e, fill))?;
+    let claimed: bool = row.try_get(0)?;
+    if !claimed {
+        return Err(already_applied(fill));
+    }
+    let Some(id) = row.try_get::<Option<i64>, _>(1)? else { return Ok(None) };
+    Ok(Some((
+        id,
+        row.try_get(2)?,
+        row.try_get(3)?,
+        row.try_get(4)?,
+        row.try_get(5)?,
+        row.try_get(6)?,
+        row.try_get(7)?,
+        row.try_get(8)?,
+        row.try_get(9)?,
+        row.try_get(10)?,
+        row.try_get(11)?,
+        row.try_get(12)?,
+    )))
 }
 
 /// Records which position version the fill produced.

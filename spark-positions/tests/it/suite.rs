@@ -80,6 +80,35 @@ impl Backend {
         }
     }
 
+    /// Applies `fills` in one transaction through `apply_fill_or_roll_back`,
+    /// committing if every one applied; the outcome of each fill tried.
+    async fn apply_or_roll_back(&self, fills: &[&Fill]) -> Vec<Result<Step, PositionsError>> {
+        let mut out = Vec::new();
+        macro_rules! run {
+            ($book:expr, $begin:expr) => {{
+                let mut tx = $begin.await.unwrap();
+                for f in fills {
+                    match $book.apply_fill_or_roll_back(tx, f).await {
+                        Ok((back, step)) => {
+                            tx = back;
+                            out.push(Ok(step));
+                        }
+                        Err(e) => {
+                            out.push(Err(e));
+                            return out;
+                        }
+                    }
+                }
+                tx.commit().await.unwrap();
+            }};
+        }
+        match self {
+            Backend::Sqlite(db, book) => run!(book, db.pool.begin_with("BEGIN IMMEDIATE")),
+            Backend::Postgres(db, book) => run!(book, db.pool.begin()),
+        }
+        out
+    }
+
     async fn positions(&self, account: &str, filter: PositionFilter) -> Vec<Position> {
         match self {
             Backend::Sqlite(db, book) => book.positions(&db.pool, account, filter).await.unwrap(),
@@ -180,6 +209,8 @@ on_both!(
     price_scale_edges,
     fills_join_the_callers_transaction_and_savepoints,
     a_trimmed_sum_keeps_the_same_places_on_both_backends,
+    a_fill_without_a_savepoint_rolls_back_its_whole_transaction,
+    a_concurrent_repeat_of_an_uncommitted_fill_is_already_applied,
 );
 
 async fn lifecycle_open_increase_reduce_close_flip(b: Backend) {
@@ -748,4 +779,71 @@ async fn a_trimmed_sum_keeps_the_same_places_on_both_backends(b: Backend) {
         (open.quantity().to_string(), open.cost_basis().to_string()),
         ("16.600000000000000000000".into(), "6682.7300000".into())
     );
+}
+
+/// `apply_fill_or_roll_back` applies like `apply_fill`, and a refused fill
+/// takes the whole transaction with it: the fills before it in the same
+/// transaction are gone and every id is free again.
+async fn a_fill_without_a_savepoint_rolls_back_its_whole_transaction(b: Backend) {
+    let out = b
+        .apply_or_roll_back(&[
+            &fill("a", Side::Buy, "100", "10.00"),
+            &fill("b", Side::Buy, "50", "11.00"),
+            &fill("c", Side::Sell, "50", "12.00"),
+        ])
+        .await;
+    assert!(matches!(out[..], [Ok(Step::Open(_)), Ok(Step::Increase(_)), Ok(Step::Reduce(_))]), "{out:?}");
+    let open = b.open("acc-1", "THYAO").await.unwrap();
+    assert_eq!((open.quantity().to_string(), open.realized_pnl().to_string()), ("100".into(), "83.33 TRY".into()));
+    assert_eq!(b.count("SELECT COUNT(*) FROM spark_position_fills WHERE position_id IS NOT NULL").await, 3);
+
+    // A fill in another currency after one that applied: both are gone.
+    let mut usd = fill("e", Side::Buy, "1", "5.00");
+    usd.currency = Currency::USD;
+    let out = b.apply_or_roll_back(&[&fill("d", Side::Buy, "1", "10.00"), &usd]).await;
+    assert!(matches!(out[..], [Ok(Step::Increase(_)), Err(PositionsError::CurrencyMismatch { .. })]), "{out:?}");
+    assert_eq!(b.open("acc-1", "THYAO").await.unwrap().quantity().to_string(), "100");
+    assert_eq!(b.count("SELECT COUNT(*) FROM spark_position_fills").await, 3);
+    // Their ids are free; a repeat is still AlreadyApplied, and changes nothing.
+    let out = b.apply_or_roll_back(&[&fill("d", Side::Buy, "1", "10.00"), &fill("e", Side::Sell, "101", "9.00")]).await;
+    assert!(matches!(out[..], [Ok(Step::Increase(_)), Ok(Step::Close(_))]), "{out:?}");
+    let out = b.apply_or_roll_back(&[&fill("a", Side::Buy, "100", "10.00")]).await;
+    assert!(matches!(out[..], [Err(PositionsError::AlreadyApplied { .. })]), "{out:?}");
+    assert!(b.open("acc-1", "THYAO").await.is_none());
+    assert_eq!(b.count("SELECT COUNT(*) FROM spark_position_fills WHERE position_id IS NOT NULL").await, 5);
+}
+
+/// A fill id applied by a transaction that has not committed yet: the same
+/// fill in another transaction waits for it and is then `AlreadyApplied`,
+/// never added a second time (PostgreSQL's one-statement claim checks the
+/// recorded ids before it adds, and must still refuse the fill it added
+/// while the first transaction was open).
+async fn a_concurrent_repeat_of_an_uncommitted_fill_is_already_applied(b: Backend) {
+    b.apply(&fill("a", Side::Buy, "10", "10.00")).await.unwrap();
+    let repeat = fill("b", Side::Buy, "5", "10.00");
+    macro_rules! race {
+        ($db:expr, $book:expr, $begin:literal) => {{
+            let mut first = $db.pool.begin_with($begin).await.unwrap();
+            assert!(matches!($book.apply_fill(&mut first, &repeat).await, Ok(Step::Increase(_))));
+            let (db, book, f) = ($db.clone(), $book.clone(), repeat.clone());
+            let second = tokio::spawn(async move {
+                let mut tx = db.pool.begin_with($begin).await?;
+                let out = book.apply_fill(&mut tx, &f).await;
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(out)
+            });
+            // Long enough for the second transaction to reach the position
+            // row (or, on SQLite, the write lock) and wait there.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            first.commit().await.unwrap();
+            second.await.unwrap().unwrap()
+        }};
+    }
+    let second = match &b {
+        Backend::Sqlite(db, book) => race!(db, book, "BEGIN IMMEDIATE"),
+        Backend::Postgres(db, book) => race!(db, book, "BEGIN"),
+    };
+    assert!(matches!(second, Err(PositionsError::AlreadyApplied { .. })), "{second:?}");
+    assert_eq!(b.open("acc-1", "THYAO").await.unwrap().quantity().to_string(), "15");
+    assert_eq!(b.count("SELECT COUNT(*) FROM spark_position_fills").await, 2);
 }
