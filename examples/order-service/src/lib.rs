@@ -10,6 +10,7 @@
 //! headers on every response, and every error is problem+json.
 
 pub mod auth;
+mod backend;
 pub mod instruments;
 mod orders;
 pub mod problem;

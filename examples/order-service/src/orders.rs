@@ -6,11 +6,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use spark_idempotency::{Claim, Fingerprint, IdempotencyError, IdempotencyKey, PgStore, SqliteStore, StoredResponse};
+use spark_idempotency::{Claim, Fingerprint, IdempotencyError, IdempotencyKey, Lease, SqlStore, StoredResponse};
 use spark_money::{Price, Quantity, Side};
-use spark_positions::{Fill, PgPositions, PositionFilter, PositionsError, SqlitePositions};
+use spark_positions::{Fill, PositionFilter, Positions, PositionsError};
+use sqlx::{Postgres, Sqlite};
 
 use crate::auth::{MAX_ACCOUNT_ID, single};
+use crate::backend::{OrderBackend, OrderRow};
 use crate::problem::Problem;
 use crate::{AppState, Database};
 
@@ -227,77 +229,84 @@ async fn place(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Pla
     }
     let fingerprint = fingerprint(&req);
 
-    // Claim first, validate after: a retry of an accepted order replays its
-    // stored response even if the instrument's rules have changed since. A
-    // refused order rolls the claim back, so the key stays free.
-    // Claim, order, fill, event and stored response: one transaction.
-    macro_rules! transaction {
-        ($pool:expr, $begin:expr, $store:ty, $book:ty, $enqueue:path, $insert:literal) => {{
-            let store = <$store>::new($pool.clone(), state.idempotency.clone()).map_err(|e| Problem::internal(&e))?;
-            let mut tx = $begin.await.map_err(|e| Problem::unavailable(&e))?;
-            match store.claim_in(&mut tx, client, &key, &fingerprint).await.map_err(idempotency_problem)? {
-                Claim::Acquired(lease) => {
-                    let p = match prepare(state, &req) {
-                        Ok(p) => p,
-                        Err(refused) => {
-                            // Frees the key; a failed rollback drops the
-                            // connection, which rolls back as well.
-                            let _ = tx.rollback().await;
-                            return Err(refused);
-                        }
-                    };
-                    sqlx::query($insert)
-                        .bind(&p.order.order_id)
-                        .bind(client)
-                        .bind(&p.order.account_id)
-                        .bind(&p.order.symbol)
-                        .bind(&p.order.side)
-                        .bind(&p.order.quantity)
-                        .bind(&p.order.price)
-                        .bind(p.created_at_ms)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| Problem::internal(&e))?;
-                    <$book>::new().apply_fill(&mut tx, &p.fill).await.map_err(positions_problem)?;
-                    $enqueue(&mut tx, &p.event).await.map_err(|e| Problem::internal(&e))?;
-                    store.complete_in(&mut tx, &lease, &p.stored).await.map_err(idempotency_problem)?;
-                    tx.commit().await.map_err(|e| Problem::unavailable(&e))?;
-                    Placed::Created(p.stored)
-                }
-                Claim::Replay(previous) => Placed::Replay(previous),
-                Claim::InFlight { retry_after } => Placed::InFlight(retry_after.as_secs().max(1)),
-                Claim::Mismatch => Placed::Mismatch,
-            }
-        }};
-    }
     let placed = match &state.db {
-        Database::Postgres(pool) => transaction!(
-            pool,
-            pool.begin(),
-            PgStore,
-            PgPositions,
-            spark_outbox::postgres::enqueue,
-            "INSERT INTO order_service_orders
-                (order_id, client_id, account_id, symbol, side, quantity, price, status, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'accepted', $8)"
-        ),
-        // SQLite: take the write lock up front, so concurrent orders queue
-        // instead of failing to upgrade a read lock.
-        Database::Sqlite(pool) => transaction!(
-            pool,
-            pool.begin_with("BEGIN IMMEDIATE"),
-            SqliteStore,
-            SqlitePositions,
-            spark_outbox::sqlite::enqueue,
-            "INSERT INTO order_service_orders
-                (order_id, client_id, account_id, symbol, side, quantity, price, status, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'accepted', ?8)"
-        ),
+        Database::Postgres(pool) => transact(pool, state, client, &key, &fingerprint, &req).await?,
+        Database::Sqlite(pool) => transact(pool, state, client, &key, &fingerprint, &req).await?,
     };
     if matches!(placed, Placed::Created(_)) {
         metrics::counter!("orders_accepted_total").increment(1);
     }
     Ok(placed)
+}
+
+/// The order transaction, written once for every backend: claim, order,
+/// event, stored response and fill commit together or not at all.
+///
+/// Claim first, validate after: a retry of an accepted order replays its
+/// stored response even if the instrument's rules have changed since. A
+/// refused order rolls the claim back, so the key stays free.
+async fn transact<DB: OrderBackend>(
+    pool: &sqlx::Pool<DB>,
+    state: &AppState,
+    client: &str,
+    key: &IdempotencyKey,
+    fingerprint: &Fingerprint,
+    req: &OrderRequest,
+) -> Result<Placed, Problem> {
+    let store = SqlStore::<DB>::new(pool.clone(), state.idempotency.clone()).map_err(|e| Problem::internal(&e))?;
+    let begun = match DB::BEGIN {
+        Some(begin) => pool.begin_with(begin).await,
+        None => pool.begin().await,
+    };
+    let mut tx = begun.map_err(|e| Problem::unavailable(&e))?;
+    let lease = match store.claim_in(&mut *tx, client, key, fingerprint).await.map_err(idempotency_problem)? {
+        Claim::Acquired(lease) => lease,
+        Claim::Replay(previous) => return Ok(Placed::Replay(previous)),
+        Claim::InFlight { retry_after } => return Ok(Placed::InFlight(retry_after.as_secs().max(1))),
+        Claim::Mismatch => return Ok(Placed::Mismatch),
+    };
+    let p = match write_order(&mut *tx, &store, &lease, state, client, req).await {
+        Ok(p) => p,
+        Err(refused) => {
+            // Frees the key at once (and, on SQLite, the write lock); a
+            // failed rollback drops the connection, which rolls back as well.
+            let _ = tx.rollback().await;
+            return Err(refused);
+        }
+    };
+    // The fill goes last: its position row is the one other orders of the
+    // account wait for, so it stays locked for the commit only. A refused
+    // fill rolls the whole transaction back.
+    let (tx, _) = Positions::<DB::Book>::new().apply_fill_or_roll_back(tx, &p.fill).await.map_err(positions_problem)?;
+    tx.commit().await.map_err(|e| Problem::unavailable(&e))?;
+    Ok(Placed::Created(p.stored))
+}
+
+/// The writes of an accepted order but its fill, inside the transaction
+/// that claimed its key: order, event, stored response.
+async fn write_order<DB: OrderBackend>(
+    conn: &mut DB::Connection,
+    store: &SqlStore<DB>,
+    lease: &Lease,
+    state: &AppState,
+    client: &str,
+    req: &OrderRequest,
+) -> Result<Prepared, Problem> {
+    let p = prepare(state, req)?;
+    let row = OrderRow {
+        order_id: &p.order.order_id,
+        client_id: client,
+        account_id: &p.order.account_id,
+        symbol: &p.order.symbol,
+        side: &p.order.side,
+        quantity: &p.order.quantity,
+        price: &p.order.price,
+        created_at_ms: p.created_at_ms,
+    };
+    DB::insert_order(conn, &row).await.map_err(|e| Problem::internal(&e))?;
+    spark_outbox::enqueue(conn, &p.event).await.map_err(|e| Problem::internal(&e))?;
+    store.complete_in(conn, lease, &p.stored).await.map_err(idempotency_problem)?;
+    Ok(p)
 }
 
 fn idempotency_problem(e: IdempotencyError) -> Problem {
@@ -350,28 +359,9 @@ pub(crate) async fn get(State(state): State<AppState>, headers: HeaderMap, Path(
     if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {
         return not_found();
     }
-    type Row = (String, String, String, String, String, String, String, i64);
-    let row: Result<Option<Row>, sqlx::Error> = match &state.db {
-        Database::Postgres(p) => {
-            sqlx::query_as(
-                "SELECT order_id, status, account_id, symbol, side, price, quantity, created_at_ms
-                 FROM order_service_orders WHERE order_id = $1 AND client_id = $2",
-            )
-            .bind(&id)
-            .bind(principal.id())
-            .fetch_optional(p)
-            .await
-        }
-        Database::Sqlite(p) => {
-            sqlx::query_as(
-                "SELECT order_id, status, account_id, symbol, side, price, quantity, created_at_ms
-                 FROM order_service_orders WHERE order_id = ?1 AND client_id = ?2",
-            )
-            .bind(&id)
-            .bind(principal.id())
-            .fetch_optional(p)
-            .await
-        }
+    let row = match &state.db {
+        Database::Postgres(p) => Postgres::find_order(p, &id, principal.id()).await,
+        Database::Sqlite(p) => Sqlite::find_order(p, &id, principal.id()).await,
     };
     match row {
         Ok(Some((order_id, status, account_id, symbol, side, price, quantity, created))) => {
@@ -410,8 +400,8 @@ pub(crate) async fn positions(
         return Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", "no such account").into_response();
     }
     let positions = match &state.db {
-        Database::Postgres(p) => PgPositions::new().positions(p, &account, PositionFilter::Open).await,
-        Database::Sqlite(p) => SqlitePositions::new().positions(p, &account, PositionFilter::Open).await,
+        Database::Postgres(p) => open_positions(p, &account).await,
+        Database::Sqlite(p) => open_positions(p, &account).await,
     };
     match positions {
         Ok(list) => {
@@ -430,12 +420,19 @@ pub(crate) async fn positions(
     }
 }
 
+async fn open_positions<DB: OrderBackend>(
+    pool: &sqlx::Pool<DB>,
+    account: &str,
+) -> Result<Vec<spark_positions::Position>, PositionsError> {
+    Positions::<DB::Book>::new().positions(pool, account, PositionFilter::Open).await
+}
+
 /// `GET /healthz`: the database answers; the authentication mode, with a
 /// warning when it is the development mode that trusts `X-Client-Id`.
 pub(crate) async fn health(State(state): State<AppState>) -> Response {
     let ok = match &state.db {
-        Database::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.is_ok(),
-        Database::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.is_ok(),
+        Database::Postgres(p) => Postgres::answers(p).await,
+        Database::Sqlite(p) => Sqlite::answers(p).await,
     };
     if ok {
         let mut body = serde_json::json!({ "status": "ok", "auth": state.auth.name() });
