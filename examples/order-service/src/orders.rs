@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use spark_idempotency::{Claim, Fingerprint, IdempotencyError, IdempotencyKey, Lease, SqlStore, StoredResponse};
+use spark_idempotency::{Claim, Fingerprint, IdempotencyError, IdempotencyKey, SqlStore, StoredResponse};
 use spark_money::{Price, Quantity, Side};
 use spark_positions::{Fill, PositionFilter, Positions, PositionsError};
 use sqlx::{Postgres, Sqlite};
@@ -239,12 +239,14 @@ async fn place(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Pla
     Ok(placed)
 }
 
-/// The order transaction, written once for every backend: claim, order,
-/// event, stored response and fill commit together or not at all.
+/// The order transaction, written once for every backend: claim, stored
+/// response, order, event and fill commit together or not at all.
 ///
-/// Claim first, validate after: a retry of an accepted order replays its
-/// stored response even if the instrument's rules have changed since. A
-/// refused order rolls the claim back, so the key stays free.
+/// A retry of an accepted order replays its stored response even if the
+/// instrument's rules have changed since, so an order the rules refuse is
+/// still checked against its key, and the claim rolled back so the key stays
+/// free. An order the rules allow knows its response before it is written,
+/// so its key is claimed with the response in one statement.
 async fn transact<DB: OrderBackend>(
     pool: &sqlx::Pool<DB>,
     state: &AppState,
@@ -254,18 +256,27 @@ async fn transact<DB: OrderBackend>(
     req: &OrderRequest,
 ) -> Result<Placed, Problem> {
     let store = SqlStore::<DB>::new(pool.clone(), state.idempotency.clone()).map_err(|e| Problem::internal(&e))?;
+    let prepared = prepare(state, req);
     let begun = match DB::BEGIN {
         Some(begin) => pool.begin_with(begin).await,
         None => pool.begin().await,
     };
     let mut tx = begun.map_err(|e| Problem::unavailable(&e))?;
-    let lease = match store.claim_in(&mut *tx, client, key, fingerprint).await.map_err(idempotency_problem)? {
-        Claim::Acquired(lease) => lease,
+    let claim = match &prepared {
+        Ok(p) => store.claim_and_complete_in(&mut *tx, client, key, fingerprint, &p.stored).await,
+        Err(_) => store.claim_in(&mut *tx, client, key, fingerprint).await,
+    };
+    match claim.map_err(idempotency_problem)? {
+        Claim::Acquired(_) => {}
         Claim::Replay(previous) => return Ok(Placed::Replay(previous)),
         Claim::InFlight { retry_after } => return Ok(Placed::InFlight(retry_after.as_secs().max(1))),
         Claim::Mismatch => return Ok(Placed::Mismatch),
+    }
+    let written = match prepared {
+        Ok(p) => write_order::<DB>(&mut tx, client, &p).await.map(|()| p),
+        Err(refused) => Err(refused),
     };
-    let p = match write_order(&mut *tx, &store, &lease, state, client, req).await {
+    let p = match written {
         Ok(p) => p,
         Err(refused) => {
             // Frees the key at once (and, on SQLite, the write lock); a
@@ -282,17 +293,9 @@ async fn transact<DB: OrderBackend>(
     Ok(Placed::Created(p.stored))
 }
 
-/// The writes of an accepted order but its fill, inside the transaction
-/// that claimed its key: order, event, stored response.
-async fn write_order<DB: OrderBackend>(
-    conn: &mut DB::Connection,
-    store: &SqlStore<DB>,
-    lease: &Lease,
-    state: &AppState,
-    client: &str,
-    req: &OrderRequest,
-) -> Result<Prepared, Problem> {
-    let p = prepare(state, req)?;
+/// The order's row and its event, inside the transaction that claimed its
+/// key (with the response already stored).
+async fn write_order<DB: OrderBackend>(conn: &mut DB::Connection, client: &str, p: &Prepared) -> Result<(), Problem> {
     let row = OrderRow {
         order_id: &p.order.order_id,
         client_id: client,
@@ -305,8 +308,7 @@ async fn write_order<DB: OrderBackend>(
     };
     DB::insert_order(conn, &row).await.map_err(|e| Problem::internal(&e))?;
     spark_outbox::enqueue(conn, &p.event).await.map_err(|e| Problem::internal(&e))?;
-    store.complete_in(conn, lease, &p.stored).await.map_err(idempotency_problem)?;
-    Ok(p)
+    Ok(())
 }
 
 fn idempotency_problem(e: IdempotencyError) -> Problem {
