@@ -15,7 +15,7 @@
 //!   claim is a transaction holding its events' row locks while they are
 //!   published: [`OutboxStore::finish`] deletes the published ones and
 //!   commits, a crash rolls back (the events are claimable at once), and a
-//!   relay silent past its lease is cut off by the server, so its late
+//!   relay silent past its lease (and a quarter) is cut off by the server, so its late
 //!   commit fails. On SQLite claims are leases fenced by a [`ClaimToken`]
 //!   and events are marked as each publish completes. The claim's cost is
 //!   the batch, not the backlog.

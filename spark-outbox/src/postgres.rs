@@ -74,7 +74,8 @@ pub(crate) const ENQUEUE: &str =
 ///   twice at once or out of order;
 /// - a relay that crashes or loses its connection rolls back, and its
 ///   events are claimable again at once (no lease to wait out);
-/// - a relay that hangs past its lease is cut off by PostgreSQL
+/// - a relay that hangs past its lease (and a quarter: the last publish may
+///   time out right at its end) is cut off by PostgreSQL
 ///   (`idle_in_transaction_session_timeout`): its late commit fails and
 ///   changes nothing — the fencing is the database's, not a token's;
 /// - each event is written once (the delete) on the way out, not updated
@@ -229,6 +230,13 @@ const UNHOLD: &str = "WITH heads AS (
              WHERE e.agg_key = h.agg_key AND e.seq < h.first
                AND (e.status = 'pending' OR ($1 AND e.status = 'dead' AND e.skipped_at_ms IS NULL)))";
 
+/// The server-side fence of a claim with `lease`: the lease and a quarter,
+/// in ms, as `idle_in_transaction_session_timeout` takes it.
+fn fence_ms(lease: Duration) -> i64 {
+    let lease = millis(lease);
+    lease.saturating_add(lease / 4).clamp(1, i64::from(i32::MAX))
+}
+
 fn is_lost(e: &sqlx::Error) -> bool {
     // The server ended the session (the lease's idle timeout, a restart) or
     // the connection broke: the transaction is gone, nothing was committed.
@@ -247,9 +255,14 @@ impl OutboxStore for PgOutbox {
 
     async fn claim(&self, _relay: &str, batch: u32, lease: Duration, policy: DeadLetterPolicy) -> Result<Claim> {
         let token = ClaimToken::new();
-        // One round trip: the transaction starts with its own lease. A
+        // One round trip: the transaction starts with its own fence. A
         // relay that stays silent in it for longer is disconnected by the
-        // server, which rolls the claim back.
+        // server, which rolls the claim back. The fence is the lease and a
+        // quarter: the relay starts no publish later than a publish timeout
+        // before its lease ends, but the last one may time out right at the
+        // end, and its commit must still get through (the server's timer
+        // starts only after this claim's statement, which can be
+        // sub-millisecond).
         //
         // The claim is fast only as an ordered index scan that stops after
         // the batch. A queue's statistics are nearly always wrong (it empties
@@ -261,7 +274,7 @@ impl OutboxStore for PgOutbox {
         let begin = format!(
             "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {}; \
              SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off",
-            millis(lease).clamp(1, i64::from(i32::MAX))
+            fence_ms(lease)
         );
         let mut tx = self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await?;
         let rows: Vec<Row> = sqlx::query_as(CLAIM)
@@ -794,6 +807,14 @@ async fn send_probe(conn: &mut Option<PgConnection>, url: &str, nonce: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fence_is_the_lease_and_a_quarter_within_the_server_limits() {
+        assert_eq!(fence_ms(Duration::from_secs(60)), 75_000);
+        assert_eq!(fence_ms(Duration::from_millis(200)), 250);
+        assert_eq!(fence_ms(Duration::ZERO), 1);
+        assert_eq!(fence_ms(Duration::from_secs(10_000_000)), i64::from(i32::MAX));
+    }
 
     #[test]
     fn zero_probe_settings_are_raised_to_the_minimum() {

@@ -243,3 +243,19 @@ async fn enqueue_notifies_only_while_a_relay_waits() {
     b.emit(&[event("a", 4)]).await;
     assert!(!notified(&mut listener).await, "nobody waits");
 }
+
+/// The server's fence comes a quarter of the lease after the lease: a relay
+/// whose last publish times out right at the end of its lease still
+/// commits. With the fence at the lease itself, the server ended the
+/// transaction first and the whole batch was published again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_finished_right_at_its_lease_still_commits() {
+    let Some(b) = Pg::open().await else { return };
+    let store = b.store();
+    b.emit(&[event("a", 1)]).await;
+    let claim = store.claim("r", 10, Duration::from_secs(1), DeadLetterPolicy::Block).await.unwrap();
+    assert_eq!(store.mark_published(&[claim.events[0].seq], claim.token, false).await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(store.finish(claim.token, true).await.unwrap(), "the server ended the claim before its fence");
+    assert_eq!(b.count("SELECT COUNT(*) FROM spark_outbox").await, 0);
+}
