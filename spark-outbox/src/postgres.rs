@@ -513,26 +513,23 @@ impl OutboxStore for PgOutbox {
     }
 
     async fn skip_dead(&self, id: Uuid, by: &str) -> Result<bool> {
-        // Skipping frees what was held behind the dead letter, unless an
-        // older dead letter of the same aggregate still holds it (the
-        // sweep, `unhold`, sorts that out on the next pass).
-        let r = sqlx::query(
-            "WITH skipped AS (
-                UPDATE spark_outbox SET skipped_by = $2, skipped_at_ms = $3
-                 WHERE id = $1::uuid AND status = 'dead' AND skipped_at_ms IS NULL
-                RETURNING agg_key)
-             SELECT count(*) FROM skipped",
+        let skipped = sqlx::query(
+            "UPDATE spark_outbox SET skipped_by = $2, skipped_at_ms = $3
+              WHERE id = $1::uuid AND status = 'dead' AND skipped_at_ms IS NULL",
         )
         .bind(id.to_string())
         .bind(by)
         .bind(self.clock.now_ms())
-        .fetch_one(&self.pool)
-        .await?;
-        let skipped: i64 = sqlx::Row::try_get(&r, 0)?;
-        if skipped == 1 {
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1;
+        // Frees what was held behind the dead letter, unless something older
+        // of its aggregate still holds it.
+        if skipped {
             self.unhold(DeadLetterPolicy::Block).await?;
         }
-        Ok(skipped == 1)
+        Ok(skipped)
     }
 }
 
