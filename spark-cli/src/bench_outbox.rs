@@ -180,8 +180,7 @@ where
 }
 
 pub(crate) async fn run(args: OutboxBench, out: &Output) -> CmdResult {
-    let writers_n = WRITERS;
-    let db = Db::connect(&args.database_url, args.relays + writers_n + 2).await?;
+    let db = Db::connect(&args.database_url, args.relays + WRITERS + 2).await?;
     db.migrate(&crate::db::SPARK_MIGRATIONS).await?;
     let relays = if matches!(db, Db::Sqlite(_)) { 1 } else { args.relays };
     let sink_args = SinkArgs {
@@ -215,7 +214,7 @@ pub(crate) async fn run(args: OutboxBench, out: &Output) -> CmdResult {
         },
     )
     .await?;
-    let bare_tps = writers(&db, writers_n, bare_total, |db, n| async move { bare_insert(&db, n).await }).await;
+    let bare_tps = writers(&db, WRITERS, bare_total, |db, n| async move { bare_insert(&db, n).await }).await;
     exec(&db, "DROP TABLE IF EXISTS spark_bench_bare").await?;
     let bare_tps = bare_tps?;
 
@@ -223,7 +222,7 @@ pub(crate) async fn run(args: OutboxBench, out: &Output) -> CmdResult {
     progress(&format!("phase 1/3: enqueue {} events", args.events));
     let aggregates = args.aggregates;
     let enqueue_eps =
-        writers(&db, writers_n, args.events, move |db, n| async move { enqueue_one(&db, n, aggregates).await }).await?;
+        writers(&db, WRITERS, args.events, move |db, n| async move { enqueue_one(&db, n, aggregates).await }).await?;
 
     // Phase 2: drain it.
     progress(&format!("phase 2/3: drain with {relays} relay(s)"));
