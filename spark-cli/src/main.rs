@@ -7,6 +7,7 @@
 mod bench;
 mod bench_http;
 mod bench_outbox;
+mod check;
 mod db;
 mod demo;
 mod idempotency;
@@ -53,6 +54,10 @@ enum Command {
     /// The transactional outbox: relay, stats, dead letters.
     #[command(subcommand)]
     Outbox(outbox::OutboxCommand),
+    /// The pre-deployment blind-spot scan: clock, migrations, pgBouncer,
+    /// decimal columns, backup (exit 0 nothing failed, 1 a check failed, 2 a
+    /// configuration error).
+    Check(check::CheckArgs),
     /// Throughput benchmarks against your own database.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -88,6 +93,7 @@ fn main() -> ExitCode {
         Command::Positions(cmd) => block_on(positions::run(cmd, &out)),
         Command::Outbox(cmd) => block_on(outbox::run(cmd, &out)),
         Command::Bench(cmd) => block_on(bench::run(cmd, &out)),
+        Command::Check(args) => block_on(check::run(args, &out)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,232 @@
+//! `clock`: node vs database time, the kernel's NTP state, and sequence
+//! headroom (a sequence near its column's limit, or behind its column).
+
+use spark_db::Database;
+use sqlx::Row as _;
+
+use crate::check::{Check, Direction, Measurement, Outcome, Status, Threshold};
+use crate::checks::{ntp, quote_ident, sql_error};
+use crate::context::Context;
+
+/// Node vs database offset (best of N round trips, compensated by half the
+/// round trip), the kernel's NTP state through `adjtimex`, and every
+/// sequence owned by a column: used share of the column's range, and
+/// `last_value` not below the column's `max()`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClockCheck;
+
+#[async_trait::async_trait]
+impl Check for ClockCheck {
+    fn id(&self) -> &'static str {
+        "clock"
+    }
+
+    async fn run(&self, ctx: &Context) -> Outcome {
+        let cfg = &ctx.config().clock;
+        let mut o = Outcome::new(self.id());
+        if cfg.ntp {
+            kernel_ntp(&mut o, cfg.ntp_error_fail_ms);
+        }
+        if !ctx.has_database() {
+            o.found(Status::Skip, "offset and sequences not measured: no database configured (database.url)");
+            return o.finish("");
+        }
+        let db = match ctx.database().await {
+            Ok(db) => db,
+            Err(e) => {
+                o.found(Status::Fail, e);
+                return o.finish("");
+            }
+        };
+        let offset = offset(&mut o, ctx, &db).await;
+        let sequences = match &db {
+            Database::Postgres(pool) => sequences(&mut o, ctx, pool).await,
+            Database::Sqlite(_) => 0,
+        };
+        let summary = match offset {
+            Some(ms) => format!("node is {ms:+.1} ms from the database; {sequences} sequence(s) with headroom"),
+            None => format!("{sequences} sequence(s) with headroom"),
+        };
+        o.finish(&summary)
+    }
+}
+
+fn kernel_ntp(o: &mut Outcome, fail_ms: u64) {
+    match ntp::read() {
+        Ok(state) => {
+            o.detail(
+                "ntp",
+                serde_json::json!({
+                    "synchronised": state.synchronised,
+                    "state": state.state,
+                    "esterror_us": state.esterror_us,
+                    "maxerror_us": state.maxerror_us,
+                }),
+            );
+            #[allow(clippy::cast_precision_loss, reason = "microseconds of clock error, far below 2^52")]
+            let est_ms = state.esterror_us as f64 / 1000.0;
+            if state.synchronised {
+                // "Estimated error ≥ limit fails": at the limit is a failure.
+                let threshold = Threshold { warn: None, fail: Some(fail_ms as f64), direction: Direction::Above };
+                let mut m = Measurement::judged("ntp_estimated_error_ms", est_ms, "ms", threshold);
+                if est_ms >= fail_ms as f64 {
+                    m.status = Status::Fail;
+                }
+                o.measure(m);
+            } else {
+                // An unsynchronised kernel does not maintain its error
+                // estimate, so the figure is recorded but not judged.
+                o.measure(Measurement::info("ntp_estimated_error_ms", est_ms, "ms"));
+                o.found(
+                    Status::Warn,
+                    "the kernel clock is not NTP-synchronised (STA_UNSYNC): run chronyd or systemd-timesyncd on this node",
+                );
+            }
+        }
+        Err(e) => {
+            o.found(Status::Warn, format!("cannot read the kernel's NTP state (adjtimex): {e}"));
+        }
+    }
+}
+
+/// Measures the offset; returns it in ms when measured.
+async fn offset(o: &mut Outcome, ctx: &Context, db: &Database) -> Option<f64> {
+    let cfg = &ctx.config().clock;
+    if matches!(db, Database::Sqlite(_)) {
+        o.detail("offset", "not measured: SQLite runs in this process, on this node's clock");
+        return None;
+    }
+    let mut best: Option<(f64, f64)> = None; // (round trip, offset)
+    for _ in 0..cfg.samples {
+        let before = ctx.clock().now_ms();
+        let server = match db.server_time_ms().await {
+            Ok(t) => t,
+            Err(e) => {
+                o.found(Status::Fail, format!("cannot read the database clock: {}", crate::context::ErrorChain(&e)));
+                return None;
+            }
+        };
+        let after = ctx.clock().now_ms();
+        #[allow(clippy::cast_precision_loss, reason = "millisecond timestamps are exact in f64 until the year 287,396")]
+        let (rtt, off) = ((after - before) as f64, server as f64 - (before as f64 + after as f64) / 2.0);
+        if best.is_none_or(|(r, _)| rtt < r) {
+            best = Some((rtt, off));
+        }
+    }
+    let (rtt, off) = best?;
+    o.measure(Measurement::judged(
+        "offset_ms",
+        off.abs(),
+        "ms",
+        Threshold {
+            warn: Some(cfg.offset_warn_ms as f64),
+            fail: Some(cfg.offset_fail_ms as f64),
+            direction: Direction::Above,
+        },
+    ));
+    o.measure(Measurement::info("round_trip_ms", rtt, "ms"));
+    o.detail("offset_signed_ms", off);
+    o.detail("samples", cfg.samples);
+    Some(off)
+}
+
+const SEQUENCES: &str = "\
+SELECT sn.nspname || '.' || seq.relname AS sequence_name,
+       tn.nspname AS table_schema,
+       tbl.relname AS table_name,
+       a.attname AS column_name,
+       a.atttypid::regtype::text AS column_type,
+       s.seqmax AS seq_max,
+       s.seqincrement AS increment,
+       s.seqstart AS start_value,
+       ps.last_value AS last_value
+FROM pg_sequence s
+JOIN pg_class seq ON seq.oid = s.seqrelid
+JOIN pg_namespace sn ON sn.oid = seq.relnamespace
+JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = s.seqrelid
+                 AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+JOIN pg_class tbl ON tbl.oid = d.refobjid
+JOIN pg_namespace tn ON tn.oid = tbl.relnamespace
+JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+LEFT JOIN pg_sequences ps ON ps.schemaname = sn.nspname AND ps.sequencename = seq.relname
+WHERE sn.nspname NOT IN ('pg_catalog', 'information_schema')
+ORDER BY 1";
+
+/// Checks every column-owned sequence; returns how many were measured.
+async fn sequences(o: &mut Outcome, ctx: &Context, pool: &sqlx::PgPool) -> usize {
+    let cfg = &ctx.config().clock;
+    let rows = match sqlx::query(SEQUENCES).fetch_all(pool).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            sql_error(o, "reading sequences", &e);
+            return 0;
+        }
+    };
+    let mut listed = Vec::new();
+    let mut worst_used: f64 = 0.0;
+    for row in &rows {
+        let name: String = row.get("sequence_name");
+        let (schema, table, column): (String, String, String) =
+            (row.get("table_schema"), row.get("table_name"), row.get("column_name"));
+        let column_type: String = row.get("column_type");
+        let seq_max: i64 = row.get("seq_max");
+        let increment: i64 = row.get("increment");
+        let start: i64 = row.get("start_value");
+        let last: Option<i64> = row.get("last_value");
+        if increment <= 0 {
+            listed.push(serde_json::json!({"sequence": name, "skipped": "descending"}));
+            continue;
+        }
+        let column_max = match column_type.as_str() {
+            "smallint" => i64::from(i16::MAX),
+            "integer" => i64::from(i32::MAX),
+            _ => i64::MAX,
+        };
+        let capacity = column_max.min(seq_max);
+        #[allow(clippy::cast_precision_loss, reason = "a share of a range, as a percentage")]
+        let used = last.unwrap_or(0).max(0) as f64 / capacity as f64 * 100.0;
+        worst_used = worst_used.max(used);
+        let qualified = format!("{schema}.{table}.{column}");
+        // The next value nextval() hands out: last_value + increment once
+        // called, else the start value.
+        let next = last.map_or(start, |l| l.saturating_add(increment));
+        let max_sql =
+            format!("SELECT max({})::text FROM {}.{}", quote_ident(&column), quote_ident(&schema), quote_ident(&table));
+        let column_max_value: Option<i64> =
+            match sqlx::query_scalar::<_, Option<String>>(sqlx::AssertSqlSafe(max_sql)).fetch_one(pool).await {
+                Ok(v) => v.and_then(|s| s.parse().ok()),
+                Err(e) => {
+                    sql_error(o, &format!("reading max({qualified})"), &e);
+                    None
+                }
+            };
+        if let Some(max) = column_max_value
+            && next <= max
+        {
+            o.found(
+                Status::Fail,
+                format!(
+                    "sequence {name} would hand out {next} but {qualified} already holds {max}: the next insert \
+                     collides (after a restore?); fix with SELECT setval('{name}', (SELECT max({column}) FROM {schema}.{table}))"
+                ),
+            );
+        }
+        let threshold = Threshold {
+            warn: Some(f64::from(cfg.sequence_warn_percent)),
+            fail: Some(f64::from(cfg.sequence_fail_percent)),
+            direction: Direction::Above,
+        };
+        let m = Measurement::judged(format!("{name} used of {qualified} ({column_type})"), used, "%", threshold);
+        if m.status != Status::Pass {
+            o.measure(m);
+        }
+        listed.push(serde_json::json!({
+            "sequence": name, "column": qualified, "column_type": column_type, "capacity": capacity,
+            "last_value": last, "column_max": column_max_value, "used_percent": used,
+        }));
+    }
+    o.measure(Measurement::info("sequences", listed.len() as f64, "count"));
+    o.measure(Measurement::info("sequence_used_max", worst_used, "%"));
+    o.detail("sequences", listed);
+    rows.len()
+}

@@ -1,0 +1,45 @@
+//! The checks of the blind-spot scan, one module each.
+
+use std::sync::Arc;
+
+use crate::check::{Check, Outcome, Status};
+
+mod backup;
+mod clock;
+mod decimal;
+mod migrations;
+mod ntp;
+mod pgbouncer;
+
+pub use self::backup::BackupCheck;
+pub use self::clock::ClockCheck;
+pub use self::decimal::DecimalCheck;
+pub(crate) use self::decimal::{Exactness, exactness, money_columns};
+pub use self::migrations::MigrationsCheck;
+pub(crate) use self::migrations::{compare, read_applied};
+pub use self::pgbouncer::{PgbouncerCheck, STATEMENT_CACHE_OFF};
+
+/// Every check of this crate, in report order: `clock`, `migrations`,
+/// `pgbouncer`, `decimal`, `backup`.
+#[must_use]
+pub fn all() -> Vec<Arc<dyn Check>> {
+    vec![
+        Arc::new(ClockCheck),
+        Arc::new(MigrationsCheck),
+        Arc::new(PgbouncerCheck),
+        Arc::new(DecimalCheck),
+        Arc::new(BackupCheck),
+    ]
+}
+
+/// A PostgreSQL identifier, quoted.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Records a failed query as a failure naming what was being read. The
+/// database's message is kept (it names the missing privilege or relation);
+/// it never carries a password.
+pub(crate) fn sql_error(o: &mut Outcome, what: &str, e: &sqlx::Error) {
+    o.found(Status::Fail, format!("{what} failed: {}", crate::context::one_line(&e.to_string())));
+}

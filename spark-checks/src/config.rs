@@ -1,0 +1,524 @@
+//! `spark.toml`: every key documented in [`KEYS`], defaults stated, unknown
+//! keys rejected, environment variables override, secrets only from the
+//! environment.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ChecksError;
+
+/// The whole configuration of a scan.
+///
+/// ```
+/// let config = spark_checks::Config::from_toml_str(
+///     "[clock]\noffset_warn_ms = 50\n",
+///     |_| None, // no environment
+/// ).unwrap();
+/// assert_eq!(config.clock.offset_warn_ms, 50);
+/// assert_eq!(config.clock.offset_fail_ms, 250);
+///
+/// let err = spark_checks::Config::from_toml_str("[clock]\nofset_warn_ms = 50\n", |_| None).unwrap_err();
+/// assert!(err.to_string().contains("ofset_warn_ms"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[check]`: how the scan runs.
+    pub check: ScanConfig,
+    /// `[database]`: where the database is, by role.
+    pub database: DatabaseConfig,
+    /// `[clock]`: clock offset, NTP and sequence headroom.
+    pub clock: ClockConfig,
+    /// `[migrations]`.
+    pub migrations: MigrationsConfig,
+    /// `[pgbouncer]`.
+    pub pgbouncer: PgbouncerConfig,
+    /// `[decimal]`.
+    pub decimal: DecimalConfig,
+    /// `[backup]`.
+    pub backup: BackupConfig,
+}
+
+/// `[check]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScanConfig {
+    /// Per-check timeout; a check still running then fails "timed out".
+    pub timeout_ms: u64,
+    /// Run only these check ids (empty: all).
+    pub only: Vec<String>,
+}
+
+impl Default for ScanConfig {
+    fn default() -> Self {
+        ScanConfig { timeout_ms: 10_000, only: Vec::new() }
+    }
+}
+
+/// `[database]`: one URL per role. Passwords only from the environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// The URL the application uses (possibly through pgBouncer).
+    pub url: Option<String>,
+    /// A direct connection to PostgreSQL for the server-side checks
+    /// (settings, statistics, `pg_stat_activity`); default: `url`.
+    pub direct_url: Option<String>,
+    /// The URL relays LISTEN through; must not be a transaction pool.
+    pub listen_url: Option<String>,
+    /// The URL migrations run through; must not be a transaction pool.
+    pub migration_url: Option<String>,
+}
+
+impl DatabaseConfig {
+    /// The URL for server-side checks: `direct_url`, else `url`.
+    #[must_use]
+    pub fn direct(&self) -> Option<&str> {
+        self.direct_url.as_deref().or(self.url.as_deref())
+    }
+}
+
+/// `[clock]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClockConfig {
+    /// Round trips measured; the one with the shortest round trip counts.
+    pub samples: u32,
+    /// Warn when the node is more than this far from the database.
+    pub offset_warn_ms: u64,
+    /// Fail when the node is more than this far from the database.
+    pub offset_fail_ms: u64,
+    /// Read the kernel's NTP state (adjtimex).
+    pub ntp: bool,
+    /// Fail when the kernel's estimated error is at least this.
+    pub ntp_error_fail_ms: u64,
+    /// Warn when a sequence has used this share of its column's range.
+    pub sequence_warn_percent: u32,
+    /// Fail when a sequence has used this share of its column's range.
+    pub sequence_fail_percent: u32,
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        ClockConfig {
+            samples: 5,
+            offset_warn_ms: 100,
+            offset_fail_ms: 250,
+            ntp: true,
+            ntp_error_fail_ms: 100,
+            sequence_warn_percent: 75,
+            sequence_fail_percent: 90,
+        }
+    }
+}
+
+/// `[migrations]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MigrationsConfig {
+    /// Versions applied in the database that this build does not embed and
+    /// that are expected there (another application's migrations sharing
+    /// `_sqlx_migrations`); any other such version warns.
+    pub ignore_versions: Vec<i64>,
+}
+
+/// `[pgbouncer]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PgbouncerConfig {
+    /// The admin console, `postgres://USER@HOST:PORT/pgbouncer`.
+    pub admin_url: Option<String>,
+    /// The pool (pgBouncer database name) the application uses; default: the
+    /// database named in `database.url`.
+    pub database: Option<String>,
+    /// Warn when `sv_active / pool_size` reaches this share.
+    pub saturation_warn_percent: u32,
+    /// Fail when `sv_active / pool_size` reaches this share.
+    pub saturation_fail_percent: u32,
+    /// Fail when a client has waited this long for a server connection.
+    pub maxwait_fail_ms: u64,
+    /// Warn about queries active longer than this.
+    pub active_query_warn_seconds: u64,
+    /// Warn about sessions idle in a transaction longer than this.
+    pub idle_in_transaction_warn_seconds: u64,
+    /// Fail on sessions idle in a transaction longer than this.
+    pub idle_in_transaction_fail_seconds: u64,
+    /// How long the LISTEN probe waits for its NOTIFY.
+    pub notify_timeout_ms: u64,
+}
+
+impl Default for PgbouncerConfig {
+    fn default() -> Self {
+        PgbouncerConfig {
+            admin_url: None,
+            database: None,
+            saturation_warn_percent: 70,
+            saturation_fail_percent: 90,
+            maxwait_fail_ms: 1_000,
+            active_query_warn_seconds: 30,
+            idle_in_transaction_warn_seconds: 60,
+            idle_in_transaction_fail_seconds: 300,
+            notify_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// `[decimal]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecimalConfig {
+    /// A case-insensitive regular expression over column names: the columns
+    /// that hold money and must be exact.
+    pub pattern: String,
+}
+
+/// The default money-column pattern.
+pub const DEFAULT_MONEY_PATTERN: &str = "price|amount|qty|quantity|notional|fee|pnl|balance|cost";
+
+impl Default for DecimalConfig {
+    fn default() -> Self {
+        DecimalConfig { pattern: DEFAULT_MONEY_PATTERN.to_owned() }
+    }
+}
+
+/// `[backup]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Fail when WAL is waiting to be archived and the last archive is older.
+    pub archive_max_age_seconds: u64,
+    /// The pause between the two reads of `failed_count`.
+    pub failed_count_interval_ms: u64,
+    /// A base-backup directory that must exist (optional).
+    pub base_backup_dir: Option<PathBuf>,
+    /// The newest entry in `base_backup_dir` must be younger than this.
+    pub base_backup_max_age_hours: u64,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            archive_max_age_seconds: 600,
+            failed_count_interval_ms: 1_000,
+            base_backup_dir: None,
+            base_backup_max_age_hours: 26,
+        }
+    }
+}
+
+/// One documented key of `spark.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    /// `section.key`.
+    pub key: &'static str,
+    /// The default, as TOML would write it (`none` when unset).
+    pub default: &'static str,
+    /// What it does.
+    pub doc: &'static str,
+}
+
+macro_rules! keys {
+    ($( $section:literal . $name:literal = $default:literal : $doc:literal ;)*) => {
+        /// Every key of `spark.toml`, its default and meaning (the crate
+        /// README prints the same table; a test keeps them equal). The
+        /// environment variable of each is [`Key::env`].
+        pub const KEYS: &[Key] = &[$(Key { key: concat!($section, ".", $name), default: $default, doc: $doc }),*];
+    };
+}
+
+keys! {
+    "check"."timeout_ms" = "10000" : "per-check timeout; a check still running then fails \"timed out\"";
+    "check"."only" = "[]" : "check ids to run (empty: all)";
+    "database"."url" = "none" : "the application's database URL (maybe through pgBouncer); a password only from the environment";
+    "database"."direct_url" = "none" : "a direct PostgreSQL URL for the server-side checks (default: database.url)";
+    "database"."listen_url" = "none" : "the URL relays LISTEN through; must not be a transaction pool";
+    "database"."migration_url" = "none" : "the URL migrations run through; must not be a transaction pool";
+    "clock"."samples" = "5" : "round trips measured; the shortest counts";
+    "clock"."offset_warn_ms" = "100" : "warn when node and database clocks differ by more";
+    "clock"."offset_fail_ms" = "250" : "fail when node and database clocks differ by more";
+    "clock"."ntp" = "true" : "read the kernel's NTP state through adjtimex";
+    "clock"."ntp_error_fail_ms" = "100" : "fail when the kernel's estimated clock error is at least this";
+    "clock"."sequence_warn_percent" = "75" : "warn when a sequence has used this share of its column's range";
+    "clock"."sequence_fail_percent" = "90" : "fail when a sequence has used this share of its column's range";
+    "migrations"."ignore_versions" = "[]" : "versions applied by other applications that share _sqlx_migrations";
+    "pgbouncer"."admin_url" = "none" : "the admin console, postgres://USER@HOST:PORT/pgbouncer";
+    "pgbouncer"."database" = "none" : "the application's pool name (default: the database in database.url)";
+    "pgbouncer"."saturation_warn_percent" = "70" : "warn when sv_active / pool_size reaches this";
+    "pgbouncer"."saturation_fail_percent" = "90" : "fail when sv_active / pool_size reaches this";
+    "pgbouncer"."maxwait_fail_ms" = "1000" : "fail when a client has waited this long for a server";
+    "pgbouncer"."active_query_warn_seconds" = "30" : "warn about queries running longer";
+    "pgbouncer"."idle_in_transaction_warn_seconds" = "60" : "warn about sessions idle in a transaction longer";
+    "pgbouncer"."idle_in_transaction_fail_seconds" = "300" : "fail on sessions idle in a transaction longer";
+    "pgbouncer"."notify_timeout_ms" = "5000" : "how long the LISTEN probe waits for its NOTIFY";
+    "decimal"."pattern" = "\"price|amount|qty|quantity|notional|fee|pnl|balance|cost\"" : "case-insensitive regex over column names: the money columns";
+    "backup"."archive_max_age_seconds" = "600" : "fail when WAL waits to be archived and the last archive is older";
+    "backup"."failed_count_interval_ms" = "1000" : "pause between the two reads of pg_stat_archiver.failed_count";
+    "backup"."base_backup_dir" = "none" : "a base-backup directory that must exist (optional)";
+    "backup"."base_backup_max_age_hours" = "26" : "its newest entry must be younger than this";
+}
+
+impl Key {
+    /// The environment variable that overrides it: `SPARK_SECTION_KEY`
+    /// (`database.url` → `SPARK_DATABASE_URL`).
+    #[must_use]
+    pub fn env(&self) -> String {
+        format!("SPARK_{}", self.key.replace('.', "_").to_ascii_uppercase())
+    }
+}
+
+impl Config {
+    /// Reads `path` (a missing file is the defaults only when `required` is
+    /// false), then applies the environment.
+    ///
+    /// # Errors
+    ///
+    /// [`ChecksError::Config`] naming the file and the bad key or value,
+    /// [`ChecksError::SecretInFile`] for a password written in the file.
+    pub fn load(path: &Path, required: bool) -> Result<Config, ChecksError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => String::new(),
+            Err(e) => {
+                return Err(ChecksError::Config {
+                    source_name: path.display().to_string(),
+                    message: format!("cannot read it: {e}"),
+                });
+            }
+        };
+        Config::parse(&text, &path.display().to_string(), |var| std::env::var(var).ok())
+    }
+
+    /// Parses TOML text, then applies overrides from `env` (a lookup by
+    /// variable name; pass `|v| std::env::var(v).ok()` for the process's).
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::load`].
+    pub fn from_toml_str(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ChecksError> {
+        Config::parse(text, "spark.toml", env)
+    }
+
+    fn parse(text: &str, source_name: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ChecksError> {
+        let err = |message: String| ChecksError::Config { source_name: source_name.to_owned(), message };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| err(one_line(&e.to_string())))?;
+        // Secrets never come from a file: a file is copied, committed and
+        // attached to tickets.
+        for key in KEYS.iter().filter(|k| k.key.ends_with("url")) {
+            let (section, name) = key.key.split_once('.').unwrap_or_default();
+            if let Some(url) = table.get(section).and_then(|s| s.get(name)).and_then(|v| v.as_str())
+                && url_password(url).is_some()
+            {
+                return Err(ChecksError::SecretInFile { key: key.key, env: key.env() });
+            }
+        }
+        let from_env = |key: &Key| env(&key.env()).filter(|v| !v.is_empty());
+        for key in KEYS {
+            let Some(raw) = from_env(key) else { continue };
+            let (section, name) = key.key.split_once('.').unwrap_or_default();
+            let section = table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| err(format!("[{section}] must be a table")))?;
+            section.insert(name.to_owned(), env_value(&raw));
+        }
+        let config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            err(format!("{} (from the file or the environment)", one_line(&e.to_string())))
+        })?;
+        config.validate().map_err(err)?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let order = |what: &str, warn: u64, fail: u64| {
+            if warn > fail {
+                Err(format!("{what}: the warn limit {warn} is beyond the fail limit {fail}"))
+            } else {
+                Ok(())
+            }
+        };
+        order("clock.offset_warn_ms / offset_fail_ms", self.clock.offset_warn_ms, self.clock.offset_fail_ms)?;
+        order(
+            "clock.sequence_warn_percent / sequence_fail_percent",
+            self.clock.sequence_warn_percent.into(),
+            self.clock.sequence_fail_percent.into(),
+        )?;
+        order(
+            "pgbouncer.saturation_warn_percent / saturation_fail_percent",
+            self.pgbouncer.saturation_warn_percent.into(),
+            self.pgbouncer.saturation_fail_percent.into(),
+        )?;
+        order(
+            "pgbouncer.idle_in_transaction_warn_seconds / idle_in_transaction_fail_seconds",
+            self.pgbouncer.idle_in_transaction_warn_seconds,
+            self.pgbouncer.idle_in_transaction_fail_seconds,
+        )?;
+        if self.clock.samples == 0 {
+            return Err("clock.samples must be at least 1".to_owned());
+        }
+        if self.check.timeout_ms == 0 {
+            return Err("check.timeout_ms must be at least 1".to_owned());
+        }
+        regex::RegexBuilder::new(&self.decimal.pattern)
+            .case_insensitive(true)
+            .build()
+            .map_err(|e| format!("decimal.pattern is not a valid regular expression: {}", one_line(&e.to_string())))?;
+        for url in
+            [&self.database.url, &self.database.direct_url, &self.database.listen_url, &self.database.migration_url]
+                .into_iter()
+                .flatten()
+                .chain(self.pgbouncer.admin_url.as_ref())
+        {
+            spark_db::Backend::of_url(url).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Every password present in a configured URL, so reports can scrub
+    /// them from anything a target echoed back.
+    #[must_use]
+    pub fn secrets(&self) -> Vec<String> {
+        [&self.database.url, &self.database.direct_url, &self.database.listen_url, &self.database.migration_url]
+            .into_iter()
+            .flatten()
+            .chain(self.pgbouncer.admin_url.as_ref())
+            .filter_map(|u| url_password(u))
+            .filter(|p| p.len() >= 3)
+            .collect()
+    }
+}
+
+/// The password in a URL's userinfo or `password=` parameter.
+fn url_password(url: &str) -> Option<String> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let from_query = query.split('&').find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.eq_ignore_ascii_case("password").then(|| v.to_owned())
+    });
+    let scheme = base.find("://")?;
+    let at = base.rfind('@');
+    let from_userinfo = at.filter(|&at| at > scheme).and_then(|at| {
+        let userinfo = &base[scheme + 3..at];
+        userinfo.split_once(':').map(|(_, p)| p.to_owned())
+    });
+    from_userinfo.or(from_query).filter(|p| !p.is_empty())
+}
+
+/// An environment value as TOML: a number, boolean or array when it parses
+/// as one, a string otherwise.
+fn env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn env_names_follow_the_keys() {
+        let url = KEYS.iter().find(|k| k.key == "database.url").unwrap();
+        assert_eq!(url.env(), "SPARK_DATABASE_URL");
+        let admin = KEYS.iter().find(|k| k.key == "pgbouncer.admin_url").unwrap();
+        assert_eq!(admin.env(), "SPARK_PGBOUNCER_ADMIN_URL");
+    }
+
+    #[test]
+    fn every_field_is_documented_and_every_documented_key_exists() {
+        // A configuration with every optional key set serialises to every
+        // field; KEYS must list exactly those.
+        let mut full = Config {
+            database: DatabaseConfig {
+                url: Some(String::new()),
+                direct_url: Some(String::new()),
+                listen_url: Some(String::new()),
+                migration_url: Some(String::new()),
+            },
+            ..Config::default()
+        };
+        full.pgbouncer.admin_url = Some(String::new());
+        full.pgbouncer.database = Some(String::new());
+        full.backup.base_backup_dir = Some(PathBuf::new());
+        let value = toml::Value::try_from(&full).unwrap();
+        let mut fields = Vec::new();
+        for (section, table) in value.as_table().unwrap() {
+            for name in table.as_table().unwrap().keys() {
+                fields.push(format!("{section}.{name}"));
+            }
+        }
+        fields.sort();
+        let mut documented: Vec<String> = KEYS.iter().map(|k| k.key.to_owned()).collect();
+        documented.sort();
+        assert_eq!(fields, documented);
+    }
+
+    #[test]
+    fn documented_defaults_are_the_real_defaults() {
+        let value = toml::Value::try_from(Config::default()).unwrap();
+        for key in KEYS {
+            let (section, name) = key.key.split_once('.').unwrap();
+            let actual = value.get(section).and_then(|s| s.get(name)).map_or("none".to_owned(), |v| v.to_string());
+            assert_eq!(actual, key.default, "{}", key.key);
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_sections_are_rejected() {
+        let e = Config::from_toml_str("[clock]\nofset_warn_ms = 1\n", no_env).unwrap_err().to_string();
+        assert!(e.contains("ofset_warn_ms"), "{e}");
+        let e = Config::from_toml_str("[clok]\n", no_env).unwrap_err().to_string();
+        assert!(e.contains("clok"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file_with_typed_values() {
+        let env = |v: &str| match v {
+            "SPARK_CLOCK_OFFSET_WARN_MS" => Some("7".to_owned()),
+            "SPARK_DATABASE_URL" => Some("postgres://app:pw9@db/app".to_owned()),
+            "SPARK_CHECK_ONLY" => Some("[\"clock\"]".to_owned()),
+            _ => None,
+        };
+        let c = Config::from_toml_str("[clock]\noffset_warn_ms = 50\n", env).unwrap();
+        assert_eq!(c.clock.offset_warn_ms, 7);
+        assert_eq!(c.database.url.as_deref(), Some("postgres://app:pw9@db/app"));
+        assert_eq!(c.check.only, vec!["clock"]);
+        assert_eq!(c.secrets(), vec!["pw9"]);
+        let e = Config::from_toml_str("", |v| (v == "SPARK_CLOCK_SAMPLES").then(|| "many".to_owned()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("samples"), "{e}");
+    }
+
+    #[test]
+    fn a_password_in_the_file_is_refused_and_not_echoed() {
+        let e = Config::from_toml_str("[database]\nurl = \"postgres://app:hunter2@db/app\"\n", no_env).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("SPARK_DATABASE_URL") && !text.contains("hunter2"), "{text}");
+        let e =
+            Config::from_toml_str("[pgbouncer]\nadmin_url = \"postgres://a@b/pgbouncer?password=hunter2\"\n", no_env)
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("SPARK_PGBOUNCER_ADMIN_URL") && !e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn inverted_limits_and_bad_patterns_are_refused() {
+        let e = Config::from_toml_str("[clock]\noffset_warn_ms = 300\n", no_env).unwrap_err().to_string();
+        assert!(e.contains("offset_warn_ms"), "{e}");
+        let e = Config::from_toml_str("[decimal]\npattern = \"(\"\n", no_env).unwrap_err().to_string();
+        assert!(e.contains("decimal.pattern"), "{e}");
+        let e = Config::from_toml_str("[database]\nurl = \"mysql://x\"\n", no_env).unwrap_err().to_string();
+        assert!(e.contains("mysql"), "{e}");
+    }
+}

@@ -1,0 +1,108 @@
+//! What every check sees: the configuration, the clock, the migrations this
+//! build embeds, and one shared connection pool to the database.
+
+use spark_db::{Database, Migrations, SharedClock};
+use tokio::sync::OnceCell;
+
+use crate::config::Config;
+
+/// The inputs of a scan, shared by all its checks.
+///
+/// ```
+/// use spark_checks::{Config, Context};
+///
+/// let ctx = Context::new(Config::default()).with_migrations(&[]);
+/// assert!(ctx.config().database.url.is_none());
+/// ```
+#[derive(Debug)]
+pub struct Context {
+    config: Config,
+    clock: SharedClock,
+    migrations: Vec<Migrations>,
+    direct: OnceCell<Result<Database, String>>,
+}
+
+impl Context {
+    /// A context on the system clock with no embedded migrations.
+    #[must_use]
+    pub fn new(config: Config) -> Context {
+        Context { config, clock: spark_db::system_clock(), migrations: Vec::new(), direct: OnceCell::new() }
+    }
+
+    /// The clock the node's time is read from (tests inject a skewed one).
+    #[must_use]
+    pub fn with_clock(mut self, clock: SharedClock) -> Context {
+        self.clock = clock;
+        self
+    }
+
+    /// The migrations this build embeds, which the `migrations` check
+    /// compares with the database.
+    #[must_use]
+    pub fn with_migrations(mut self, migrations: &[Migrations]) -> Context {
+        self.migrations = migrations.to_vec();
+        self
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The node's clock.
+    #[must_use]
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// The embedded migrations.
+    #[must_use]
+    pub fn migrations(&self) -> &[Migrations] {
+        &self.migrations
+    }
+
+    /// Whether a database is configured at all.
+    #[must_use]
+    pub fn has_database(&self) -> bool {
+        self.config.database.direct().is_some()
+    }
+
+    /// A pool on the direct database URL, connected on first use and shared
+    /// by every check of the scan.
+    ///
+    /// # Errors
+    ///
+    /// A one-line message with the URL redacted when nothing is configured or
+    /// the database cannot be reached.
+    pub async fn database(&self) -> Result<Database, String> {
+        self.direct
+            .get_or_init(|| async {
+                let url = self.config.database.direct().ok_or_else(|| {
+                    "no database configured: set database.url in spark.toml or SPARK_DATABASE_URL".to_owned()
+                })?;
+                Database::connect(url, 4).await.map_err(|e| one_line(&format!("{}", ErrorChain(&e))))
+            })
+            .await
+            .clone()
+    }
+}
+
+/// An error with its causes on one line (`a: b: c`).
+pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,58 @@
+//! The pre-deployment blind-spot scan.
+//!
+//! Before a release, the expensive mistakes are small and invisible: a node
+//! clock 300 ms off the database, a migration applied with another checksum,
+//! pgBouncer in session mode, a float column holding prices, a sequence
+//! behind its column after a restore, WAL archiving silently failing. Each
+//! [`Check`] measures one of them against the real server and returns an
+//! [`Outcome`]: pass, warn, fail or skip, with every measured value, its
+//! threshold and the evidence.
+//!
+//! - [`scan`] runs checks concurrently, each under a timeout (a hung target
+//!   fails "timed out", never hangs the scan), into a [`Report`]: a table,
+//!   JSON, JUnit XML, and evidence files (`blind_spots_scan.txt`/`.json`).
+//! - [`Config`] is `spark.toml`: every key in [`config::KEYS`] with its
+//!   default, unknown keys rejected, environment overrides, passwords only
+//!   from the environment, redacted everywhere.
+//! - [`checks`]: `clock`, `migrations`, `pgbouncer`, `decimal`, `backup`.
+//! - [`schema`]: assertions for a service's own test suite
+//!   (`assert_money_columns_exact`, `assert_partial_unique_index`,
+//!   `assert_migrations_applied`).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), spark_checks::ChecksError> {
+//! use std::sync::Arc;
+//! use spark_checks::{Config, Context, Status};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let url = format!("sqlite://{}", dir.path().join("app.db").display());
+//! let config = Config::from_toml_str(&format!("[database]\nurl = \"{url}\"\n"), |_| None)?;
+//! let ctx = Arc::new(Context::new(config));
+//! let report = spark_checks::scan(&ctx, spark_checks::checks::all()).await;
+//! // A fresh database has no migrations applied: that fails.
+//! assert_eq!(report.check("migrations").unwrap().status, Status::Fail);
+//! println!("{}", report.table());
+//! # Ok(()) }
+//! ```
+//!
+//! # Features
+//!
+//! None: PostgreSQL and SQLite are both always on (a check reads whichever
+//! the URL names), and the checks need no other optional part.
+
+mod check;
+pub mod checks;
+pub mod config;
+mod context;
+mod error;
+mod report;
+mod scan;
+pub mod schema;
+
+pub use crate::check::{Check, Direction, Finding, Measurement, Outcome, Status, Threshold};
+pub use crate::config::Config;
+pub use crate::context::Context;
+pub use crate::error::ChecksError;
+pub use crate::report::{EVIDENCE_JSON, EVIDENCE_TEXT, EvidenceFile, Report};
+pub use crate::scan::{overall, scan, select};

@@ -1,0 +1,1 @@
+//! spark-checks against real servers.
