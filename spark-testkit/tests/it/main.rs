@@ -1,0 +1,3 @@
+//! The test servers against the real binaries: a private PostgreSQL cluster.
+
+mod cluster;
