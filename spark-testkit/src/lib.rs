@@ -7,12 +7,14 @@
 //! - Both hand out the workspace's [`spark_db::Database`] through
 //!   `database()`, beside the raw pool.
 //! - [`cluster::PgCluster`] starts a private PostgreSQL server for one test,
-//!   with the `postgresql.conf` settings the test asks for; it skips when the
-//!   binaries are not installed.
+//!   with the `postgresql.conf` settings the test asks for, and
+//!   [`pgbouncer::Pgbouncer`] a real pgBouncer in front of a server; both skip
+//!   when the binaries are not installed.
 //! - With `SPARK_REQUIRE_SERVICES=1` (as in CI) a missing service fails the
 //!   test instead of skipping it.
 
 pub mod cluster;
+pub mod pgbouncer;
 mod server;
 
 use std::collections::BTreeSet;
