@@ -68,10 +68,15 @@ impl PoolMode {
 /// A running pgBouncer, killed on drop.
 ///
 /// pgBouncer 1.18 does not track protocol-level prepared statements (1.21
-/// added `max_prepared_statements`), so in transaction and statement mode a
-/// client's `Parse` and its later `Bind` can reach different server
-/// connections: sqlx's default `sqlx::query(..)` outside an explicit
-/// transaction fails there.
+/// added `max_prepared_statements`). In transaction and statement mode,
+/// sqlx's default `sqlx::query(..)` therefore fails, and at times silently
+/// runs another client's statement: named statements (`sqlx_s_N`) collide
+/// between clients that share a server connection, and sqlx sends `Parse`
+/// and `Bind` under separate `Sync`s, so outside a transaction even an
+/// unnamed statement can be bound on another server connection. What works
+/// there: `.persistent(false)` queries inside an explicit transaction, or
+/// `sqlx::raw_sql`. `statement-cache-capacity=0` does not help: sqlx then
+/// still prepares named statements, and never closes them.
 #[derive(Debug)]
 pub struct Pgbouncer {
     port: u16,
@@ -228,7 +233,7 @@ impl PgbouncerBuilder {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
-            match wait_until_listening(&mut child, port) {
+            match wait_until_listening(&mut child, &log, port) {
                 Ok(()) => return Pgbouncer { port, user, child, log, _dir: dir },
                 Err(why) => {
                     let _ = child.kill();
@@ -249,14 +254,17 @@ impl PgbouncerBuilder {
     }
 }
 
-/// Waits until something accepts TCP connections on `port`, or says why not.
-fn wait_until_listening(child: &mut Child, port: u16) -> Result<(), String> {
+/// Waits until pgBouncer says in its log that it listens on `port` and a
+/// connection to it succeeds, or says why not. The log line makes sure the
+/// listener is this pgBouncer, not another process that took the port.
+fn wait_until_listening(child: &mut Child, log: &Path, port: u16) -> Result<(), String> {
     let deadline = Instant::now() + READY_TIMEOUT;
+    let listening = format!("listening on 127.0.0.1:{port}");
     loop {
         if let Some(status) = child.try_wait().map_err(|e| format!("cannot watch the process: {e}"))? {
             return Err(format!("it exited ({status})"));
         }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if server::read_log(log).contains(&listening) && TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(());
         }
         if Instant::now() > deadline {
