@@ -6,8 +6,16 @@
 //! - [`sqlite`] gives each test a fresh SQLite file in a temporary directory.
 //! - Both hand out the workspace's [`spark_db::Database`] through
 //!   `database()`, beside the raw pool.
+//! - [`cluster::PgCluster`] starts a private PostgreSQL server for one test,
+//!   with the `postgresql.conf` settings the test asks for, and
+//!   [`pgbouncer::Pgbouncer`] a real pgBouncer in front of a server; both skip
+//!   when the binaries are not installed.
 //! - With `SPARK_REQUIRE_SERVICES=1` (as in CI) a missing service fails the
 //!   test instead of skipping it.
+
+pub mod cluster;
+pub mod pgbouncer;
+mod server;
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -33,12 +41,20 @@ pub fn service_url(var: &str, what: &str) -> Option<String> {
     if let Some(url) = std::env::var(var).ok().filter(|u| !u.is_empty()) {
         return Some(url);
     }
-    assert!(!services_required(), "{var} is not set but SPARK_REQUIRE_SERVICES=1: {what} tests cannot be skipped");
+    skip(what, &format!("{var} (not set)"))
+}
+
+/// Skips a service-backed test: prints `skipped: {what} tests need {need}`
+/// once per process, and returns `None`. Panics instead when the service is
+/// required.
+pub(crate) fn skip<T>(what: &str, need: &str) -> Option<T> {
+    assert!(!services_required(), "{what} tests need {need} but SPARK_REQUIRE_SERVICES=1: they cannot be skipped");
     static SAID: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
-    if SAID.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(var.to_owned()) {
+    let line = format!("skipped: {what} tests need {need}");
+    if SAID.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(line.clone()) {
         // Straight to the process's stderr: the test harness captures
         // `eprintln!`, and a skip must be visible.
-        let _ = writeln!(std::io::stderr(), "skipped: {what} tests need {var} (not set)");
+        let _ = writeln!(std::io::stderr(), "{line}");
     }
     None
 }
