@@ -65,9 +65,10 @@ impl private::Sealed for Postgres {}
 
 const PG_INSERT_ORDER: &str = "INSERT INTO order_service_orders
         (order_id, client_id, account_id, symbol, side, quantity, price, status, created_at_ms)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, 'accepted', $8)";
+     VALUES ($1, $2, $3, $4, $5, $6::numeric, $7::numeric, 'accepted', $8)";
 
-const PG_FIND_ORDER: &str = "SELECT order_id, status, account_id, symbol, side, price, quantity, created_at_ms
+const PG_FIND_ORDER: &str =
+    "SELECT order_id, status, account_id, symbol, side, price::text, quantity::text, created_at_ms
      FROM order_service_orders WHERE order_id = $1 AND client_id = $2";
 
 impl OrderBackend for Postgres {

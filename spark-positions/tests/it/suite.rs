@@ -211,7 +211,41 @@ on_both!(
     a_trimmed_sum_keeps_the_same_places_on_both_backends,
     a_fill_without_a_savepoint_rolls_back_its_whole_transaction,
     a_concurrent_repeat_of_an_uncommitted_fill_is_already_applied,
+    the_schema_holds_what_the_book_relies_on,
 );
+
+impl Backend {
+    fn database(&self) -> spark_db::Database {
+        match self {
+            Backend::Sqlite(db, _) => db.database(),
+            Backend::Postgres(db, _) => db.database(),
+        }
+    }
+}
+
+/// The guarantees the book relies on, asserted on the schema itself with
+/// the checks an operator runs: the partial unique index, exact money
+/// columns, the migrations as embedded. Each assertion is shown to fail
+/// once the schema is broken.
+async fn the_schema_holds_what_the_book_relies_on(b: Backend) {
+    use spark_checks::schema;
+    let db = b.database();
+    let index = || {
+        schema::assert_partial_unique_index(&db, "spark_positions", &["account_id", "instrument"], "status = 'open'")
+    };
+    index().await.unwrap();
+    let money = schema::assert_money_columns_exact(&db, schema::DEFAULT_MONEY_PATTERN).await.unwrap();
+    assert!(money >= 5, "quantity, cost_basis, realized_pnl, price_scale, fills' quantity and price: {money}");
+    let migrator = spark_positions::MIGRATIONS.migrator(db.backend()).unwrap();
+    schema::assert_migrations_applied(&db, &migrator).await.unwrap();
+
+    b.exec("DROP INDEX spark_positions_one_open").await.unwrap();
+    let err = index().await.unwrap_err().to_string();
+    assert!(err.contains("spark_positions") && err.contains("status = 'open'"), "{err}");
+    b.exec("ALTER TABLE spark_position_fills ADD COLUMN fee_estimate REAL").await.unwrap();
+    let err = schema::assert_money_columns_exact(&db, schema::DEFAULT_MONEY_PATTERN).await.unwrap_err().to_string();
+    assert!(err.contains("spark_position_fills.fee_estimate"), "{err}");
+}
 
 async fn lifecycle_open_increase_reduce_close_flip(b: Backend) {
     assert!(matches!(b.apply(&fill("f1", Side::Buy, "100", "10.00")).await.unwrap(), Step::Open(_)));

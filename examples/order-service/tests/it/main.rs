@@ -184,7 +184,33 @@ on_both!(
     bearer_tokens_accounts_and_ownership,
     replay_comes_before_validation_and_fingerprints_are_canonical,
     repeated_non_ascii_and_oversized_headers_are_400,
+    the_schema_keeps_money_exact_and_one_open_position,
 );
+
+/// The service's own schema, asserted with the checks an operator runs
+/// (`spark check`): exact money columns, the one-open-position index, and
+/// every migration applied as embedded.
+async fn the_schema_keeps_money_exact_and_one_open_position(s: Service) {
+    use spark_checks::schema;
+    let columns = schema::assert_money_columns_exact(&s.db, schema::DEFAULT_MONEY_PATTERN).await.unwrap();
+    // Orders (price, quantity), positions and fills: at least these six.
+    assert!(columns >= 6, "only {columns} money columns found");
+    schema::assert_partial_unique_index(&s.db, "spark_positions", &["account_id", "instrument"], "status = 'open'")
+        .await
+        .unwrap();
+    for set in order_service::ALL_MIGRATIONS {
+        let migrator = set.migrator(s.db.backend()).unwrap();
+        schema::assert_migrations_applied(&s.db, &migrator).await.unwrap();
+    }
+    // An accepted order's price reads back from the database with the
+    // scale it was sent with (NUMERIC on PostgreSQL, text on SQLite).
+    let r = s.order(Some(T1), Some("scale-1"), &body("acc-1", "100", "101.30")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.json()["order_id"].as_str().unwrap().to_owned();
+    let read = s.get(&format!("/v1/orders/{id}")).await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.body);
+    assert_eq!((read.json()["price"].as_str(), read.json()["quantity"].as_str()), (Some("101.30"), Some("100")));
+}
 
 async fn order_lifecycle_and_every_refusal(s: Service) {
     let valid = body("acc-1", "100", "101.30");
