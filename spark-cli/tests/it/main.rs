@@ -1,5 +1,6 @@
 //! The real `spark` binary: output and exit codes.
 
+mod check;
 mod db;
 mod demo;
 mod money;
