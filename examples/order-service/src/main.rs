@@ -34,6 +34,11 @@ struct Args {
     /// `postgres://…` or `sqlite://PATH`.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://order-service.db")]
     database_url: String,
+    /// Where the relay LISTENs (PostgreSQL): a direct or session-pool URL,
+    /// never a transaction pool, which drops notifications [default:
+    /// --database-url]. `spark check` proves it with a LISTEN probe.
+    #[arg(long, env = "ORDER_SERVICE_LISTEN_URL")]
+    listen_url: Option<String>,
     /// Instruments TOML ([instruments.SYMBOL] tables); default: five BIST equities.
     #[arg(long)]
     instruments: Option<std::path::PathBuf>,
@@ -127,7 +132,7 @@ async fn run() -> anyhow::Result<()> {
         Some(publisher) => {
             let mut builder = spark_outbox::Relay::builder(state.outbox());
             if let Database::Postgres(_) = &db {
-                builder = builder.listen(args.database_url.clone());
+                builder = builder.listen(args.listen_url.clone().unwrap_or_else(|| args.database_url.clone()));
             }
             Some(builder.spawn(publisher)?)
         }
