@@ -474,6 +474,19 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_documents_every_key_with_its_default() {
+        let readme = include_str!("../README.md");
+        for key in KEYS {
+            let row = if key.default == "none" {
+                format!("| `{}` | none |", key.key)
+            } else {
+                format!("| `{}` | `{}` |", key.key, key.default.replace('|', "\\|"))
+            };
+            assert!(readme.contains(&row), "README.md lacks the row {row}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_and_sections_are_rejected() {
         let e = Config::from_toml_str("[clock]\nofset_warn_ms = 1\n", no_env).unwrap_err().to_string();
         assert!(e.contains("ofset_warn_ms"), "{e}");

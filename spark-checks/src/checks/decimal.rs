@@ -182,7 +182,10 @@ impl Check for DecimalCheck {
         if columns.is_empty() {
             // No data is never a pass: the wrong database, or a pattern
             // that matches nothing this schema calls money.
-            o.found(Status::Warn, format!("no column matches decimal.pattern {pattern:?}: is this the application's database?"));
+            o.found(
+                Status::Warn,
+                format!("no column matches decimal.pattern {pattern:?}: is this the application's database?"),
+            );
         }
         o.measure(Measurement::info("money_columns", columns.len() as f64, "count"));
         o.measure(Measurement::info("exact_columns", exact as f64, "count"));
