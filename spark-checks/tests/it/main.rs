@@ -4,6 +4,8 @@
 
 mod clock;
 mod decimal;
+mod migrations;
+mod schema;
 
 use std::sync::Arc;
 
