@@ -2,6 +2,7 @@
 //! on the shared server, private PostgreSQL clusters for server settings, a
 //! real pgBouncer, and SQLite files.
 
+mod backup;
 mod clock;
 mod decimal;
 mod migrations;
