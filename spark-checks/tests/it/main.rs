@@ -6,6 +6,7 @@ mod backup;
 mod clock;
 mod decimal;
 mod migrations;
+mod pgbouncer;
 mod schema;
 
 use std::sync::Arc;
