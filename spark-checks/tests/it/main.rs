@@ -7,6 +7,7 @@ mod clock;
 mod decimal;
 mod migrations;
 mod pgbouncer;
+mod scan;
 mod schema;
 
 use std::sync::Arc;
