@@ -73,14 +73,31 @@ impl Context {
     ///
     /// # Errors
     ///
-    /// A one-line message with the URL redacted when nothing is configured or
-    /// the database cannot be reached.
+    /// A one-line message with the URL redacted when nothing is configured,
+    /// when the URL points at the pgBouncer of `pgbouncer.admin_url` (the
+    /// checks' prepared statements are not safe through its pool; set
+    /// `database.direct_url`), or when the database cannot be reached.
     pub async fn database(&self) -> Result<Database, String> {
         self.direct
             .get_or_init(|| async {
                 let url = self.config.database.direct().ok_or_else(|| {
                     "no database configured: set database.url in spark.toml or SPARK_DATABASE_URL".to_owned()
                 })?;
+                // The checks' own queries are sqlx prepared statements. Through
+                // a pgBouncer transaction pool that does not track them they
+                // fail ("prepared statement sqlx_s_1 already exists") or read
+                // another client's rows (measured on pgBouncer 1.18: a check
+                // panicked decoding one), so they must reach PostgreSQL itself.
+                if let Some(admin) = &self.config.pgbouncer.admin_url
+                    && crate::checks::endpoint(url).is_some_and(|e| Some(e) == crate::checks::endpoint(admin))
+                {
+                    let key = if self.config.database.direct_url.is_some() { "direct_url" } else { "url" };
+                    return Err(format!(
+                        "database.{key} {} goes through pgBouncer (the host and port of pgbouncer.admin_url): the \
+                         server-side checks need PostgreSQL itself; set database.direct_url to a direct URL",
+                        spark_db::redact_url(url)
+                    ));
+                }
                 Database::connect(url, 4).await.map_err(|e| one_line(&format!("{}", ErrorChain(&e))))
             })
             .await

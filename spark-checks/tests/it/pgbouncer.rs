@@ -257,3 +257,30 @@ async fn sessions_idle_in_a_transaction_warn_then_fail() {
     assert_status(&o, Status::Fail);
     sqlx::raw_sql("ROLLBACK").execute(&mut idle).await.unwrap();
 }
+
+#[tokio::test]
+async fn the_checks_refuse_to_read_the_database_through_pgbouncer() {
+    let _serial = serial().await;
+    let Some(s) = Setup::start(PoolMode::Transaction, 10).await else { return };
+    // Only the application's URL, through the transaction pool: the checks'
+    // own prepared statements would collide there, or read other clients'
+    // rows. Several rounds, as collisions need concurrent checks to meet.
+    let cfg = config(&format!(
+        "[database]\nurl = {:?}\n[clock]\nntp = false\n[pgbouncer]\nadmin_url = {:?}\n",
+        s.pooled_url(),
+        s.bouncer.admin_url()
+    ));
+    for _ in 0..3 {
+        let ctx = spark_checks::Context::new(cfg.clone()).with_migrations(&[spark_idempotency::MIGRATIONS]);
+        let report = spark_checks::scan(&std::sync::Arc::new(ctx), spark_checks::checks::all()).await;
+        for o in &report.checks {
+            assert_status(o, Status::Fail);
+            assert!(has_finding(o, Status::Fail, "set database.direct_url to a direct URL"), "{o:#?}");
+            assert!(!o.findings.iter().any(|f| f.message.contains("prepared statement \"")), "{o:#?}");
+        }
+        // The admin console was still read: the pool's own verdicts stand.
+        let o = report.check("pgbouncer").unwrap();
+        assert!(has_finding(o, Status::Fail, "does not track prepared statements"), "{o:#?}");
+        assert_eq!(o.details["pool_mode"], "transaction");
+    }
+}
