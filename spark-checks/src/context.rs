@@ -98,11 +98,27 @@ impl Context {
                         spark_db::redact_url(url)
                     ));
                 }
+                if spark_db::Backend::of_url(url).ok() == Some(spark_db::Backend::Postgres) {
+                    probe_postgres(url).await?;
+                }
                 Database::connect(url, 4).await.map_err(|e| one_line(&format!("{}", ErrorChain(&e))))
             })
             .await
             .clone()
     }
+}
+
+/// One plain connection to `url`, closed again. sqlx's pool retries a
+/// refused connection until its acquire timeout (10 s), so a server that is
+/// down would only ever read "timed out"; a single attempt says why at once.
+async fn probe_postgres(url: &str) -> Result<(), String> {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    let failed =
+        |e: &sqlx::Error| one_line(&format!("cannot connect to {}: {}", spark_db::redact_url(url), ErrorChain(e)));
+    let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url).map_err(|e| failed(&e))?;
+    let conn = options.connect().await.map_err(|e| failed(&e))?;
+    let _ = conn.close().await;
+    Ok(())
 }
 
 /// An error with its causes on one line (`a: b: c`).
