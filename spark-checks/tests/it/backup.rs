@@ -75,6 +75,12 @@ async fn working_archiving_passes_and_the_base_backup_dir_is_judged() {
     let archived = measurement(&o, "archived_count");
     assert!(archived.value > 0.0, "{archived:?}");
     assert_eq!(measurement(&o, "failed_count_delta").value, 0.0);
+    // The segment just switched away from is archived; the current one is
+    // still being written.
+    assert_eq!(measurement(&o, "segments_waiting").value, 0.0, "{o:#?}");
+    let age = measurement(&o, "last_archived_age_s");
+    assert!(age.value >= 0.0 && age.value < 10.0 && age.status == Status::Pass, "{age:?}");
+    assert_eq!(o.details["archive_command_set"], true);
     // The archive really is in the directory.
     assert!(std::fs::read_dir(pg.dir()).unwrap().count() > 0);
 
