@@ -87,10 +87,13 @@ async fn check(setup: &Setup) -> Outcome {
 async fn session_mode_fails() {
     let _serial = serial().await;
     let Some(s) = Setup::start(PoolMode::Session, 10).await else { return };
-    let o = check(&s).await;
+    // LISTEN through a session pool works: only the pool mode fails.
+    let o = run(&PgbouncerCheck, s.config(&format!("listen_url = {:?}\n", s.pooled_url()))).await;
     assert_status(&o, Status::Fail);
     assert!(has_finding(&o, Status::Fail, &format!("pool {:?} is in session mode", s.name)), "{o:#?}");
+    assert_eq!(o.findings.len(), 1, "{o:#?}");
     assert_eq!(o.details["pool_mode"], "session");
+    measurement(&o, "notify_delivered_ms (listen_url)");
 }
 
 #[tokio::test]
