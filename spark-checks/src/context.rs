@@ -73,19 +73,52 @@ impl Context {
     ///
     /// # Errors
     ///
-    /// A one-line message with the URL redacted when nothing is configured or
-    /// the database cannot be reached.
+    /// A one-line message with the URL redacted when nothing is configured,
+    /// when the URL points at the pgBouncer of `pgbouncer.admin_url` (the
+    /// checks' prepared statements are not safe through its pool; set
+    /// `database.direct_url`), or when the database cannot be reached.
     pub async fn database(&self) -> Result<Database, String> {
         self.direct
             .get_or_init(|| async {
                 let url = self.config.database.direct().ok_or_else(|| {
                     "no database configured: set database.url in spark.toml or SPARK_DATABASE_URL".to_owned()
                 })?;
+                // The checks' own queries are sqlx prepared statements. Through
+                // a pgBouncer transaction pool that does not track them they
+                // fail ("prepared statement sqlx_s_1 already exists") or read
+                // another client's rows (measured on pgBouncer 1.18: a check
+                // panicked decoding one), so they must reach PostgreSQL itself.
+                if let Some(admin) = &self.config.pgbouncer.admin_url
+                    && crate::checks::endpoint(url).is_some_and(|e| Some(e) == crate::checks::endpoint(admin))
+                {
+                    let key = if self.config.database.direct_url.is_some() { "direct_url" } else { "url" };
+                    return Err(format!(
+                        "database.{key} {} goes through pgBouncer (the host and port of pgbouncer.admin_url): the \
+                         server-side checks need PostgreSQL itself; set database.direct_url to a direct URL",
+                        spark_db::redact_url(url)
+                    ));
+                }
+                if spark_db::Backend::of_url(url).ok() == Some(spark_db::Backend::Postgres) {
+                    probe_postgres(url).await?;
+                }
                 Database::connect(url, 4).await.map_err(|e| one_line(&format!("{}", ErrorChain(&e))))
             })
             .await
             .clone()
     }
+}
+
+/// One plain connection to `url`, closed again. sqlx's pool retries a
+/// refused connection until its acquire timeout (10 s), so a server that is
+/// down would only ever read "timed out"; a single attempt says why at once.
+async fn probe_postgres(url: &str) -> Result<(), String> {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    let failed =
+        |e: &sqlx::Error| one_line(&format!("cannot connect to {}: {}", spark_db::redact_url(url), ErrorChain(e)));
+    let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url).map_err(|e| failed(&e))?;
+    let conn = options.connect().await.map_err(|e| failed(&e))?;
+    let _ = conn.close().await;
+    Ok(())
 }
 
 /// An error with its causes on one line (`a: b: c`).

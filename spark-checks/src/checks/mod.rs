@@ -17,6 +17,7 @@ pub use self::decimal::DecimalCheck;
 pub(crate) use self::decimal::{Exactness, exactness, money_columns};
 pub use self::migrations::MigrationsCheck;
 pub(crate) use self::migrations::{compare, read_applied};
+pub(crate) use self::pgbouncer::endpoint;
 pub use self::pgbouncer::{PREPARED_STATEMENTS_SINCE, PgbouncerCheck};
 
 /// Every check of this crate, in report order: `clock`, `migrations`,

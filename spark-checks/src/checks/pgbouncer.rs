@@ -91,7 +91,7 @@ fn parse_version(text: &str) -> Option<(u32, u32)> {
 }
 
 /// Host and port of a URL, for comparing where two URLs point.
-fn endpoint(url: &str) -> Option<(String, u16)> {
+pub(crate) fn endpoint(url: &str) -> Option<(String, u16)> {
     let o = PgConnectOptions::from_str(url).ok()?;
     Some((o.get_host().to_owned(), o.get_port()))
 }

@@ -1,0 +1,81 @@
+//! The schema assertions on spark-positions' real schema, on PostgreSQL and
+//! SQLite.
+
+use spark_checks::schema::{
+    DEFAULT_MONEY_PATTERN, assert_migrations_applied, assert_money_columns_exact, assert_partial_unique_index,
+};
+use spark_db::Database;
+
+async fn exec(db: &Database, sql: &str) {
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    match db {
+        Database::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+        Database::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+    }
+    .unwrap();
+}
+
+/// The three assertions on a database migrated with spark-positions;
+/// `float` is the backend's float type, `checksum` a literal for a wrong
+/// checksum.
+async fn assertions_hold_and_catch_breakage(
+    db: &Database,
+    migrator: &sqlx::migrate::Migrator,
+    float: &str,
+    checksum: &str,
+) {
+    db.migrate(&[spark_positions::MIGRATIONS]).await.unwrap();
+
+    assert_partial_unique_index(db, "spark_positions", &["account_id", "instrument"], "status = 'open'").await.unwrap();
+    let e = assert_partial_unique_index(db, "spark_positions", &["account_id", "instrument"], "status = 'closed'")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("spark_positions_one_open (account_id, instrument) WHERE"), "{e}");
+    assert!(e.contains("WHERE status = 'closed'"), "{e}");
+    let e = assert_partial_unique_index(db, "spark_positions", &["instrument", "account_id"], "status = 'open'")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("spark_positions_one_open"), "{e}");
+
+    let n = assert_money_columns_exact(db, DEFAULT_MONEY_PATTERN).await.unwrap();
+    assert!(n >= 5, "{n} money columns");
+    exec(db, &format!("ALTER TABLE spark_position_fills ADD COLUMN fee {float}")).await;
+    let e = assert_money_columns_exact(db, DEFAULT_MONEY_PATTERN).await.unwrap_err().to_string();
+    assert!(e.contains(&format!("spark_position_fills.fee ({float})")), "{e}");
+
+    assert_migrations_applied(db, migrator).await.unwrap();
+    let version = migrator.iter().next().unwrap().version;
+    exec(db, &format!("UPDATE _sqlx_migrations SET checksum = {checksum} WHERE version = {version}")).await;
+    let e = assert_migrations_applied(db, migrator).await.unwrap_err().to_string();
+    assert!(e.contains(&format!("{version} (")) && e.contains("checksum"), "{e}");
+}
+
+#[tokio::test]
+async fn postgres_schema_assertions() {
+    let Some(pg) = spark_testkit::postgres().await else { return };
+    assertions_hold_and_catch_breakage(
+        &pg.database(),
+        &spark_positions::postgres::migrator(),
+        "double precision",
+        "'\\x00'",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_schema_assertions() {
+    let lite = spark_testkit::sqlite().await;
+    assertions_hold_and_catch_breakage(&lite.database(), &spark_positions::sqlite::migrator(), "REAL", "X'00'").await;
+}
+
+#[tokio::test]
+async fn the_assertions_take_a_raw_pool_too() {
+    let Some(pg) = spark_testkit::postgres().await else { return };
+    pg.database().migrate(&[spark_positions::MIGRATIONS]).await.unwrap();
+    assert_partial_unique_index(&pg.pool, "spark_positions", &["account_id", "instrument"], "status = 'open'")
+        .await
+        .unwrap();
+    assert_money_columns_exact(&pg.pool, DEFAULT_MONEY_PATTERN).await.unwrap();
+    assert_migrations_applied(&pg.pool, &spark_positions::postgres::migrator()).await.unwrap();
+}
