@@ -126,16 +126,41 @@ pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn std::error::Error + 'static
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut text = self.0.to_string();
         let mut cause = self.0.source();
         while let Some(c) = cause {
-            write!(f, ": {c}")?;
+            // Some errors (sqlx's) already print their cause: say it once.
+            let more = c.to_string();
+            if !text.contains(&more) {
+                text.push_str(": ");
+                text.push_str(&more);
+            }
             cause = c.source();
         }
-        Ok(())
+        f.write_str(&text)
     }
 }
 
 pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorChain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {0}")]
+    struct Echoes(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Wraps(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_is_said_once() {
+        let inner = || std::io::Error::other("disk full");
+        assert_eq!(ErrorChain(&Echoes(inner())).to_string(), "outer: disk full");
+        assert_eq!(ErrorChain(&Wraps(inner())).to_string(), "outer: disk full");
+    }
 }

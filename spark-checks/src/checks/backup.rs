@@ -37,13 +37,7 @@ impl Check for BackupCheck {
     async fn run(&self, ctx: &Context) -> Outcome {
         let cfg = &ctx.config().backup;
         let mut o = Outcome::new(self.id());
-        if !ctx.has_database() {
-            return Outcome::skip(self.id(), "no database configured (database.url)");
-        }
-        let db = match ctx.database().await {
-            Ok(db) => db,
-            Err(e) => return Outcome::unreachable(self.id(), e),
-        };
+        let Some(db) = crate::checks::database(ctx, &mut o).await else { return o.finish("") };
         let pool = match &db {
             Database::Postgres(pool) => pool.clone(),
             Database::Sqlite(_) => {

@@ -27,17 +27,8 @@ impl Check for ClockCheck {
         if cfg.ntp {
             kernel_ntp(&mut o, cfg.ntp_error_fail_ms);
         }
-        if !ctx.has_database() {
-            o.found(Status::Skip, "offset and sequences not measured: no database configured (database.url)");
-            return o.finish("");
-        }
-        let db = match ctx.database().await {
-            Ok(db) => db,
-            Err(e) => {
-                o.found(Status::Fail, e);
-                return o.finish("");
-            }
-        };
+        // Without a database only the kernel's NTP state is measured.
+        let Some(db) = crate::checks::database(ctx, &mut o).await else { return o.finish("") };
         let offset = offset(&mut o, ctx, &db).await;
         let sequences = match &db {
             Database::Postgres(pool) => sequences(&mut o, ctx, pool).await,

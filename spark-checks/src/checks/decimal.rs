@@ -135,17 +135,8 @@ impl Check for DecimalCheck {
             o.found(Status::Fail, format!("spark-money vector broken: {f}"));
         }
         o.measure(Measurement::info("money_vectors_passed", (vectors.len() - failed.len()) as f64, "count"));
-        if !ctx.has_database() {
-            o.found(Status::Skip, "money columns and the NUMERIC round trip not checked: no database configured");
-            return o.finish("");
-        }
-        let db = match ctx.database().await {
-            Ok(db) => db,
-            Err(e) => {
-                o.found(Status::Fail, e);
-                return o.finish("");
-            }
-        };
+        // Without a database only the vectors are checked.
+        let Some(db) = crate::checks::database(ctx, &mut o).await else { return o.finish("") };
         let pattern = &ctx.config().decimal.pattern;
         let Ok(regex) = regex::RegexBuilder::new(pattern).case_insensitive(true).build() else {
             o.found(Status::Fail, format!("decimal.pattern {pattern:?} is not a valid regular expression"));

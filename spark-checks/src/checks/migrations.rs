@@ -119,13 +119,7 @@ impl Check for MigrationsCheck {
 
     async fn run(&self, ctx: &Context) -> Outcome {
         let mut o = Outcome::new(self.id());
-        if !ctx.has_database() {
-            return Outcome::skip(self.id(), "no database configured (database.url)");
-        }
-        let db = match ctx.database().await {
-            Ok(db) => db,
-            Err(e) => return Outcome::unreachable(self.id(), e),
-        };
+        let Some(db) = crate::checks::database(ctx, &mut o).await else { return o.finish("") };
         let mut embedded = Vec::new();
         for set in ctx.migrations() {
             match set.migrator(db.backend()) {

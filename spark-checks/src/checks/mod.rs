@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::check::{Check, Outcome, Status};
+use crate::context::Context;
 
 mod backup;
 mod clock;
@@ -31,6 +32,23 @@ pub fn all() -> Vec<Arc<dyn Check>> {
         Arc::new(DecimalCheck),
         Arc::new(BackupCheck),
     ]
+}
+
+/// The scan's database for a check, or `None` after recording why there is
+/// none on `o`: a skip when no database is configured, a failure when it
+/// cannot be reached.
+pub(crate) async fn database(ctx: &Context, o: &mut Outcome) -> Option<spark_db::Database> {
+    if !ctx.has_database() {
+        o.found(Status::Skip, "no database configured: set database.url in spark.toml or SPARK_DATABASE_URL");
+        return None;
+    }
+    match ctx.database().await {
+        Ok(db) => Some(db),
+        Err(e) => {
+            o.found(Status::Fail, e);
+            None
+        }
+    }
 }
 
 /// A PostgreSQL identifier, quoted.
