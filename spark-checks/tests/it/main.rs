@@ -51,3 +51,13 @@ pub(crate) fn has_finding(o: &Outcome, status: Status, text: &str) -> bool {
 pub(crate) fn assert_status(o: &Outcome, status: Status) {
     assert_eq!(o.status, status, "{o:#?}");
 }
+
+/// Runs SQL (several statements allowed) on either backend.
+pub(crate) async fn exec(db: &spark_db::Database, sql: &str) {
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    match db {
+        spark_db::Database::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+        spark_db::Database::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+    }
+    .unwrap();
+}

@@ -23,14 +23,7 @@ fn embedded_version(db: &Database) -> i64 {
     versions[0]
 }
 
-async fn exec(db: &Database, sql: &str) {
-    let sql = sqlx::AssertSqlSafe(sql.to_owned());
-    match db {
-        Database::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
-        Database::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
-    }
-    .unwrap();
-}
+use crate::exec;
 
 #[tokio::test]
 async fn postgres_applied_migrations_pass_and_tampering_fails() {

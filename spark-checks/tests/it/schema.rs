@@ -6,14 +6,7 @@ use spark_checks::schema::{
 };
 use spark_db::Database;
 
-async fn exec(db: &Database, sql: &str) {
-    let sql = sqlx::AssertSqlSafe(sql.to_owned());
-    match db {
-        Database::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
-        Database::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
-    }
-    .unwrap();
-}
+use crate::exec;
 
 /// The three assertions on a database migrated with spark-positions;
 /// `float` is the backend's float type, `checksum` a literal for a wrong
