@@ -80,8 +80,11 @@ impl std::fmt::Display for Status {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
-    /// Values above the limits are bad (an offset, a saturation).
+    /// Values above the limits are bad (an offset).
     Above,
+    /// Values at or above the limits are bad (a saturation that reaches
+    /// 90 %, a wait of 1 s or more).
+    AtLeast,
     /// Values below the limits are bad (free space, an age's remaining
     /// budget).
     Below,
@@ -99,6 +102,18 @@ pub struct Threshold {
 }
 
 impl Threshold {
+    /// Bad above `warn` (warn) or `fail` (fail); either may be absent.
+    #[must_use]
+    pub fn above(warn: Option<f64>, fail: Option<f64>) -> Threshold {
+        Threshold { warn, fail, direction: Direction::Above }
+    }
+
+    /// Bad at or above `warn` (warn) or `fail` (fail).
+    #[must_use]
+    pub fn at_least(warn: Option<f64>, fail: Option<f64>) -> Threshold {
+        Threshold { warn, fail, direction: Direction::AtLeast }
+    }
+
     /// The status of `value` against these limits. A value exactly at a
     /// limit is still within it (`pass ≤ 100 ms`).
     #[must_use]
@@ -106,6 +121,7 @@ impl Threshold {
         let beyond = |limit: Option<f64>| {
             limit.is_some_and(|l| match self.direction {
                 Direction::Above => value > l,
+                Direction::AtLeast => value >= l,
                 Direction::Below => value < l,
             })
         };
@@ -124,6 +140,7 @@ impl std::fmt::Display for Threshold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let op = match self.direction {
             Direction::Above => ">",
+            Direction::AtLeast => ">=",
             Direction::Below => "<",
         };
         match (self.warn, self.fail) {
@@ -338,6 +355,12 @@ mod tests {
         assert_eq!(t.judge(250.0), Status::Warn);
         assert_eq!(t.judge(250.1), Status::Fail);
         assert_eq!(t.judge(f64::NAN), Status::Fail);
+        let at_least = Threshold::at_least(Some(70.0), Some(90.0));
+        assert_eq!(at_least.judge(69.9), Status::Pass);
+        assert_eq!(at_least.judge(70.0), Status::Warn);
+        assert_eq!(at_least.judge(90.0), Status::Fail);
+        assert_eq!(at_least.to_string(), "warn >= 70, fail >= 90");
+        assert_eq!(Threshold::above(None, Some(0.0)).to_string(), "fail > 0");
         let below = Threshold { warn: Some(20.0), fail: Some(10.0), direction: Direction::Below };
         assert_eq!(below.judge(15.0), Status::Warn);
         assert_eq!(below.judge(5.0), Status::Fail);

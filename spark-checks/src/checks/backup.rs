@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use spark_db::Database;
 use sqlx::Row as _;
 
-use crate::check::{Check, Measurement, Outcome, Status};
+use crate::check::{Check, Measurement, Outcome, Status, Threshold};
 use crate::checks::sql_error;
 use crate::context::Context;
 
@@ -107,7 +107,12 @@ impl Check for BackupCheck {
                 }
             };
         o.measure(Measurement::info("archived_count", archived as f64, "count"));
-        o.measure(Measurement::above("failed_count_delta", (failed_second - failed_first) as f64, "count", 0.0, 0.0));
+        o.measure(Measurement::judged(
+            "failed_count_delta",
+            (failed_second - failed_first) as f64,
+            "count",
+            Threshold::above(None, Some(0.0)),
+        ));
         if last_attempt_failed {
             o.found(
                 Status::Fail,
@@ -129,7 +134,7 @@ impl Check for BackupCheck {
                 let max = cfg.archive_max_age_seconds as f64;
                 // An old last archive is only a problem when WAL waits to be
                 // archived: an idle server has nothing to archive.
-                let mut m = Measurement::above("last_archived_age_s", age, "s", max, max);
+                let mut m = Measurement::judged("last_archived_age_s", age, "s", Threshold::above(None, Some(max)));
                 if pending == Some(0) {
                     m.status = Status::Pass;
                     o.detail("idle", "no completed WAL segment waits to be archived");
@@ -185,7 +190,7 @@ fn base_backup(o: &mut Outcome, dir: &std::path::Path, max_age_hours: u64) {
         Ok(Some(modified)) => {
             let age_h = SystemTime::now().duration_since(modified).unwrap_or_default().as_secs_f64() / 3600.0;
             let max = max_age_hours as f64;
-            o.measure(Measurement::above("base_backup_age_h", age_h, "h", max, max));
+            o.measure(Measurement::judged("base_backup_age_h", age_h, "h", Threshold::above(None, Some(max))));
             o.detail("base_backup_dir", dir.display().to_string());
         }
     }

@@ -57,13 +57,9 @@ fn kernel_ntp(o: &mut Outcome, fail_ms: u64) {
             #[allow(clippy::cast_precision_loss, reason = "microseconds of clock error, far below 2^52")]
             let est_ms = state.esterror_us as f64 / 1000.0;
             if state.synchronised {
-                // "Estimated error ≥ limit fails": at the limit is a failure.
-                let threshold = Threshold { warn: None, fail: Some(fail_ms as f64), direction: Direction::Above };
-                let mut m = Measurement::judged("ntp_estimated_error_ms", est_ms, "ms", threshold);
-                if est_ms >= fail_ms as f64 {
-                    m.status = Status::Fail;
-                }
-                o.measure(m);
+                // "Estimated error >= limit fails": at the limit is a failure.
+                let threshold = Threshold::at_least(None, Some(fail_ms as f64));
+                o.measure(Measurement::judged("ntp_estimated_error_ms", est_ms, "ms", threshold));
             } else {
                 // An unsynchronised kernel does not maintain its error
                 // estimate, so the figure is recorded but not judged.

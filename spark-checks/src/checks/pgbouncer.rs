@@ -9,7 +9,7 @@ use spark_db::{Database, redact_url};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgRow};
 use sqlx::{Column as _, ConnectOptions as _, Connection as _, Row as _, TypeInfo as _};
 
-use crate::check::{Check, Measurement, Outcome, Status};
+use crate::check::{Check, Measurement, Outcome, Status, Threshold};
 use crate::checks::sql_error;
 use crate::context::{Context, ErrorChain, one_line};
 
@@ -207,25 +207,22 @@ async fn admin_console(o: &mut Outcome, ctx: &Context, admin: &str) -> Option<St
         ours.iter().map(|r| num(r, "maxwait") * 1000.0 + num(r, "maxwait_us") / 1000.0).fold(0.0, f64::max);
     if pool_size > 0.0 {
         let saturation = sv_active / pool_size * 100.0;
-        o.measure(Measurement::above(
+        o.measure(Measurement::judged(
             "saturation",
             saturation,
             "%",
-            // "warn at 70 %": reaching the limit warns.
-            f64::from(cfg.saturation_warn_percent) - 1e-9,
-            f64::from(cfg.saturation_fail_percent) - 1e-9,
+            Threshold::at_least(
+                Some(f64::from(cfg.saturation_warn_percent)),
+                Some(f64::from(cfg.saturation_fail_percent)),
+            ),
         ));
     } else {
         o.found(Status::Warn, format!("pool {name:?} has no pool_size: saturation not measured"));
     }
     o.measure(Measurement::info("sv_active", sv_active, "count"));
-    o.measure(Measurement::above("cl_waiting", cl_waiting, "count", 0.0, f64::INFINITY));
+    o.measure(Measurement::judged("cl_waiting", cl_waiting, "count", Threshold::above(Some(0.0), None)));
     let wait_limit = cfg.maxwait_fail_ms as f64;
-    let mut m = Measurement::above("maxwait_ms", maxwait_ms, "ms", wait_limit, wait_limit);
-    if maxwait_ms >= wait_limit {
-        m.status = Status::Fail;
-    }
-    o.measure(m);
+    o.measure(Measurement::judged("maxwait_ms", maxwait_ms, "ms", Threshold::at_least(None, Some(wait_limit))));
     // sqlx prepares every parameterised statement under a name
     // (`sqlx_s_N`), and that holds with its statement cache off too. A
     // transaction pool that does not track prepared statements hands them
@@ -299,7 +296,12 @@ async fn activity(o: &mut Outcome, ctx: &Context, pool: &sqlx::PgPool) {
         }
     }
     let active_limit = cfg.active_query_warn_seconds as f64;
-    o.measure(Measurement::above("longest_active_query_s", longest_active, "s", active_limit, f64::INFINITY));
+    o.measure(Measurement::judged(
+        "longest_active_query_s",
+        longest_active,
+        "s",
+        Threshold::above(Some(active_limit), None),
+    ));
     o.measure(Measurement::above(
         "longest_idle_in_transaction_s",
         longest_idle_tx,
