@@ -8,6 +8,7 @@ use crate::context::Context;
 mod backup;
 mod clock;
 mod decimal;
+mod headers;
 mod migrations;
 mod ntp;
 mod pgbouncer;
@@ -16,13 +17,14 @@ pub use self::backup::BackupCheck;
 pub use self::clock::ClockCheck;
 pub use self::decimal::DecimalCheck;
 pub(crate) use self::decimal::{Exactness, exactness, money_columns};
+pub use self::headers::{HeadersCheck, PRIVATE_REFERRER_POLICIES};
 pub use self::migrations::MigrationsCheck;
 pub(crate) use self::migrations::{compare, read_applied};
 pub(crate) use self::pgbouncer::endpoint;
 pub use self::pgbouncer::{PREPARED_STATEMENTS_SINCE, PgbouncerCheck};
 
 /// Every check of this crate, in report order: `clock`, `migrations`,
-/// `pgbouncer`, `decimal`, `backup`.
+/// `pgbouncer`, `decimal`, `backup`, `headers`.
 #[must_use]
 pub fn all() -> Vec<Arc<dyn Check>> {
     vec![
@@ -31,6 +33,7 @@ pub fn all() -> Vec<Arc<dyn Check>> {
         Arc::new(PgbouncerCheck),
         Arc::new(DecimalCheck),
         Arc::new(BackupCheck),
+        Arc::new(HeadersCheck),
     ]
 }
 
