@@ -223,6 +223,9 @@ pub struct HeadersConfig {
     /// POST one synthetic report of each media type to the CSP's report
     /// endpoint and expect 204 (the endpoint counts them).
     pub report_probe: bool,
+    /// The Chromium that measures `crossOriginIsolated` (a command on
+    /// `PATH` or a path; used when built with the `browser` feature).
+    pub chromium: String,
 }
 
 impl Default for HeadersConfig {
@@ -232,6 +235,7 @@ impl Default for HeadersConfig {
             allowed_origins: Vec::new(),
             hsts_min_age_seconds: 15_552_000,
             report_probe: true,
+            chromium: "chromium".to_owned(),
         }
     }
 }
@@ -289,6 +293,7 @@ keys! {
     "headers"."allowed_origins" = "[]" : "third-party origins a CSP may name (https://cdn.example.com, *.example.com)";
     "headers"."hsts_min_age_seconds" = "15552000" : "the least HSTS max-age accepted (180 days)";
     "headers"."report_probe" = "true" : "POST a synthetic report of each media type to the CSP report endpoint and expect 204";
+    "headers"."chromium" = "\"chromium\"" : "the Chromium that measures crossOriginIsolated (feature browser)";
 }
 
 impl Key {

@@ -177,6 +177,76 @@ async fn probe_reports(o: &mut Outcome, client: &reqwest::Client, at: &str, url:
     }
 }
 
+/// Where `command` is: itself when it names a path, else the first match on
+/// `PATH`.
+fn find_executable(command: &str) -> Option<std::path::PathBuf> {
+    if command.contains('/') {
+        let path = std::path::PathBuf::from(command);
+        return path.is_file().then_some(path);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(command)).find(|p| p.is_file())
+}
+
+/// `crossOriginIsolated` per page: measured in Chromium when this build has
+/// the `browser` feature and `headers.chromium` is found, otherwise
+/// inferred from the headers with a warning that says so.
+async fn isolated(o: &mut Outcome, chromium: &str, pages: &[(String, bool)]) {
+    if pages.is_empty() {
+        return;
+    }
+    let why_inferred = match find_executable(chromium) {
+        None => format!("{chromium} is not installed"),
+        Some(path) if cfg!(feature = "browser") => {
+            #[cfg(feature = "browser")]
+            {
+                let urls: Vec<String> = pages.iter().map(|(u, _)| u.clone()).collect();
+                match crate::checks::browser::cross_origin_isolated(&path, &urls).await {
+                    Ok(results) => {
+                        for ((url, _), measured) in pages.iter().zip(results) {
+                            match measured {
+                                Ok(v) => {
+                                    o.measure(Measurement::info(
+                                        format!("cross_origin_isolated ({url})"),
+                                        f64::from(u8::from(v)),
+                                        "bool",
+                                    ));
+                                    if !v {
+                                        o.found(
+                                            Status::Fail,
+                                            format!("{url}: self.crossOriginIsolated is false in Chromium"),
+                                        );
+                                    }
+                                }
+                                Err(e) => {
+                                    o.found(
+                                        Status::Fail,
+                                        format!("{url}: Chromium could not measure crossOriginIsolated: {e}"),
+                                    );
+                                }
+                            }
+                        }
+                        o.detail("browser", path.display().to_string());
+                        return;
+                    }
+                    Err(e) => format!("Chromium did not start: {e}"),
+                }
+            }
+            #[cfg(not(feature = "browser"))]
+            {
+                let _ = path;
+                unreachable!("cfg!(feature) and #[cfg] agree")
+            }
+        }
+        Some(_) => "this build lacks the `browser` feature".to_owned(),
+    };
+    for (url, inferred) in pages {
+        o.found(
+            Status::Warn,
+            format!("{url}: crossOriginIsolated inferred from the headers as {inferred}: no browser measured it ({why_inferred})"),
+        );
+    }
+}
+
 #[async_trait::async_trait]
 impl Check for HeadersCheck {
     fn id(&self) -> &'static str {
@@ -205,6 +275,7 @@ impl Check for HeadersCheck {
             }
         };
         let mut used_origins: Vec<String> = Vec::new();
+        let mut isolation: Vec<(String, bool)> = Vec::new();
         let mut pages = Vec::new();
         for url in &cfg.urls {
             let at = url.as_str();
@@ -314,13 +385,7 @@ impl Check for HeadersCheck {
             let secure =
                 parsed.scheme() == "https" || matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
             let inferred = coop_ok && coep_ok && secure;
-            o.found(
-                Status::Warn,
-                format!(
-                    "{at}: crossOriginIsolated inferred from the headers as {inferred}: no browser measured it \
-                     (build spark-checks with the `browser` feature and install chromium)"
-                ),
-            );
+            isolation.push((at.to_owned(), inferred));
             if cfg.report_probe
                 && let Some(p) = policies.first()
             {
@@ -343,6 +408,7 @@ impl Check for HeadersCheck {
                 "cross_origin_isolated_inferred": inferred,
             }));
         }
+        isolated(&mut o, &cfg.chromium, &isolation).await;
         used_origins.sort();
         used_origins.dedup();
         for origin in &used_origins {

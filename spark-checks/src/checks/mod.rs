@@ -6,6 +6,8 @@ use crate::check::{Check, Outcome, Status};
 use crate::context::Context;
 
 mod backup;
+#[cfg(feature = "browser")]
+mod browser;
 mod clock;
 mod decimal;
 mod headers;

@@ -31,7 +31,11 @@ async fn a_bare_server_fails_naming_each_missing_header() {
     ] {
         assert!(has_finding(&o, Status::Fail, missing), "{missing}: {o:#?}");
     }
-    assert!(has_finding(&o, Status::Warn, "crossOriginIsolated inferred from the headers as false"), "{o:#?}");
+    if cfg!(feature = "browser") && spark_testkit::binary_available("chromium", "Chromium") {
+        assert!(has_finding(&o, Status::Fail, "self.crossOriginIsolated is false in Chromium"), "{o:#?}");
+    } else {
+        assert!(has_finding(&o, Status::Warn, "crossOriginIsolated inferred from the headers as false"), "{o:#?}");
+    }
     task.abort();
 }
 
@@ -97,4 +101,38 @@ async fn nothing_configured_skips_and_an_unreachable_url_fails() {
     let o = run(&HeadersCheck, config(&format!("[headers]\nurls = [\"http://127.0.0.1:{closed}/\"]\n"))).await;
     assert_status(&o, Status::Fail);
     assert!(has_finding(&o, Status::Fail, "no answer"), "{o:#?}");
+}
+
+/// With the `browser` feature, a real headless Chromium measures
+/// `self.crossOriginIsolated`: true behind COOP same-origin and COEP
+/// require-corp on a loopback (secure) origin, false on a bare server.
+#[cfg(feature = "browser")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_measures_cross_origin_isolation() {
+    if !spark_testkit::binary_available("chromium", "Chromium") {
+        return;
+    }
+    let (bare, task) = bare_server().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let isolated = format!("http://{}/", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(|| async {
+            (
+                [("cross-origin-opener-policy", "same-origin"), ("cross-origin-embedder-policy", "require-corp")],
+                axum::response::Html("<p>isolated</p>"),
+            )
+        }),
+    );
+    let task2 = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let o = run(&HeadersCheck, config(&format!("[headers]\nurls = [{isolated:?}, {bare:?}]\nreport_probe = false\n")))
+        .await;
+    assert_eq!(crate::measurement(&o, &format!("cross_origin_isolated ({isolated})")).value, 1.0, "{o:#?}");
+    assert_eq!(crate::measurement(&o, &format!("cross_origin_isolated ({bare})")).value, 0.0, "{o:#?}");
+    assert!(has_finding(&o, Status::Fail, &format!("{bare}: self.crossOriginIsolated is false in Chromium")), "{o:#?}");
+    assert!(!o.findings.iter().any(|f| f.message.contains("inferred")), "{o:#?}");
+    task.abort();
+    task2.abort();
 }
