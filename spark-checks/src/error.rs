@@ -72,4 +72,19 @@ pub enum ChecksError {
         #[source]
         source: std::io::Error,
     },
+    /// Contract-kit options, or a base URL, that cannot run.
+    #[error("contract: {message}")]
+    ContractOptions {
+        /// What is wrong with which option.
+        message: String,
+    },
+    /// The service under a contract battery did not answer.
+    #[error("cannot reach the service at {url}")]
+    Unreachable {
+        /// The endpoint.
+        url: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }

@@ -15,6 +15,8 @@
 //!   default, unknown keys rejected, environment overrides, passwords only
 //!   from the environment, redacted everywhere.
 //! - [`checks`]: `clock`, `migrations`, `pgbouncer`, `decimal`, `backup`.
+//! - [`contract`]: conformance batteries over HTTP against a live service
+//!   ([`contract::idempotency`]: the `Idempotency-Key` contract).
 //! - [`schema`]: assertions for a service's own test suite
 //!   (`assert_money_columns_exact`, `assert_partial_unique_index`,
 //!   `assert_migrations_applied`).
@@ -45,6 +47,7 @@ mod check;
 pub mod checks;
 pub mod config;
 mod context;
+pub mod contract;
 mod error;
 mod report;
 mod scan;

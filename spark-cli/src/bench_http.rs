@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
@@ -78,23 +77,7 @@ fn body(n: u64) -> String {
 }
 
 pub(crate) async fn run(args: HttpBench, out: &Output) -> CmdResult {
-    let url = reqwest::Url::parse(&args.url).context("invalid --url")?;
-    // Decided on the parsed host, not its text: "127.0.0.1.example.com"
-    // starts like a loopback address and resolves anywhere.
-    // (The URL parser has already written IP hosts in their canonical
-    // form, and IPv6 ones in brackets.)
-    let host = url.host_str().unwrap_or_default();
-    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    let loopback = match bare.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => bare.eq_ignore_ascii_case("localhost"),
-    };
-    if !loopback {
-        return Err(anyhow::anyhow!(
-            "--url must be a loopback address (load tests target this machine only), got {host}"
-        )
-        .into());
-    }
+    let url = crate::loopback::loopback_url(&args.url, "load tests target this machine only")?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     // Redirects are not followed: the loopback check above is on --url
     // alone, and a Location header may name any host.

@@ -11,6 +11,7 @@ mod check;
 mod db;
 mod demo;
 mod idempotency;
+mod loopback;
 mod money;
 mod outbox;
 mod output;
@@ -56,7 +57,9 @@ enum Command {
     Outbox(outbox::OutboxCommand),
     /// The pre-deployment blind-spot scan: clock, migrations, pgBouncer,
     /// decimal columns, backup (exit 0 nothing failed, 1 a check failed, 2 a
-    /// configuration error).
+    /// configuration error); `spark check contract` runs the idempotency
+    /// contract battery against a running service.
+    #[command(args_conflicts_with_subcommands = true)]
     Check(check::CheckArgs),
     /// Throughput benchmarks against your own database.
     #[command(subcommand)]

@@ -4,6 +4,7 @@
 
 mod backup;
 mod clock;
+mod contract;
 mod decimal;
 mod headers;
 mod migrations;
