@@ -258,8 +258,12 @@ SELECT pid, usename::text AS usename, datname::text AS datname, application_name
        extract(epoch FROM now() - query_start)::float8 AS query_age_s,
        extract(epoch FROM now() - state_change)::float8 AS state_age_s
 FROM pg_stat_activity
-WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')";
+WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND datname = current_database()
+  AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')";
 
+/// Long queries and idle transactions of the application's database (the
+/// one the direct URL names): another database's sessions on a shared
+/// server are another application's business.
 async fn activity(o: &mut Outcome, ctx: &Context, pool: &sqlx::PgPool) {
     let cfg = &ctx.config().pgbouncer;
     let rows = match sqlx::query(ACTIVITY).fetch_all(pool).await {

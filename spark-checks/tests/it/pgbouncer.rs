@@ -248,8 +248,8 @@ async fn sessions_idle_in_a_transaction_warn_then_fail() {
         )
     };
     // Ours among the sessions listed as idle in a transaction too long, and
-    // for how long. (The shared server's other sessions count in the
-    // measurement too, so the first read asserts only about ours.)
+    // for how long. Only this test's fresh database is read, so the shared
+    // server's other sessions do not count.
     let ours = |o: &Outcome| {
         o.details["long_sessions"].as_array().and_then(|sessions| {
             sessions
