@@ -40,6 +40,8 @@ pub struct Config {
     pub backup: BackupConfig,
     /// `[headers]`.
     pub headers: HeadersConfig,
+    /// `[supply_chain]`.
+    pub supply_chain: SupplyChainConfig,
 }
 
 /// `[check]`.
@@ -240,6 +242,49 @@ impl Default for HeadersConfig {
     }
 }
 
+/// `[supply_chain]`: the SBOM and provenance of the deployed artifact, and
+/// the licence policy. Relative paths are relative to the working
+/// directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupplyChainConfig {
+    /// The CycloneDX 1.5 JSON SBOM (`spark sbom`).
+    pub sbom: Option<PathBuf>,
+    /// The in-toto provenance statement (`spark provenance`).
+    pub provenance: Option<PathBuf>,
+    /// The artifact being deployed, whose SHA-256 the provenance's subject
+    /// must carry.
+    pub artifact: Option<PathBuf>,
+    /// The lockfile whose packages the SBOM must list exactly.
+    pub lockfile: PathBuf,
+    /// SPDX licence identifiers a linked binary may not carry: exact ids, or
+    /// a prefix ending in `*` (`GPL-*` matches `GPL-3.0-only`, not
+    /// `LGPL-2.1-only`), case-insensitive. An expression fails only when no
+    /// alternative of its `OR`s avoids them.
+    pub deny_licenses: Vec<String>,
+    /// Warn about a component whose licence is missing, not SPDX, or a
+    /// `LicenseRef-` the policy cannot judge.
+    pub warn_unknown: bool,
+}
+
+/// The default licence deny list: the GNU GPL and AGPL (every version,
+/// `-only`, `-or-later` and `+`) and the SSPL, whose copyleft reaches a
+/// statically linked Rust binary or the service it runs.
+pub const DEFAULT_DENY_LICENSES: [&str; 3] = ["AGPL-*", "GPL-*", "SSPL-*"];
+
+impl Default for SupplyChainConfig {
+    fn default() -> Self {
+        SupplyChainConfig {
+            sbom: None,
+            provenance: None,
+            artifact: None,
+            lockfile: PathBuf::from("Cargo.lock"),
+            deny_licenses: DEFAULT_DENY_LICENSES.iter().map(|&s| s.to_owned()).collect(),
+            warn_unknown: true,
+        }
+    }
+}
+
 /// One documented key of `spark.toml`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key {
@@ -294,6 +339,12 @@ keys! {
     "headers"."hsts_min_age_seconds" = "15552000" : "the least HSTS max-age accepted (180 days)";
     "headers"."report_probe" = "true" : "POST a synthetic report of each media type to the CSP report endpoint and expect 204";
     "headers"."chromium" = "\"chromium\"" : "the Chromium that measures crossOriginIsolated (feature browser)";
+    "supply_chain"."sbom" = "none" : "the CycloneDX 1.5 JSON SBOM of the deployed build (spark sbom)";
+    "supply_chain"."provenance" = "none" : "the in-toto SLSA provenance statement of the deployed artifact (spark provenance)";
+    "supply_chain"."artifact" = "none" : "the deployed artifact, whose sha256 the provenance subject must carry";
+    "supply_chain"."lockfile" = "\"Cargo.lock\"" : "the lockfile whose packages the SBOM must list exactly";
+    "supply_chain"."deny_licenses" = "[\"AGPL-*\", \"GPL-*\", \"SSPL-*\"]" : "SPDX ids a linked binary may not carry (exact, or a prefix ending in *)";
+    "supply_chain"."warn_unknown" = "true" : "warn about a missing, non-SPDX or LicenseRef licence";
 }
 
 impl Key {
@@ -488,6 +539,9 @@ mod tests {
         full.pgbouncer.admin_url = Some(String::new());
         full.pgbouncer.database = Some(String::new());
         full.backup.base_backup_dir = Some(PathBuf::new());
+        full.supply_chain.sbom = Some(PathBuf::new());
+        full.supply_chain.provenance = Some(PathBuf::new());
+        full.supply_chain.artifact = Some(PathBuf::new());
         let value = toml::Value::try_from(&full).unwrap();
         let mut fields = Vec::new();
         for (section, table) in value.as_table().unwrap() {

@@ -87,4 +87,52 @@ pub enum ChecksError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A file (an SBOM, a provenance statement, an artifact, a lockfile)
+    /// could not be read.
+    #[error("cannot read {}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `Cargo.lock` that does not parse.
+    #[error("{} is not a Cargo lockfile: {message}", .path.display())]
+    Lockfile {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML parser said.
+        message: String,
+    },
+    /// `cargo metadata` failed for a manifest.
+    #[error("cargo metadata failed for {}", .manifest.display())]
+    CargoMetadata {
+        /// The manifest.
+        manifest: PathBuf,
+        /// Why (cargo's own message).
+        #[source]
+        source: cargo_metadata::Error,
+    },
+    /// An SBOM that cannot be built or read back.
+    #[error("sbom: {message}")]
+    Sbom {
+        /// What is wrong with which package or field.
+        message: String,
+    },
+    /// The source revision of a provenance statement could not be read.
+    #[error("cannot read the git commit of {}: {message}", .dir.display())]
+    Git {
+        /// The directory `git rev-parse HEAD` ran in.
+        dir: PathBuf,
+        /// What git said.
+        message: String,
+    },
+    /// A provenance statement that is not an in-toto Statement v1 with an
+    /// SLSA provenance v1 predicate.
+    #[error("provenance: {message}")]
+    Provenance {
+        /// What is wrong with which field.
+        message: String,
+    },
 }

@@ -14,12 +14,16 @@
 //! - [`Config`] is `spark.toml`: every key in [`config::KEYS`] with its
 //!   default, unknown keys rejected, environment overrides, passwords only
 //!   from the environment, redacted everywhere.
-//! - [`checks`]: `clock`, `migrations`, `pgbouncer`, `decimal`, `backup`.
+//! - [`checks`]: `clock`, `migrations`, `pgbouncer`, `decimal`, `backup`,
+//!   `headers`, `supply-chain`.
 //! - [`contract`]: conformance batteries over HTTP against a live service
 //!   ([`contract::idempotency`]: the `Idempotency-Key` contract).
 //! - [`schema`]: assertions for a service's own test suite
 //!   (`assert_money_columns_exact`, `assert_partial_unique_index`,
 //!   `assert_migrations_applied`).
+//! - [`sbom`] and [`provenance`]: a CycloneDX 1.5 SBOM of a Cargo workspace
+//!   and an in-toto/SLSA provenance statement for a built artifact, which
+//!   the `supply-chain` check verifies.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -49,7 +53,9 @@ pub mod config;
 mod context;
 pub mod contract;
 mod error;
+pub mod provenance;
 mod report;
+pub mod sbom;
 mod scan;
 pub mod schema;
 

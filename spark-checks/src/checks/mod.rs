@@ -14,6 +14,7 @@ mod headers;
 mod migrations;
 mod ntp;
 mod pgbouncer;
+mod supply_chain;
 
 pub use self::backup::BackupCheck;
 pub use self::clock::ClockCheck;
@@ -24,9 +25,10 @@ pub use self::migrations::MigrationsCheck;
 pub(crate) use self::migrations::{compare, read_applied};
 pub(crate) use self::pgbouncer::endpoint;
 pub use self::pgbouncer::{PREPARED_STATEMENTS_SINCE, PgbouncerCheck};
+pub use self::supply_chain::SupplyChainCheck;
 
 /// Every check of this crate, in report order: `clock`, `migrations`,
-/// `pgbouncer`, `decimal`, `backup`, `headers`.
+/// `pgbouncer`, `decimal`, `backup`, `headers`, `supply-chain`.
 #[must_use]
 pub fn all() -> Vec<Arc<dyn Check>> {
     vec![
@@ -36,6 +38,7 @@ pub fn all() -> Vec<Arc<dyn Check>> {
         Arc::new(DecimalCheck),
         Arc::new(BackupCheck),
         Arc::new(HeadersCheck),
+        Arc::new(SupplyChainCheck),
     ]
 }
 

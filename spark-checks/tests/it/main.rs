@@ -11,6 +11,7 @@ mod migrations;
 mod pgbouncer;
 mod scan;
 mod schema;
+mod supply_chain;
 
 use std::sync::Arc;
 
