@@ -16,6 +16,7 @@ mod money;
 mod outbox;
 mod output;
 mod positions;
+mod supply_chain;
 
 use std::process::ExitCode;
 
@@ -64,6 +65,13 @@ enum Command {
     /// Throughput benchmarks against your own database.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Write a CycloneDX 1.5 JSON SBOM of a Cargo workspace: every
+    /// Cargo.lock package with its purl, version, licence and checksum.
+    Sbom(supply_chain::SbomArgs),
+    /// Write an in-toto Statement v1 with an SLSA provenance v1 predicate
+    /// for a built artifact: its SHA-256, the builder, the git commit and the
+    /// build parameters.
+    Provenance(supply_chain::ProvenanceArgs),
 }
 
 /// Library warnings and errors (a relay's sink check, a dropped LISTEN) go
@@ -97,6 +105,8 @@ fn main() -> ExitCode {
         Command::Outbox(cmd) => block_on(outbox::run(cmd, &out)),
         Command::Bench(cmd) => block_on(bench::run(cmd, &out)),
         Command::Check(args) => block_on(check::run(args, &out)),
+        Command::Sbom(args) => supply_chain::run_sbom(args, &out),
+        Command::Provenance(args) => supply_chain::run_provenance(args, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@ mod db;
 mod demo;
 mod money;
 mod outbox;
+mod supply_chain;
 
 use std::process::Command;
 
