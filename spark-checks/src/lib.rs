@@ -14,7 +14,9 @@
 //! - [`Config`] is `spark.toml`: every key in [`config::KEYS`] with its
 //!   default, unknown keys rejected, environment overrides, passwords only
 //!   from the environment, redacted everywhere.
-//! - [`checks`]: `clock`, `migrations`, `pgbouncer`, `decimal`, `backup`.
+//! - [`checks`]: `clock`, `migrations`, `pgbouncer`, `decimal`, `backup`,
+//!   `observability` (Prometheus targets, Grafana dashboards), `slo-alerts`
+//!   (burn-rate rules in Prometheus, silences in Alertmanager).
 //! - [`schema`]: assertions for a service's own test suite
 //!   (`assert_money_columns_exact`, `assert_partial_unique_index`,
 //!   `assert_migrations_applied`).

@@ -8,9 +8,13 @@ use crate::context::Context;
 mod backup;
 mod clock;
 mod decimal;
+mod grafana;
+mod http;
 mod migrations;
 mod ntp;
+mod observability;
 mod pgbouncer;
+mod slo_alerts;
 
 pub use self::backup::BackupCheck;
 pub use self::clock::ClockCheck;
@@ -18,11 +22,13 @@ pub use self::decimal::DecimalCheck;
 pub(crate) use self::decimal::{Exactness, exactness, money_columns};
 pub use self::migrations::MigrationsCheck;
 pub(crate) use self::migrations::{compare, read_applied};
+pub use self::observability::ObservabilityCheck;
 pub(crate) use self::pgbouncer::endpoint;
 pub use self::pgbouncer::{PREPARED_STATEMENTS_SINCE, PgbouncerCheck};
+pub use self::slo_alerts::SloAlertsCheck;
 
 /// Every check of this crate, in report order: `clock`, `migrations`,
-/// `pgbouncer`, `decimal`, `backup`.
+/// `pgbouncer`, `decimal`, `backup`, `observability`, `slo-alerts`.
 #[must_use]
 pub fn all() -> Vec<Arc<dyn Check>> {
     vec![
@@ -31,6 +37,8 @@ pub fn all() -> Vec<Arc<dyn Check>> {
         Arc::new(PgbouncerCheck),
         Arc::new(DecimalCheck),
         Arc::new(BackupCheck),
+        Arc::new(ObservabilityCheck),
+        Arc::new(SloAlertsCheck),
     ]
 }
 
