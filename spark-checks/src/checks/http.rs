@@ -36,13 +36,18 @@ pub(crate) async fn get_json<T: DeserializeOwned>(
 ) -> Result<T, String> {
     let url = format!("{}{path}", base.trim_end_matches('/'));
     let shown = redact_url(&url);
+    // reqwest's errors print the URL as given, password and all: drop it,
+    // the message names the redacted one.
     let response = client
         .get(&url)
         .send()
         .await
-        .map_err(|e| format!("cannot reach {shown}: {}", one_line(&ErrorChain(&e).to_string())))?;
+        .map_err(|e| format!("cannot reach {shown}: {}", one_line(&ErrorChain(&e.without_url()).to_string())))?;
     let status = response.status();
-    let body = response.text().await.map_err(|e| format!("{shown}: cannot read the answer: {}", ErrorChain(&e)))?;
+    let body = response
+        .text()
+        .await
+        .map_err(|e| format!("{shown}: cannot read the answer: {}", ErrorChain(&e.without_url())))?;
     if !status.is_success() {
         let start: String = body.chars().take(200).collect();
         return Err(format!("{shown} answered {status}: {}", one_line(&start)));

@@ -161,6 +161,13 @@ async fn an_unreachable_prometheus_fails() {
     let o = run(&SloAlertsCheck, config(&format!("[prometheus]\nurl = {url:?}\n[slo]\nnames = [\"orders\"]\n"))).await;
     assert_status(&o, Status::Fail);
     assert!(o.summary.contains("cannot reach"), "{o:#?}");
+    // A password (only ever from the environment) never reaches a message.
+    let secret = format!("http://spark:hunter2@127.0.0.1:{port}");
+    let env = move |var: &str| (var == "SPARK_PROMETHEUS_URL").then(|| secret.clone());
+    let o = run(&ObservabilityCheck, Config::from_toml_str("", env).unwrap()).await;
+    assert_status(&o, Status::Fail);
+    assert!(o.summary.contains(&format!("cannot reach http://spark:***@127.0.0.1:{port}/")), "{o:#?}");
+    assert!(!format!("{o:?}").contains("hunter2"), "{o:#?}");
 }
 
 #[tokio::test]
