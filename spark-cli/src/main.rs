@@ -55,7 +55,7 @@ enum Command {
     #[command(subcommand)]
     Outbox(outbox::OutboxCommand),
     /// The pre-deployment blind-spot scan: clock, migrations, pgBouncer,
-    /// decimal columns, backup (exit 0 nothing failed, 1 a check failed, 2 a
+    /// decimal columns, backup, observability, SLO alerts (exit 0 nothing failed, 1 a check failed, 2 a
     /// configuration error).
     Check(check::CheckArgs),
     /// Throughput benchmarks against your own database.
