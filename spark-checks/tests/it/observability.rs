@@ -1,14 +1,16 @@
 //! `observability` against a real Prometheus scraping a tiny `/metrics`
 //! server of the test's own, and Grafana dashboard files the test writes.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use spark_checks::checks::{ObservabilityCheck, SloAlertsCheck};
-use spark_checks::{Config, Outcome, Status};
+use spark_checks::{Config, Context, Outcome, Status};
+use spark_db::Clock as _;
 use spark_testkit::prometheus::Prometheus;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::{assert_status, config, has_finding, measurement, run};
+use crate::{assert_status, config, has_finding, measurement, run, run_in};
 
 /// A `/metrics` endpoint on a free loopback port: one connection at a time,
 /// each closed after its answer, so stopping it leaves no keep-alive
@@ -148,6 +150,32 @@ async fn a_job_with_fewer_targets_than_expected_fails() {
     // One too many fails too: a stale instance still scraped.
     let o = run(&ObservabilityCheck, targets_config(&prom, "{ orders = 0 }")).await;
     assert!(has_finding(&o, Status::Fail, "an instance too many"), "{o:#?}");
+    target.stop().await;
+}
+
+#[tokio::test]
+async fn a_last_scrape_older_than_two_intervals_fails() {
+    let target = MetricsTarget::start().await;
+    let Some(prom) = Prometheus::start(&prometheus_yml(target.port, ""), "groups: []\n").await else { return };
+    let (o, _) = poll(
+        &ObservabilityCheck,
+        || targets_config(&prom, "{ orders = 1 }"),
+        Duration::from_secs(20),
+        |o| o.status == Status::Pass,
+    )
+    .await;
+    assert_status(&o, Status::Pass);
+    // Seen from 10 s later, as when Prometheus has stopped scraping: the
+    // target is still "up", but its last scrape is 10 intervals old.
+    let now = spark_db::system_clock().now_ms();
+    let later = Context::new(targets_config(&prom, "{ orders = 1 }"))
+        .with_clock(Arc::new(spark_db::ManualClock::new(now + 10_000)));
+    let o = run_in(&ObservabilityCheck, later).await;
+    assert_status(&o, Status::Fail);
+    let age = measurement(&o, "last_scrape_age_s (orders)");
+    assert!(age.value > 9.0 && age.status == Status::Fail, "{age:?}");
+    assert_eq!(age.threshold.unwrap().to_string(), "fail > 2");
+    assert!(o.summary.starts_with("last_scrape_age_s (orders) = "), "{o:#?}");
     target.stop().await;
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use spark_checks::checks::SloAlertsCheck;
+use spark_checks::checks::{ObservabilityCheck, SloAlertsCheck};
 use spark_checks::{Config, Status};
 use spark_testkit::prometheus::{Alertmanager, Prometheus};
 
@@ -153,5 +153,40 @@ async fn a_removed_6h_rule_fails() {
     assert!(has_finding(&o, Status::Fail, "SLO \"orders\" has no 6h burn-rate alert"), "{o:#?}");
     assert_eq!(o.findings.len(), 1, "{o:#?}");
     assert_eq!(measurement(&o, "burn_rate_rules").value, 1.0);
+    s.target.stop().await;
+}
+
+#[tokio::test]
+async fn a_burn_rate_rule_that_fails_to_evaluate_fails() {
+    let Some(s) = Setup::start().await else { return };
+    s.wait_for_pass().await;
+    // The rule below fails only on data: wait for the first scrape.
+    let (o, _) = poll(
+        &ObservabilityCheck,
+        || config(&format!("[prometheus]\nurl = {:?}\n", s.prom.url())),
+        Duration::from_secs(20),
+        |o| o.status == Status::Pass,
+    )
+    .await;
+    assert_status(&o, Status::Pass);
+    // label_replace gives both series of the counter the same labels:
+    // Prometheus refuses such a vector at every evaluation.
+    s.prom.write_rules(&format!(
+        "{}      - alert: SparkErrorBudgetBurn6h\n        expr: label_replace(spark_requests_total, \"code\", \"x\", \"\", \"\") > 0\n        labels: {{slo: orders, window: 6h}}\n",
+        rules(&[("1h", "14.4")])
+    ));
+    s.prom.reload().await;
+    let (o, took) = poll(&SloAlertsCheck, || s.config(), Duration::from_secs(5), |o| o.status == Status::Fail).await;
+    eprintln!("measured: the evaluation error was seen {took:?} after the reload");
+    assert_status(&o, Status::Fail);
+    assert!(
+        has_finding(
+            &o,
+            Status::Fail,
+            "rule SparkErrorBudgetBurn6h (group \"slo-orders\", SLO \"orders\", 6h) fails to evaluate: "
+        ),
+        "{o:#?}"
+    );
+    assert!(has_finding(&o, Status::Fail, "same labelset"), "{o:#?}");
     s.target.stop().await;
 }
