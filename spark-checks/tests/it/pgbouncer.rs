@@ -295,8 +295,12 @@ async fn the_checks_refuse_to_read_the_database_through_pgbouncer() {
     for _ in 0..3 {
         let ctx = spark_checks::Context::new(cfg.clone()).with_migrations(&[spark_idempotency::MIGRATIONS]);
         let report = spark_checks::scan(&std::sync::Arc::new(ctx), spark_checks::checks::all()).await;
-        // The checks that read no database (Prometheus, dashboards) skip here.
-        for o in report.checks.iter().filter(|o| !["observability", "slo-alerts"].contains(&o.id.as_str())) {
+        // The checks that read no database (Prometheus, dashboards, …) skip
+        // here; every one that does must refuse.
+        let database: Vec<_> =
+            report.checks.iter().filter(|o| crate::scan::DATABASE_CHECKS.contains(&o.id.as_str())).collect();
+        assert_eq!(database.len(), crate::scan::DATABASE_CHECKS.len(), "{report:#?}");
+        for o in database {
             assert_status(o, Status::Fail);
             assert!(has_finding(o, Status::Fail, "set database.direct_url to a direct URL"), "{o:#?}");
             assert!(!o.findings.iter().any(|f| f.message.contains("prepared statement \"")), "{o:#?}");
