@@ -39,6 +39,8 @@ pub struct Config {
     pub decimal: DecimalConfig,
     /// `[backup]`.
     pub backup: BackupConfig,
+    /// `[headers]`.
+    pub headers: HeadersConfig,
     /// `[prometheus]`: the server both `observability` and `slo-alerts` read.
     pub prometheus: PrometheusConfig,
     /// `[alertmanager]`.
@@ -216,6 +218,37 @@ impl Default for BackupConfig {
     }
 }
 
+/// `[headers]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeadersConfig {
+    /// The pages to GET and judge.
+    pub urls: Vec<String>,
+    /// Third-party origins a CSP may name (`https://cdn.example.com`,
+    /// `*.example.com`).
+    pub allowed_origins: Vec<String>,
+    /// The least HSTS `max-age` accepted.
+    pub hsts_min_age_seconds: u64,
+    /// POST one synthetic report of each media type to the CSP's report
+    /// endpoint and expect 204 (the endpoint counts them).
+    pub report_probe: bool,
+    /// The Chromium that measures `crossOriginIsolated` (a command on
+    /// `PATH` or a path; used when built with the `browser` feature).
+    pub chromium: String,
+}
+
+impl Default for HeadersConfig {
+    fn default() -> Self {
+        HeadersConfig {
+            urls: Vec::new(),
+            allowed_origins: Vec::new(),
+            hsts_min_age_seconds: 15_552_000,
+            report_probe: true,
+            chromium: "chromium".to_owned(),
+        }
+    }
+}
+
 /// `[prometheus]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -337,6 +370,11 @@ keys! {
     "backup"."failed_count_interval_ms" = "1000" : "pause between the two reads of pg_stat_archiver.failed_count";
     "backup"."base_backup_dir" = "none" : "a base-backup directory that must exist (optional)";
     "backup"."base_backup_max_age_hours" = "26" : "its newest entry must be younger than this";
+    "headers"."urls" = "[]" : "the pages to GET and judge";
+    "headers"."allowed_origins" = "[]" : "third-party origins a CSP may name (https://cdn.example.com, *.example.com)";
+    "headers"."hsts_min_age_seconds" = "15552000" : "the least HSTS max-age accepted (180 days)";
+    "headers"."report_probe" = "true" : "POST a synthetic report of each media type to the CSP report endpoint and expect 204";
+    "headers"."chromium" = "\"chromium\"" : "the Chromium that measures crossOriginIsolated (feature browser)";
     "prometheus"."url" = "none" : "Prometheus's base URL, http://HOST:9090, read by observability and slo-alerts";
     "alertmanager"."url" = "none" : "Alertmanager's base URL, http://HOST:9093, read by slo-alerts";
     "observability"."expected_targets" = "{}" : "job = count: the active targets each job must have, e.g. { api = 3 }";

@@ -15,7 +15,7 @@ const DEFAULT_CONFIG: &str = "spark.toml";
 #[derive(Debug, Args)]
 pub(crate) struct CheckArgs {
     /// The configuration file [default: spark.toml in the working directory,
-    /// when present]. Every key can also come from SPARK_<SECTION>_<KEY>.
+    /// when present]. Every key can also come from SPARK_SECTION_KEY.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Run only these checks (comma-separated ids: clock, migrations,
@@ -26,7 +26,7 @@ pub(crate) struct CheckArgs {
     #[arg(long)]
     junit: Option<PathBuf>,
     /// Write blind_spots_scan.txt, blind_spots_scan.json and one
-    /// blind_spots_<id>.json per check into this directory.
+    /// blind_spots_ID.json per check into this directory.
     #[arg(long)]
     evidence_dir: Option<PathBuf>,
 }

@@ -48,6 +48,14 @@ pub fn service_url(var: &str, what: &str) -> Option<String> {
     skip(what, &format!("{var} (not set)"))
 }
 
+/// Whether the program `name` (e.g. `chromium`) is on `PATH`; when it is
+/// not, prints one skip line for `what` tests and returns false (panics
+/// instead under `SPARK_REQUIRE_SERVICES=1`).
+#[must_use]
+pub fn binary_available(name: &str, what: &str) -> bool {
+    server::find_program([], name).is_some() || skip::<()>(what, &format!("{name} (not on PATH)")).is_some()
+}
+
 /// Skips a service-backed test: prints `skipped: {what} tests need {need}`
 /// once per process, and returns `None`. Panics instead when the service is
 /// required.

@@ -6,9 +6,12 @@ use crate::check::{Check, Outcome, Status};
 use crate::context::Context;
 
 mod backup;
+#[cfg(feature = "browser")]
+mod browser;
 mod clock;
 mod decimal;
 mod grafana;
+mod headers;
 mod http;
 mod migrations;
 mod ntp;
@@ -20,6 +23,7 @@ pub use self::backup::BackupCheck;
 pub use self::clock::ClockCheck;
 pub use self::decimal::DecimalCheck;
 pub(crate) use self::decimal::{Exactness, exactness, money_columns};
+pub use self::headers::{HeadersCheck, PRIVATE_REFERRER_POLICIES};
 pub use self::migrations::MigrationsCheck;
 pub(crate) use self::migrations::{compare, read_applied};
 pub use self::observability::ObservabilityCheck;
@@ -28,7 +32,8 @@ pub use self::pgbouncer::{PREPARED_STATEMENTS_SINCE, PgbouncerCheck};
 pub use self::slo_alerts::SloAlertsCheck;
 
 /// Every check of this crate, in report order: `clock`, `migrations`,
-/// `pgbouncer`, `decimal`, `backup`, `observability`, `slo-alerts`.
+/// `pgbouncer`, `decimal`, `backup`, `headers`, `observability`,
+/// `slo-alerts`.
 #[must_use]
 pub fn all() -> Vec<Arc<dyn Check>> {
     vec![
@@ -37,6 +42,7 @@ pub fn all() -> Vec<Arc<dyn Check>> {
         Arc::new(PgbouncerCheck),
         Arc::new(DecimalCheck),
         Arc::new(BackupCheck),
+        Arc::new(HeadersCheck),
         Arc::new(ObservabilityCheck),
         Arc::new(SloAlertsCheck),
     ]

@@ -5,6 +5,7 @@
 mod backup;
 mod clock;
 mod decimal;
+mod headers;
 mod migrations;
 mod observability;
 mod pgbouncer;

@@ -2,6 +2,7 @@
 //! SQLite and PostgreSQL; and the binary itself.
 
 mod binary;
+mod headers;
 mod pgbouncer;
 
 use std::sync::Arc;
