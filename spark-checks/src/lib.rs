@@ -14,7 +14,10 @@
 //! - [`Config`] is `spark.toml`: every key in [`config::KEYS`] with its
 //!   default, unknown keys rejected, environment overrides, passwords only
 //!   from the environment, redacted everywhere.
-//! - [`checks`]: `clock`, `migrations`, `pgbouncer`, `decimal`, `backup`.
+//! - [`checks`]: `clock`, `migrations`, `pgbouncer`, `decimal`, `backup`,
+//!   `headers` (security headers, cross-origin isolation in Chromium),
+//!   `observability` (Prometheus targets, Grafana dashboards), `slo-alerts`
+//!   (burn-rate rules in Prometheus, silences in Alertmanager).
 //! - [`contract`]: conformance batteries over HTTP against a live service
 //!   ([`contract::idempotency`]: the `Idempotency-Key` contract).
 //! - [`schema`]: assertions for a service's own test suite

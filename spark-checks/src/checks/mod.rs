@@ -10,10 +10,14 @@ mod backup;
 mod browser;
 mod clock;
 mod decimal;
+mod grafana;
 mod headers;
+mod http;
 mod migrations;
 mod ntp;
+mod observability;
 mod pgbouncer;
+mod slo_alerts;
 
 pub use self::backup::BackupCheck;
 pub use self::clock::ClockCheck;
@@ -22,11 +26,14 @@ pub(crate) use self::decimal::{Exactness, exactness, money_columns};
 pub use self::headers::{HeadersCheck, PRIVATE_REFERRER_POLICIES};
 pub use self::migrations::MigrationsCheck;
 pub(crate) use self::migrations::{compare, read_applied};
+pub use self::observability::ObservabilityCheck;
 pub(crate) use self::pgbouncer::endpoint;
 pub use self::pgbouncer::{PREPARED_STATEMENTS_SINCE, PgbouncerCheck};
+pub use self::slo_alerts::SloAlertsCheck;
 
 /// Every check of this crate, in report order: `clock`, `migrations`,
-/// `pgbouncer`, `decimal`, `backup`, `headers`.
+/// `pgbouncer`, `decimal`, `backup`, `headers`, `observability`,
+/// `slo-alerts`.
 #[must_use]
 pub fn all() -> Vec<Arc<dyn Check>> {
     vec![
@@ -36,6 +43,8 @@ pub fn all() -> Vec<Arc<dyn Check>> {
         Arc::new(DecimalCheck),
         Arc::new(BackupCheck),
         Arc::new(HeadersCheck),
+        Arc::new(ObservabilityCheck),
+        Arc::new(SloAlertsCheck),
     ]
 }
 

@@ -1,6 +1,6 @@
 //! spark-checks against real servers: a fresh PostgreSQL database per test
 //! on the shared server, private PostgreSQL clusters for server settings, a
-//! real pgBouncer, and SQLite files.
+//! real pgBouncer, a real Prometheus and Alertmanager, and SQLite files.
 
 mod backup;
 mod clock;
@@ -8,9 +8,11 @@ mod contract;
 mod decimal;
 mod headers;
 mod migrations;
+mod observability;
 mod pgbouncer;
 mod scan;
 mod schema;
+mod slo_alerts;
 
 use std::sync::Arc;
 
