@@ -49,6 +49,8 @@ pub struct Config {
     pub observability: ObservabilityConfig,
     /// `[slo]`: the SLOs whose burn-rate alerts must exist.
     pub slo: SloConfig,
+    /// `[flags]`.
+    pub flags: FlagsConfig,
 }
 
 /// `[check]`.
@@ -321,6 +323,40 @@ impl Default for SloConfig {
     }
 }
 
+/// `[flags]`: the flagd flag file and the flag service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlagsConfig {
+    /// The flagd flag definition file (JSON).
+    pub file: Option<PathBuf>,
+    /// Flags the application reads: each must be in the file.
+    pub required: Vec<String>,
+    /// Risky flags and their safe variant (flag → variant); a flag's
+    /// `metadata.safeVariant` in the file marks it risky too.
+    pub risky: std::collections::BTreeMap<String, String>,
+    /// The traffic share the canary has now: no fractional rollout may send
+    /// more to a new code path.
+    pub canary_weight_percent: u32,
+    /// Targeting keys evaluated to measure a fractional rollout's share.
+    pub samples: u32,
+    /// The flag service's base URL (OFREP); when set it must answer and
+    /// agree with the file.
+    pub ofrep_url: Option<String>,
+}
+
+impl Default for FlagsConfig {
+    fn default() -> Self {
+        FlagsConfig {
+            file: None,
+            required: Vec::new(),
+            risky: std::collections::BTreeMap::new(),
+            canary_weight_percent: 5,
+            samples: 1_000,
+            ofrep_url: None,
+        }
+    }
+}
+
 /// One documented key of `spark.toml`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key {
@@ -385,6 +421,12 @@ keys! {
     "slo"."windows" = "[\"1h\", \"6h\"]" : "the windows each SLO needs an alerting rule for";
     "slo"."slo_label" = "\"slo\"" : "the rule label that names the SLO";
     "slo"."window_label" = "\"window\"" : "the rule label that names the window";
+    "flags"."file" = "none" : "the flagd flag definition file (JSON)";
+    "flags"."required" = "[]" : "flags the application reads: each must be in the file";
+    "flags"."risky" = "{}" : "risky flags and their safe variant (flag = variant); metadata.safeVariant in the file marks one too";
+    "flags"."canary_weight_percent" = "5" : "the canary's traffic share now: no fractional rollout may send more to a new code path";
+    "flags"."samples" = "1000" : "targeting keys evaluated to measure a fractional rollout's share";
+    "flags"."ofrep_url" = "none" : "the flag service (OFREP); when set it must answer and agree with the file";
 }
 
 impl Key {

@@ -10,6 +10,7 @@ mod backup;
 mod browser;
 mod clock;
 mod decimal;
+mod flags;
 mod grafana;
 mod headers;
 mod http;
@@ -23,6 +24,7 @@ pub use self::backup::BackupCheck;
 pub use self::clock::ClockCheck;
 pub use self::decimal::DecimalCheck;
 pub(crate) use self::decimal::{Exactness, exactness, money_columns};
+pub use self::flags::FlagsCheck;
 pub use self::headers::{HeadersCheck, PRIVATE_REFERRER_POLICIES};
 pub use self::migrations::MigrationsCheck;
 pub(crate) use self::migrations::{compare, read_applied};
@@ -44,6 +46,7 @@ pub fn all() -> Vec<Arc<dyn Check>> {
         Arc::new(BackupCheck),
         Arc::new(HeadersCheck),
         Arc::new(ObservabilityCheck),
+        Arc::new(FlagsCheck),
         Arc::new(SloAlertsCheck),
     ]
 }

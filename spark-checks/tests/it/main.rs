@@ -6,6 +6,7 @@ mod backup;
 mod clock;
 mod contract;
 mod decimal;
+mod flags;
 mod headers;
 mod migrations;
 mod observability;
