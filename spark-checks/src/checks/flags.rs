@@ -2,7 +2,6 @@
 //! flag service compared with it over OFREP.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use flagd_evaluation_engine::{FlagParser, Operator};
 use open_feature::EvaluationContext;
@@ -274,16 +273,11 @@ async fn ofrep(
     flags: &std::collections::HashMap<String, flagd_evaluation_engine::FeatureFlag>,
 ) {
     const TARGETING_KEY: &str = "spark-check";
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let url = format!("{}/ofrep/v1/evaluate/flags", base.trim_end_matches('/'));
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
+    let client = match crate::checks::http::client() {
         Ok(c) => c,
         Err(e) => {
-            o.found(Status::Fail, format!("cannot build an HTTP client: {e}"));
+            o.found(Status::Fail, e);
             return;
         }
     };
