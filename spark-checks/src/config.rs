@@ -2,6 +2,7 @@
 //! keys rejected, environment variables override, secrets only from the
 //! environment.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,16 @@ pub struct Config {
     pub backup: BackupConfig,
     /// `[headers]`.
     pub headers: HeadersConfig,
+    /// `[prometheus]`: the server both `observability` and `slo-alerts` read.
+    pub prometheus: PrometheusConfig,
+    /// `[alertmanager]`.
+    pub alertmanager: AlertmanagerConfig,
+    /// `[observability]`: scrape targets and Grafana dashboards.
+    pub observability: ObservabilityConfig,
+    /// `[slo]`: the SLOs whose burn-rate alerts must exist.
+    pub slo: SloConfig,
+    /// `[flags]`.
+    pub flags: FlagsConfig,
     /// `[supply_chain]`.
     pub supply_chain: SupplyChainConfig,
 }
@@ -242,6 +253,112 @@ impl Default for HeadersConfig {
     }
 }
 
+/// `[prometheus]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// The server's base URL, `http://HOST:9090` (with a route prefix, if
+    /// it has one).
+    pub url: Option<String>,
+}
+
+/// `[alertmanager]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertmanagerConfig {
+    /// The base URL, `http://HOST:9093`.
+    pub url: Option<String>,
+}
+
+/// `[observability]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObservabilityConfig {
+    /// Job name → the number of active targets it must have.
+    pub expected_targets: BTreeMap<String, u32>,
+    /// Fail when a target's last scrape is older than this many of its
+    /// scrape intervals.
+    pub scrape_age_fail_intervals: u32,
+    /// Grafana dashboard JSON files: paths, directories (every `*.json` in
+    /// them) or patterns with `*` and `?` in the file name.
+    pub dashboards: Vec<String>,
+    /// The data source uids and names Grafana has (the provisioned ones).
+    pub datasources: Vec<String>,
+}
+
+impl Default for ObservabilityConfig {
+    fn default() -> Self {
+        ObservabilityConfig {
+            expected_targets: BTreeMap::new(),
+            scrape_age_fail_intervals: 2,
+            dashboards: Vec::new(),
+            datasources: Vec::new(),
+        }
+    }
+}
+
+/// `[slo]`.
+///
+/// An alerting rule is the `W` burn-rate rule of SLO `N` when its labels
+/// carry `slo_label = N` and `window_label = W`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SloConfig {
+    /// The SLOs that must have burn-rate alerts.
+    pub names: Vec<String>,
+    /// The windows each SLO needs a burn-rate rule for.
+    pub windows: Vec<String>,
+    /// The rule label naming the SLO.
+    pub slo_label: String,
+    /// The rule label naming the window.
+    pub window_label: String,
+}
+
+impl Default for SloConfig {
+    fn default() -> Self {
+        SloConfig {
+            names: Vec::new(),
+            windows: vec!["1h".to_owned(), "6h".to_owned()],
+            slo_label: "slo".to_owned(),
+            window_label: "window".to_owned(),
+        }
+    }
+}
+
+/// `[flags]`: the flagd flag file and the flag service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlagsConfig {
+    /// The flagd flag definition file (JSON).
+    pub file: Option<PathBuf>,
+    /// Flags the application reads: each must be in the file.
+    pub required: Vec<String>,
+    /// Risky flags and their safe variant (flag → variant); a flag's
+    /// `metadata.safeVariant` in the file marks it risky too.
+    pub risky: std::collections::BTreeMap<String, String>,
+    /// The traffic share the canary has now: no fractional rollout may send
+    /// more to a new code path.
+    pub canary_weight_percent: u32,
+    /// Targeting keys evaluated to measure a fractional rollout's share.
+    pub samples: u32,
+    /// The flag service's base URL (OFREP); when set it must answer and
+    /// agree with the file.
+    pub ofrep_url: Option<String>,
+}
+
+impl Default for FlagsConfig {
+    fn default() -> Self {
+        FlagsConfig {
+            file: None,
+            required: Vec::new(),
+            risky: std::collections::BTreeMap::new(),
+            canary_weight_percent: 5,
+            samples: 1_000,
+            ofrep_url: None,
+        }
+    }
+}
+
 /// `[supply_chain]`: the SBOM and provenance of the deployed artifact, and
 /// the licence policy. Relative paths are relative to the working
 /// directory.
@@ -339,6 +456,22 @@ keys! {
     "headers"."hsts_min_age_seconds" = "15552000" : "the least HSTS max-age accepted (180 days)";
     "headers"."report_probe" = "true" : "POST a synthetic report of each media type to the CSP report endpoint and expect 204";
     "headers"."chromium" = "\"chromium\"" : "the Chromium that measures crossOriginIsolated (feature browser)";
+    "prometheus"."url" = "none" : "Prometheus's base URL, http://HOST:9090, read by observability and slo-alerts";
+    "alertmanager"."url" = "none" : "Alertmanager's base URL, http://HOST:9093, read by slo-alerts";
+    "observability"."expected_targets" = "{}" : "job = count: the active targets each job must have, e.g. { api = 3 }";
+    "observability"."scrape_age_fail_intervals" = "2" : "fail when a target's last scrape is older than this many scrape intervals";
+    "observability"."dashboards" = "[]" : "Grafana dashboard JSON files: paths, directories, or * and ? patterns in the file name";
+    "observability"."datasources" = "[]" : "the uids and names of the data sources Grafana has";
+    "slo"."names" = "[]" : "the SLOs that need burn-rate alerts";
+    "slo"."windows" = "[\"1h\", \"6h\"]" : "the windows each SLO needs an alerting rule for";
+    "slo"."slo_label" = "\"slo\"" : "the rule label that names the SLO";
+    "slo"."window_label" = "\"window\"" : "the rule label that names the window";
+    "flags"."file" = "none" : "the flagd flag definition file (JSON)";
+    "flags"."required" = "[]" : "flags the application reads: each must be in the file";
+    "flags"."risky" = "{}" : "risky flags and their safe variant (flag = variant); metadata.safeVariant in the file marks one too";
+    "flags"."canary_weight_percent" = "5" : "the canary's traffic share now: no fractional rollout may send more to a new code path";
+    "flags"."samples" = "1000" : "targeting keys evaluated to measure a fractional rollout's share";
+    "flags"."ofrep_url" = "none" : "the flag service (OFREP); when set it must answer and agree with the file";
     "supply_chain"."sbom" = "none" : "the CycloneDX 1.5 JSON SBOM of the deployed build (spark sbom)";
     "supply_chain"."provenance" = "none" : "the in-toto SLSA provenance statement of the deployed artifact (spark provenance)";
     "supply_chain"."artifact" = "none" : "the deployed artifact, whose sha256 the provenance subject must carry";
@@ -461,6 +594,25 @@ impl Config {
         {
             spark_db::Backend::of_url(url).map_err(|e| e.to_string())?;
         }
+        for (key, url) in [("prometheus.url", &self.prometheus.url), ("alertmanager.url", &self.alertmanager.url)] {
+            if let Some(url) = url {
+                http_url(key, url)?;
+            }
+        }
+        if self.prometheus.url.is_none() {
+            if !self.observability.expected_targets.is_empty() {
+                return Err("observability.expected_targets is set but prometheus.url is not".to_owned());
+            }
+            if !self.slo.names.is_empty() {
+                return Err("slo.names is set but prometheus.url is not".to_owned());
+            }
+        }
+        if self.observability.scrape_age_fail_intervals == 0 {
+            return Err("observability.scrape_age_fail_intervals must be at least 1".to_owned());
+        }
+        if !self.slo.names.is_empty() && self.slo.windows.is_empty() {
+            return Err("slo.windows is empty: each SLO needs at least one burn-rate window".to_owned());
+        }
         Ok(())
     }
 
@@ -472,10 +624,21 @@ impl Config {
             .into_iter()
             .flatten()
             .chain(self.pgbouncer.admin_url.as_ref())
+            .chain(self.prometheus.url.as_ref())
+            .chain(self.alertmanager.url.as_ref())
             .filter_map(|u| url_password(u))
             .filter(|p| p.len() >= 3)
             .collect()
     }
+}
+
+/// Refuses a URL that is not `http` or `https` with a host.
+fn http_url(key: &str, url: &str) -> Result<(), String> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{key} {url:?} is not a URL"))?;
+    if !matches!(scheme, "http" | "https") || rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("{key} {:?} is not an http:// or https:// URL with a host", spark_db::redact_url(url)));
+    }
+    Ok(())
 }
 
 /// The password in a URL's userinfo or `password=` parameter.
@@ -539,6 +702,10 @@ mod tests {
         full.pgbouncer.admin_url = Some(String::new());
         full.pgbouncer.database = Some(String::new());
         full.backup.base_backup_dir = Some(PathBuf::new());
+        full.prometheus.url = Some(String::new());
+        full.alertmanager.url = Some(String::new());
+        full.flags.file = Some(PathBuf::new());
+        full.flags.ofrep_url = Some(String::new());
         full.supply_chain.sbom = Some(PathBuf::new());
         full.supply_chain.provenance = Some(PathBuf::new());
         full.supply_chain.artifact = Some(PathBuf::new());

@@ -15,7 +15,10 @@
 //!   default, unknown keys rejected, environment overrides, passwords only
 //!   from the environment, redacted everywhere.
 //! - [`checks`]: `clock`, `migrations`, `pgbouncer`, `decimal`, `backup`,
-//!   `headers`, `supply-chain`.
+//!   `headers` (security headers, cross-origin isolation in Chromium),
+//!   `observability` (Prometheus targets, Grafana dashboards), `slo-alerts`
+//!   (burn-rate rules in Prometheus, silences in Alertmanager),
+//!   `supply-chain` (SBOM, provenance and licences of the deployed build).
 //! - [`contract`]: conformance batteries over HTTP against a live service
 //!   ([`contract::idempotency`]: the `Idempotency-Key` contract).
 //! - [`schema`]: assertions for a service's own test suite

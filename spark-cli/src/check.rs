@@ -25,7 +25,8 @@ pub(crate) struct CheckArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Run only these checks (comma-separated ids: clock, migrations,
-    /// pgbouncer, decimal, backup).
+    /// pgbouncer, decimal, backup, observability, slo-alerts,
+    /// supply-chain).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the report as JUnit XML to this file.

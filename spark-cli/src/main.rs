@@ -57,9 +57,11 @@ enum Command {
     #[command(subcommand)]
     Outbox(outbox::OutboxCommand),
     /// The pre-deployment blind-spot scan: clock, migrations, pgBouncer,
-    /// decimal columns, backup (exit 0 nothing failed, 1 a check failed, 2 a
-    /// configuration error); `spark check contract` runs the idempotency
-    /// contract battery against a running service.
+    /// decimal columns, backup, headers, observability, SLO alerts, supply
+    /// chain (exit 0
+    /// nothing failed, 1 a check failed, 2 a configuration error); `spark
+    /// check contract` runs the idempotency contract battery against a
+    /// running service.
     #[command(args_conflicts_with_subcommands = true)]
     Check(check::CheckArgs),
     /// Throughput benchmarks against your own database.

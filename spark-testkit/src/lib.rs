@@ -10,11 +10,15 @@
 //!   with the `postgresql.conf` settings the test asks for, and
 //!   [`pgbouncer::Pgbouncer`] a real pgBouncer in front of a server; both skip
 //!   when the binaries are not installed.
+//! - [`prometheus::Prometheus`] and [`prometheus::Alertmanager`] start the
+//!   real Prometheus and Alertmanager with the configuration and rules a
+//!   test writes, on free loopback ports; they skip when not installed.
 //! - With `SPARK_REQUIRE_SERVICES=1` (as in CI) a missing service fails the
 //!   test instead of skipping it.
 
 pub mod cluster;
 pub mod pgbouncer;
+pub mod prometheus;
 mod server;
 
 use std::collections::BTreeSet;

@@ -1,8 +1,6 @@
 //! `headers`: the browser-facing security headers of each configured URL,
 //! and the CSP report endpoint they name.
 
-use std::time::Duration;
-
 use crate::check::{Check, Direction, Measurement, Outcome, Status, Threshold};
 use crate::context::{Context, ErrorChain, one_line};
 
@@ -259,18 +257,12 @@ impl Check for HeadersCheck {
             return Outcome::skip(self.id(), "no URL configured (headers.urls)");
         }
         let mut o = Outcome::new(self.id());
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = match reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            // The headers of the URL as configured: a redirect is reported,
-            // not followed.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("spark-checks/", env!("CARGO_PKG_VERSION")))
-            .build()
-        {
+        // The shared client follows no redirect: the headers of the URL as
+        // configured are judged, and a redirect is reported.
+        let client = match crate::checks::http::client() {
             Ok(c) => c,
             Err(e) => {
-                o.found(Status::Fail, format!("cannot build an HTTP client: {e}"));
+                o.found(Status::Fail, e);
                 return o.finish("");
             }
         };

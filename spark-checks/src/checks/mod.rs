@@ -10,25 +10,35 @@ mod backup;
 mod browser;
 mod clock;
 mod decimal;
+mod flags;
+mod grafana;
 mod headers;
+mod http;
 mod migrations;
 mod ntp;
+mod observability;
 mod pgbouncer;
+mod slo_alerts;
 mod supply_chain;
 
 pub use self::backup::BackupCheck;
 pub use self::clock::ClockCheck;
 pub use self::decimal::DecimalCheck;
 pub(crate) use self::decimal::{Exactness, exactness, money_columns};
+pub use self::flags::FlagsCheck;
 pub use self::headers::{HeadersCheck, PRIVATE_REFERRER_POLICIES};
 pub use self::migrations::MigrationsCheck;
 pub(crate) use self::migrations::{compare, read_applied};
+pub use self::observability::ObservabilityCheck;
 pub(crate) use self::pgbouncer::endpoint;
 pub use self::pgbouncer::{PREPARED_STATEMENTS_SINCE, PgbouncerCheck};
+pub use self::slo_alerts::SloAlertsCheck;
+
 pub use self::supply_chain::SupplyChainCheck;
 
 /// Every check of this crate, in report order: `clock`, `migrations`,
-/// `pgbouncer`, `decimal`, `backup`, `headers`, `supply-chain`.
+/// `pgbouncer`, `decimal`, `backup`, `headers`, `observability`, `flags`,
+/// `slo-alerts`, `supply-chain`.
 #[must_use]
 pub fn all() -> Vec<Arc<dyn Check>> {
     vec![
@@ -38,6 +48,9 @@ pub fn all() -> Vec<Arc<dyn Check>> {
         Arc::new(DecimalCheck),
         Arc::new(BackupCheck),
         Arc::new(HeadersCheck),
+        Arc::new(ObservabilityCheck),
+        Arc::new(FlagsCheck),
+        Arc::new(SloAlertsCheck),
         Arc::new(SupplyChainCheck),
     ]
 }

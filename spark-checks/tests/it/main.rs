@@ -1,16 +1,19 @@
 //! spark-checks against real servers: a fresh PostgreSQL database per test
 //! on the shared server, private PostgreSQL clusters for server settings, a
-//! real pgBouncer, and SQLite files.
+//! real pgBouncer, a real Prometheus and Alertmanager, and SQLite files.
 
 mod backup;
 mod clock;
 mod contract;
 mod decimal;
+mod flags;
 mod headers;
 mod migrations;
+mod observability;
 mod pgbouncer;
 mod scan;
 mod schema;
+mod slo_alerts;
 mod supply_chain;
 
 use std::sync::Arc;
