@@ -653,6 +653,8 @@ mod tests {
         full.backup.base_backup_dir = Some(PathBuf::new());
         full.prometheus.url = Some(String::new());
         full.alertmanager.url = Some(String::new());
+        full.flags.file = Some(PathBuf::new());
+        full.flags.ofrep_url = Some(String::new());
         let value = toml::Value::try_from(&full).unwrap();
         let mut fields = Vec::new();
         for (section, table) in value.as_table().unwrap() {
