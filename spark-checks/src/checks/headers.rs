@@ -185,6 +185,19 @@ fn find_executable(command: &str) -> Option<std::path::PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(command)).find(|p| p.is_file())
 }
 
+/// `crossOriginIsolated` per page in the Chromium at `path`, or why it was
+/// not measured.
+#[cfg(feature = "browser")]
+async fn measure_in_chromium(path: &std::path::Path, urls: &[String]) -> Result<Vec<Result<bool, String>>, String> {
+    crate::checks::browser::cross_origin_isolated(path, urls).await.map_err(|e| format!("Chromium did not start: {e}"))
+}
+
+/// Without the `browser` feature nothing is measured.
+#[cfg(not(feature = "browser"))]
+async fn measure_in_chromium(_: &std::path::Path, _: &[String]) -> Result<Vec<Result<bool, String>>, String> {
+    Err("this build lacks the `browser` feature".to_owned())
+}
+
 /// `crossOriginIsolated` per page: measured in Chromium when this build has
 /// the `browser` feature and `headers.chromium` is found, otherwise
 /// inferred from the headers with a warning that says so.
@@ -192,50 +205,36 @@ async fn isolated(o: &mut Outcome, chromium: &str, pages: &[(String, bool)]) {
     if pages.is_empty() {
         return;
     }
-    let why_inferred = match find_executable(chromium) {
-        None => format!("{chromium} is not installed"),
-        Some(path) if cfg!(feature = "browser") => {
-            #[cfg(feature = "browser")]
-            {
-                let urls: Vec<String> = pages.iter().map(|(u, _)| u.clone()).collect();
-                match crate::checks::browser::cross_origin_isolated(&path, &urls).await {
-                    Ok(results) => {
-                        for ((url, _), measured) in pages.iter().zip(results) {
-                            match measured {
-                                Ok(v) => {
-                                    o.measure(Measurement::info(
-                                        format!("cross_origin_isolated ({url})"),
-                                        f64::from(u8::from(v)),
-                                        "bool",
-                                    ));
-                                    if !v {
-                                        o.found(
-                                            Status::Fail,
-                                            format!("{url}: self.crossOriginIsolated is false in Chromium"),
-                                        );
-                                    }
-                                }
-                                Err(e) => {
-                                    o.found(
-                                        Status::Fail,
-                                        format!("{url}: Chromium could not measure crossOriginIsolated: {e}"),
-                                    );
-                                }
-                            }
+    let measured = match find_executable(chromium) {
+        None => Err(format!("{chromium} is not installed")),
+        Some(path) => {
+            let urls: Vec<String> = pages.iter().map(|(u, _)| u.clone()).collect();
+            measure_in_chromium(&path, &urls).await.map(|results| (path, results))
+        }
+    };
+    let why_inferred = match measured {
+        Ok((path, results)) => {
+            for ((url, _), measured) in pages.iter().zip(results) {
+                match measured {
+                    Ok(v) => {
+                        o.measure(Measurement::info(
+                            format!("cross_origin_isolated ({url})"),
+                            f64::from(u8::from(v)),
+                            "bool",
+                        ));
+                        if !v {
+                            o.found(Status::Fail, format!("{url}: self.crossOriginIsolated is false in Chromium"));
                         }
-                        o.detail("browser", path.display().to_string());
-                        return;
                     }
-                    Err(e) => format!("Chromium did not start: {e}"),
+                    Err(e) => {
+                        o.found(Status::Fail, format!("{url}: Chromium could not measure crossOriginIsolated: {e}"));
+                    }
                 }
             }
-            #[cfg(not(feature = "browser"))]
-            {
-                let _ = path;
-                unreachable!("cfg!(feature) and #[cfg] agree")
-            }
+            o.detail("browser", path.display().to_string());
+            return;
         }
-        Some(_) => "this build lacks the `browser` feature".to_owned(),
+        Err(why) => why,
     };
     for (url, inferred) in pages {
         o.found(
