@@ -586,12 +586,7 @@ impl Config {
             .case_insensitive(true)
             .build()
             .map_err(|e| format!("decimal.pattern is not a valid regular expression: {}", one_line(&e.to_string())))?;
-        for url in
-            [&self.database.url, &self.database.direct_url, &self.database.listen_url, &self.database.migration_url]
-                .into_iter()
-                .flatten()
-                .chain(self.pgbouncer.admin_url.as_ref())
-        {
+        for url in self.postgres_urls() {
             spark_db::Backend::of_url(url).map_err(|e| e.to_string())?;
         }
         for (key, url) in [("prometheus.url", &self.prometheus.url), ("alertmanager.url", &self.alertmanager.url)] {
@@ -616,14 +611,20 @@ impl Config {
         Ok(())
     }
 
-    /// Every password present in a configured URL, so reports can scrub
-    /// them from anything a target echoed back.
-    #[must_use]
-    pub fn secrets(&self) -> Vec<String> {
+    /// The configured PostgreSQL URLs: the database roles and pgBouncer's
+    /// admin console.
+    fn postgres_urls(&self) -> impl Iterator<Item = &String> {
         [&self.database.url, &self.database.direct_url, &self.database.listen_url, &self.database.migration_url]
             .into_iter()
             .flatten()
             .chain(self.pgbouncer.admin_url.as_ref())
+    }
+
+    /// Every password present in a configured URL, so reports can scrub
+    /// them from anything a target echoed back.
+    #[must_use]
+    pub fn secrets(&self) -> Vec<String> {
+        self.postgres_urls()
             .chain(self.prometheus.url.as_ref())
             .chain(self.alertmanager.url.as_ref())
             .filter_map(|u| url_password(u))
