@@ -235,7 +235,8 @@ pub struct Outcome {
     pub duration: Duration,
 }
 
-fn seconds<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+/// A duration as seconds in JSON (the reports' unit).
+pub(crate) fn seconds<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
 }
 

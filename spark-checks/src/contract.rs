@@ -48,10 +48,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 use serde_json::Value;
 
-use crate::check::{Measurement, Outcome, Status};
+use crate::check::{Measurement, Outcome, Status, seconds};
 use crate::error::ChecksError;
 
 /// The id of the contract outcome (see [`ContractReport::outcome`]).
@@ -246,10 +246,6 @@ pub struct CaseResult {
     /// How long it took, in seconds in JSON.
     #[serde(serialize_with = "seconds")]
     pub duration: Duration,
-}
-
-fn seconds<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
 }
 
 /// What a battery found.

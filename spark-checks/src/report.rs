@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::check::{Outcome, Status, format_value, unit_suffix};
+use crate::check::{Outcome, Status, format_value, seconds, unit_suffix};
 use crate::error::ChecksError;
 
 /// The evidence file a scan writes in human-readable form.
@@ -27,10 +27,6 @@ pub struct Report {
     pub duration: Duration,
     /// One outcome per check, in the order the checks were given.
     pub checks: Vec<Outcome>,
-}
-
-fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
 }
 
 /// An evidence file written, with its digest.
