@@ -1,0 +1,5 @@
+//! Behaviour tests of the canary engine: recorded scenarios with their
+//! expected decisions, properties over generated noise, and a real
+//! Prometheus queried through the HTTP source.
+
+mod scenarios;

@@ -1,0 +1,1 @@
+//! Scenario fixtures (filled in below).
