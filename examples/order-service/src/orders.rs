@@ -14,7 +14,10 @@ use sqlx::{Postgres, Sqlite};
 use crate::auth::{MAX_ACCOUNT_ID, single};
 use crate::backend::{OrderBackend, OrderRow};
 use crate::problem::Problem;
-use crate::{AppState, Database};
+use crate::{AppState, Database, telemetry};
+
+/// The problem kind of an order the instrument's exchange rules refuse.
+const ORDER_RULES: &str = "order-rules";
 
 /// The request body. Decimals are JSON strings.
 #[derive(Debug, Deserialize)]
@@ -165,7 +168,7 @@ fn prepare(state: &AppState, req: &OrderRequest) -> Result<Prepared, Problem> {
     rules.validate(req.side, req.price, req.quantity).map_err(|violations| {
         Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "order-rules",
+            ORDER_RULES,
             "Order breaks exchange rules",
             violations.to_string(),
         )
@@ -274,7 +277,20 @@ async fn transact<DB: OrderBackend>(
     }
     let written = match prepared {
         Ok(p) => write_order::<DB>(&mut tx, client, &p).await.map(|()| p),
-        Err(refused) => Err(refused),
+        Err(refused) => {
+            // A risk block is an order the instrument's rules refuse: off
+            // the tick grid, off the lot step, outside the lot limits, below
+            // the minimum notional; what a pre-trade risk check would block.
+            // Not a symbol that is not traded here (the client asked for
+            // nothing that exists), nor a malformed body, a reused key or a
+            // forbidden account: those are the client's mistakes, not the
+            // rules' decisions. Counted here, after the claim, so a retry
+            // that replays an accepted order is not counted.
+            if refused.kind() == ORDER_RULES {
+                metrics::counter!(telemetry::RISK_BLOCKS).increment(1);
+            }
+            Err(refused)
+        }
     };
     let p = match written {
         Ok(p) => p,

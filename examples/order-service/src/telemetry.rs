@@ -1,5 +1,5 @@
 //! Prometheus metrics: request latency per route, responses by status
-//! class, and gauges read at scrape time.
+//! class, the service's own counters, and gauges read at scrape time.
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -13,6 +13,9 @@ use spark_idempotency::{IdempotencyStore, SqlStore};
 
 use crate::{AppState, Database};
 
+/// Orders refused by the instrument's exchange rules (the `order-rules`
+/// problem), one per refused order.
+pub const RISK_BLOCKS: &str = "risk_blocks_total";
 /// User and system CPU time of the process, in seconds.
 pub const PROCESS_CPU_SECONDS: &str = "process_cpu_seconds_total";
 /// The CPU the process may use, in cores: the cgroup v2 quota, or else the
@@ -35,6 +38,15 @@ pub fn handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Describes the service's counter and exports it at zero. A canary
+/// judge reads an absent series as missing data, not as zero, so a counter
+/// that has not fired yet must still be there from the first scrape.
+/// Idempotent: adding zero again changes nothing.
+pub fn register() {
+    metrics::describe_counter!(RISK_BLOCKS, "orders refused by the instrument's exchange rules");
+    metrics::counter!(RISK_BLOCKS).increment(0);
 }
 
 /// Records latency and status class per matched route.

@@ -90,6 +90,17 @@ fn value(metrics: &str, name: &str) -> Option<f64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_scrape_exports_the_canary_counters_at_zero() {
+    let s = Running::fresh().await;
+    let metrics = s.scrape().await;
+    assert!(metrics.lines().any(|l| l == "risk_blocks_total 0"), "{metrics}");
+    // The idempotency gauges are read at scrape time, so they are there
+    // before any order.
+    assert_eq!(value(&metrics, "spark_idempotency_live_keys"), Some(0.0), "{metrics}");
+    assert_eq!(value(&metrics, "spark_idempotency_expired_keys"), Some(0.0), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_are_counted_at_scrape_time() {
     let s = Running::fresh().await;
     // Read at scrape time, so there before any order.
@@ -123,4 +134,21 @@ async fn process_cpu_time_and_cpu_limit_are_exported() {
         assert_eq!(limit, f64::from(u32::try_from(cores).unwrap()));
         assert!(limit >= 1.0);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_order_the_rules_refuse_is_one_risk_block() {
+    let s = Running::fresh().await;
+    assert_eq!(s.value("risk_blocks_total").await, 0.0);
+    // Off the 0.10 tick of the band from 100.
+    let (status, body) = s.order("risk-1", "101.37").await;
+    assert_eq!((status, body["type"].as_str()), (422, Some("urn:spark:problem:order-rules")), "{body}");
+    assert_eq!(s.value("risk_blocks_total").await, 1.0);
+    // Client mistakes are not risk blocks: a symbol not traded here, a
+    // number where a decimal string belongs.
+    let unknown = json!({ "account_id": "a", "symbol": "NOPE", "side": "buy", "quantity": "1", "price": "1" });
+    assert_eq!(s.post("risk-2", &unknown.to_string()).await.0, 422);
+    let number = r#"{"account_id":"a","symbol":"GARAN","side":"buy","quantity":"1","price":101.3}"#;
+    assert_eq!(s.post("risk-3", number).await.0, 422);
+    assert_eq!(s.value("risk_blocks_total").await, 1.0);
 }
