@@ -13,6 +13,10 @@ use spark_idempotency::{IdempotencyStore, SqlStore};
 
 use crate::{AppState, Database};
 
+/// Times the service found that money lost precision inside it: a price or
+/// quantity the database stored or returned other than as validated, or a
+/// money computation that overflowed. A release bug, never a client error.
+pub const DECIMAL_PRECISION_ERRORS: &str = "decimal_precision_errors_total";
 /// Orders refused by the instrument's exchange rules (the `order-rules`
 /// problem), one per refused order.
 pub const RISK_BLOCKS: &str = "risk_blocks_total";
@@ -40,13 +44,21 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Describes the service's counter and exports it at zero. A canary
+/// Describes the service's counters and exports them at zero. A canary
 /// judge reads an absent series as missing data, not as zero, so a counter
 /// that has not fired yet must still be there from the first scrape.
 /// Idempotent: adding zero again changes nothing.
 pub fn register() {
+    metrics::describe_counter!(DECIMAL_PRECISION_ERRORS, "money that lost precision inside the service (a bug)");
     metrics::describe_counter!(RISK_BLOCKS, "orders refused by the instrument's exchange rules");
+    metrics::counter!(DECIMAL_PRECISION_ERRORS).increment(0);
     metrics::counter!(RISK_BLOCKS).increment(0);
+}
+
+/// Counts a precision error and logs what lost precision.
+pub(crate) fn precision_error(what: &str) {
+    tracing::error!(what, "decimal precision error");
+    metrics::counter!(DECIMAL_PRECISION_ERRORS).increment(1);
 }
 
 /// Records latency and status class per matched route.

@@ -13,7 +13,7 @@ struct Running {
     base: String,
     token: String,
     client: reqwest::Client,
-    _db: spark_testkit::SqliteTestDb,
+    db: spark_testkit::SqliteTestDb,
     _clients: tempfile::TempDir,
 }
 
@@ -39,7 +39,7 @@ impl Running {
             .unwrap();
         let (base, _) = super::binary::listening(&mut child);
         let _ = rustls::crypto::ring::default_provider().install_default();
-        Running { child, base, token, client: reqwest::Client::new(), _db: db, _clients: dir }
+        Running { child, base, token, client: reqwest::Client::new(), db, _clients: dir }
     }
 
     async fn fresh() -> Running {
@@ -76,6 +76,18 @@ impl Running {
         let status = r.status().as_u16();
         (status, serde_json::from_str(&r.text().await.unwrap()).unwrap())
     }
+
+    async fn get_order(&self, id: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .get(format!("{}/v1/orders/{id}", self.base))
+            .header("authorization", format!("Bearer {}", self.token))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, serde_json::from_str(&r.text().await.unwrap()).unwrap())
+    }
 }
 
 impl Drop for Running {
@@ -89,11 +101,17 @@ fn value(metrics: &str, name: &str) -> Option<f64> {
     metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// A price the BIST table allows (a multiple of the 2.50 tick) with more
+/// significant digits than a float keeps when SQLite prints it (15).
+const WIDE_PRICE: &str = "1234567890123457.50";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_scrape_exports_the_canary_counters_at_zero() {
     let s = Running::fresh().await;
     let metrics = s.scrape().await;
-    assert!(metrics.lines().any(|l| l == "risk_blocks_total 0"), "{metrics}");
+    for line in ["decimal_precision_errors_total 0", "risk_blocks_total 0"] {
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in the first scrape:\n{metrics}");
+    }
     // The idempotency gauges are read at scrape time, so they are there
     // before any order.
     assert_eq!(value(&metrics, "spark_idempotency_live_keys"), Some(0.0), "{metrics}");
@@ -151,4 +169,59 @@ async fn one_order_the_rules_refuse_is_one_risk_block() {
     let number = r#"{"account_id":"a","symbol":"GARAN","side":"buy","quantity":"1","price":101.3}"#;
     assert_eq!(s.post("risk-3", number).await.0, 422);
     assert_eq!(s.value("risk_blocks_total").await, 1.0);
+    assert_eq!(s.value("decimal_precision_errors_total").await, 0.0, "refused input is no precision error");
+}
+
+/// A release whose orders table holds prices in a float column (here made
+/// before the service's migration, which then leaves it be) stores a wide
+/// price rounded: the order is refused with a 500, nothing is written, and
+/// the counter moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_that_rounds_the_price_is_a_precision_error() {
+    let db = spark_testkit::sqlite().await;
+    sqlx::query(
+        "CREATE TABLE order_service_orders (
+            order_id TEXT PRIMARY KEY, client_id TEXT NOT NULL, account_id TEXT NOT NULL,
+            symbol TEXT NOT NULL, side TEXT NOT NULL, quantity REAL NOT NULL, price REAL NOT NULL,
+            status TEXT NOT NULL, created_at_ms INTEGER NOT NULL)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let s = Running::start(db);
+    assert_eq!(s.value("decimal_precision_errors_total").await, 0.0);
+
+    // A price a float holds to the value is no error, whatever its scale.
+    let (status, body) = s.order("exact", "101.30").await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(s.value("decimal_precision_errors_total").await, 0.0);
+
+    let (status, body) = s.order("wide", WIDE_PRICE).await;
+    assert_eq!((status, body["type"].as_str()), (500, Some("urn:spark:problem:internal")), "{body}");
+    assert_eq!(s.value("decimal_precision_errors_total").await, 1.0);
+    let orders: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM order_service_orders").fetch_one(&s.db.pool).await.unwrap();
+    assert_eq!(orders, 1, "the rounded order was rolled back");
+}
+
+/// A stored price that went through a float (an edit, a migration) no
+/// longer reads back as a decimal: `GET` answers 500 instead of sending it,
+/// and the counter moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_price_that_went_through_a_float_is_a_precision_error() {
+    let s = Running::fresh().await;
+    let (status, body) = s.order("wide", WIDE_PRICE).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["order_id"].as_str().unwrap().to_owned();
+    assert_eq!(s.get_order(&id).await.1["price"], WIDE_PRICE);
+    assert_eq!(s.value("decimal_precision_errors_total").await, 0.0);
+
+    sqlx::query("UPDATE order_service_orders SET price = CAST(price AS REAL) WHERE order_id = ?1")
+        .bind(&id)
+        .execute(&s.db.pool)
+        .await
+        .unwrap();
+    let (status, body) = s.get_order(&id).await;
+    assert_eq!((status, body["type"].as_str()), (500, Some("urn:spark:problem:internal")), "{body}");
+    assert_eq!(s.value("decimal_precision_errors_total").await, 1.0);
 }
