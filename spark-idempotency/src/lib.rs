@@ -74,7 +74,7 @@
 //! # Metrics
 //!
 //! Through the `metrics` facade (see [`metrics`](mod@metrics)): claims by
-//! outcome, completions, GC deletions, live and in-flight keys; spans and
+//! outcome, completions, GC deletions, live, expired and in-flight keys; spans and
 //! events through `tracing`.
 
 mod error;

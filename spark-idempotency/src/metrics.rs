@@ -12,6 +12,8 @@ pub const COMPLETIONS: &str = "spark_idempotency_completions_total";
 pub const GC_DELETED: &str = "spark_idempotency_gc_deleted_total";
 /// Live keys, as of the last `stats()`.
 pub const LIVE_KEYS: &str = "spark_idempotency_live_keys";
+/// Records past their TTL awaiting GC, as of the last `stats()`.
+pub const EXPIRED_KEYS: &str = "spark_idempotency_expired_keys";
 /// In-flight keys, as of the last `stats()`.
 pub const IN_FLIGHT: &str = "spark_idempotency_in_flight_keys";
 
@@ -38,5 +40,6 @@ pub(crate) fn gc(deleted: u64) {
 #[allow(clippy::cast_precision_loss, reason = "gauges are f64 in the metrics facade; counts stay far below 2^52")]
 pub(crate) fn stats(stats: &Stats) {
     metrics::gauge!(LIVE_KEYS).set(stats.live_keys as f64);
+    metrics::gauge!(EXPIRED_KEYS).set(stats.expired_awaiting_gc as f64);
     metrics::gauge!(IN_FLIGHT).set(stats.in_flight as f64);
 }

@@ -40,11 +40,13 @@ pub(crate) trait OrderBackend:
     /// plain `BEGIN`.
     const BEGIN: Option<&'static str>;
 
-    /// Inserts an accepted order; one statement.
+    /// Inserts an accepted order; one statement. Returns the quantity and
+    /// the price as the row now holds them, as text, so the caller can see
+    /// that the column kept them exactly.
     fn insert_order(
         conn: &mut Self::Connection,
         order: &OrderRow<'_>,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    ) -> impl Future<Output = Result<(String, String), sqlx::Error>> + Send;
 
     /// The order `order_id` of `client_id`, if there is one.
     fn find_order(
@@ -65,7 +67,8 @@ impl private::Sealed for Postgres {}
 
 const PG_INSERT_ORDER: &str = "INSERT INTO order_service_orders
         (order_id, client_id, account_id, symbol, side, quantity, price, status, created_at_ms)
-     VALUES ($1, $2, $3, $4, $5, $6::numeric, $7::numeric, 'accepted', $8)";
+     VALUES ($1, $2, $3, $4, $5, $6::numeric, $7::numeric, 'accepted', $8)
+     RETURNING quantity::text, price::text";
 
 const PG_FIND_ORDER: &str =
     "SELECT order_id, status, account_id, symbol, side, price::text, quantity::text, created_at_ms
@@ -76,8 +79,8 @@ impl OrderBackend for Postgres {
 
     const BEGIN: Option<&'static str> = None;
 
-    async fn insert_order(conn: &mut PgConnection, o: &OrderRow<'_>) -> Result<(), sqlx::Error> {
-        sqlx::query(PG_INSERT_ORDER)
+    async fn insert_order(conn: &mut PgConnection, o: &OrderRow<'_>) -> Result<(String, String), sqlx::Error> {
+        sqlx::query_as(PG_INSERT_ORDER)
             .bind(o.order_id)
             .bind(o.client_id)
             .bind(o.account_id)
@@ -86,9 +89,8 @@ impl OrderBackend for Postgres {
             .bind(o.quantity)
             .bind(o.price)
             .bind(o.created_at_ms)
-            .execute(conn)
-            .await?;
-        Ok(())
+            .fetch_one(conn)
+            .await
     }
 
     async fn find_order(pool: &PgPool, order_id: &str, client_id: &str) -> Result<Option<FoundOrder>, sqlx::Error> {
@@ -104,9 +106,13 @@ impl private::Sealed for Sqlite {}
 
 const SQLITE_INSERT_ORDER: &str = "INSERT INTO order_service_orders
         (order_id, client_id, account_id, symbol, side, quantity, price, status, created_at_ms)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'accepted', ?8)";
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'accepted', ?8)
+     RETURNING CAST(quantity AS TEXT), CAST(price AS TEXT)";
 
-const SQLITE_FIND_ORDER: &str = "SELECT order_id, status, account_id, symbol, side, price, quantity, created_at_ms
+/// Price and quantity as text even when a value in the row is not (SQLite
+/// keeps any type in any column), so the caller sees what is there.
+const SQLITE_FIND_ORDER: &str = "SELECT order_id, status, account_id, symbol, side,
+        CAST(price AS TEXT), CAST(quantity AS TEXT), created_at_ms
      FROM order_service_orders WHERE order_id = ?1 AND client_id = ?2";
 
 impl OrderBackend for Sqlite {
@@ -116,8 +122,8 @@ impl OrderBackend for Sqlite {
     /// failing to upgrade a read lock (the claim reads before it writes).
     const BEGIN: Option<&'static str> = Some("BEGIN IMMEDIATE");
 
-    async fn insert_order(conn: &mut SqliteConnection, o: &OrderRow<'_>) -> Result<(), sqlx::Error> {
-        sqlx::query(SQLITE_INSERT_ORDER)
+    async fn insert_order(conn: &mut SqliteConnection, o: &OrderRow<'_>) -> Result<(String, String), sqlx::Error> {
+        sqlx::query_as(SQLITE_INSERT_ORDER)
             .bind(o.order_id)
             .bind(o.client_id)
             .bind(o.account_id)
@@ -126,9 +132,8 @@ impl OrderBackend for Sqlite {
             .bind(o.quantity)
             .bind(o.price)
             .bind(o.created_at_ms)
-            .execute(conn)
-            .await?;
-        Ok(())
+            .fetch_one(conn)
+            .await
     }
 
     async fn find_order(pool: &SqlitePool, order_id: &str, client_id: &str) -> Result<Option<FoundOrder>, sqlx::Error> {

@@ -75,11 +75,14 @@ impl AppState {
     /// State over a migrated database, authenticating callers with `auth`.
     #[must_use]
     pub fn new(db: Database, instruments: Instruments, auth: Auth) -> AppState {
+        // The recorder first: counters registered before it would be lost.
+        let metrics = telemetry::handle();
+        telemetry::register();
         AppState {
             db,
             instruments: Arc::new(instruments),
             idempotency: spark_idempotency::Config::default(),
-            metrics: telemetry::handle(),
+            metrics,
             auth,
             reports: Arc::new(security::ReportLimiter::new(spark_db::system_clock(), security::MAX_SOURCES)),
         }

@@ -7,14 +7,17 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use spark_idempotency::{Claim, Fingerprint, IdempotencyError, IdempotencyKey, SqlStore, StoredResponse};
-use spark_money::{Price, Quantity, Side};
+use spark_money::{Decimal, MoneyError, Price, Quantity, Side, parse_decimal};
 use spark_positions::{Fill, PositionFilter, Positions, PositionsError};
 use sqlx::{Postgres, Sqlite};
 
 use crate::auth::{MAX_ACCOUNT_ID, single};
 use crate::backend::{OrderBackend, OrderRow};
 use crate::problem::Problem;
-use crate::{AppState, Database};
+use crate::{AppState, Database, telemetry};
+
+/// The problem kind of an order the instrument's exchange rules refuse.
+const ORDER_RULES: &str = "order-rules";
 
 /// The request body. Decimals are JSON strings.
 #[derive(Debug, Deserialize)]
@@ -165,7 +168,7 @@ fn prepare(state: &AppState, req: &OrderRequest) -> Result<Prepared, Problem> {
     rules.validate(req.side, req.price, req.quantity).map_err(|violations| {
         Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "order-rules",
+            ORDER_RULES,
             "Order breaks exchange rules",
             violations.to_string(),
         )
@@ -274,7 +277,20 @@ async fn transact<DB: OrderBackend>(
     }
     let written = match prepared {
         Ok(p) => write_order::<DB>(&mut tx, client, &p).await.map(|()| p),
-        Err(refused) => Err(refused),
+        Err(refused) => {
+            // A risk block is an order the instrument's rules refuse: off
+            // the tick grid, off the lot step, outside the lot limits, below
+            // the minimum notional; what a pre-trade risk check would block.
+            // Not a symbol that is not traded here (the client asked for
+            // nothing that exists), nor a malformed body, a reused key or a
+            // forbidden account: those are the client's mistakes, not the
+            // rules' decisions. Counted here, after the claim, so a retry
+            // that replays an accepted order is not counted.
+            if refused.kind() == ORDER_RULES {
+                metrics::counter!(telemetry::RISK_BLOCKS).increment(1);
+            }
+            Err(refused)
+        }
     };
     let p = match written {
         Ok(p) => p,
@@ -306,9 +322,40 @@ async fn write_order<DB: OrderBackend>(conn: &mut DB::Connection, client: &str, 
         price: &p.order.price,
         created_at_ms: p.created_at_ms,
     };
-    DB::insert_order(conn, &row).await.map_err(|e| Problem::internal(&e))?;
+    let (quantity, price) = DB::insert_order(conn, &row).await.map_err(|e| Problem::internal(&e))?;
+    // The response already stored says what was validated; a column that
+    // rounded or converted the value (a narrower NUMERIC, a REAL) would make
+    // the row say something else. That is a bug of the release, not of the
+    // client: refuse the order (the transaction rolls back) and count it.
+    if !same_value(&quantity, p.fill.quantity.get()) || !same_value(&price, p.fill.price.get()) {
+        telemetry::precision_error("order row");
+        return Err(Problem::internal(&format_args!(
+            "order {} was stored as quantity {quantity} at {price}, not {} at {}",
+            p.order.order_id, p.order.quantity, p.order.price
+        )));
+    }
     spark_outbox::enqueue(conn, &p.event).await.map_err(|e| Problem::internal(&e))?;
     Ok(())
+}
+
+/// Whether `text`, as a database returned it, is exactly the decimal
+/// `expected` (scale aside: `101.3` is `101.30`).
+fn same_value(text: &str, expected: Decimal) -> bool {
+    parse_decimal(text).is_ok_and(|d| d == expected)
+}
+
+/// Whether a positions error means money lost precision inside the service:
+/// arithmetic that overflowed or could not stay exact, a validated price the
+/// book cannot hold at the instrument's scale, or a stored position that
+/// does not read back as written.
+fn is_precision_error(e: &PositionsError) -> bool {
+    matches!(
+        e,
+        PositionsError::Money(
+            MoneyError::Overflow { .. } | MoneyError::ScaleTooLarge { .. } | MoneyError::NotWholeMinorUnits { .. }
+        ) | PositionsError::PriceScale { .. }
+            | PositionsError::Corrupt(_)
+    )
 }
 
 fn idempotency_problem(e: IdempotencyError) -> Problem {
@@ -319,6 +366,9 @@ fn idempotency_problem(e: IdempotencyError) -> Problem {
 }
 
 fn positions_problem(e: PositionsError) -> Problem {
+    if is_precision_error(&e) {
+        telemetry::precision_error("position");
+    }
     match e {
         PositionsError::CurrencyMismatch { .. } => {
             Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "currency-mismatch", "Currency mismatch", e.to_string())
@@ -367,6 +417,18 @@ pub(crate) async fn get(State(state): State<AppState>, headers: HeaderMap, Path(
     };
     match row {
         Ok(Some((order_id, status, account_id, symbol, side, price, quantity, created))) => {
+            // Only a price and a quantity spark-money wrote and validated
+            // are ever stored; one that no longer parses strictly was
+            // changed on the way (a float conversion writes `1.2e+15`).
+            // Sending it on would hand the client a number the service
+            // cannot vouch for.
+            if price.parse::<Price>().is_err() || quantity.parse::<Quantity>().is_err() {
+                telemetry::precision_error("stored order");
+                return Problem::internal(&format_args!(
+                    "order {order_id} reads back as quantity {quantity} at {price}"
+                ))
+                .into_response();
+            }
             Json(Order { order_id, status, account_id, symbol, side, price, quantity, created_at: rfc3339(created) })
                 .into_response()
         }
@@ -411,14 +473,25 @@ pub(crate) async fn positions(
                 .iter()
                 .map(|p| {
                     let mut v = serde_json::to_value(p).unwrap_or_default();
-                    v["average_price"] = serde_json::json!(p.average_price().ok().flatten().map(|a| a.to_string()));
+                    let average = p.average_price().unwrap_or_else(|e| {
+                        if is_precision_error(&e) {
+                            telemetry::precision_error("average price");
+                        }
+                        None
+                    });
+                    v["average_price"] = serde_json::json!(average.map(|a| a.to_string()));
                     v
                 })
                 .collect();
             Json(serde_json::json!({ "account_id": account, "positions": rows })).into_response()
         }
         Err(PositionsError::Database(e)) => Problem::unavailable(&e).into_response(),
-        Err(e) => Problem::internal(&e).into_response(),
+        Err(e) => {
+            if is_precision_error(&e) {
+                telemetry::precision_error("stored position");
+            }
+            Problem::internal(&e).into_response()
+        }
     }
 }
 

@@ -43,6 +43,12 @@ impl Problem {
         self
     }
 
+    /// The problem's kind, the slug its `type` ends with.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
     /// 500 for anything unexpected; the cause is logged, not sent.
     pub fn internal(err: &dyn std::fmt::Display) -> Problem {
         tracing::error!(error = %err, "internal error");

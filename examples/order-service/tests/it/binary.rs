@@ -132,7 +132,7 @@ async fn refuses_to_start_without_authentication() {
 /// Reads the child's stderr up to the "listening on" line and returns the
 /// URL and the lines before it (start-up logs, warnings); the rest of stderr
 /// is drained on a thread so the service never blocks on a full pipe.
-fn listening(child: &mut std::process::Child) -> (String, Vec<String>) {
+pub(super) fn listening(child: &mut std::process::Child) -> (String, Vec<String>) {
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut before = Vec::new();
     loop {

@@ -4,6 +4,7 @@
 mod binary;
 mod contract;
 mod headers;
+mod metrics;
 mod pgbouncer;
 
 use std::sync::Arc;
