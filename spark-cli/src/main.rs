@@ -1,12 +1,14 @@
 //! `spark`: the command-line face of the Spark crates.
 //!
 //! Exit codes: 0 ok; 1 a check or decision said no (an unaligned price under
-//! `--mode reject`, a rule violation); 2 bad usage or input, with a one-line
-//! message on stderr.
+//! `--mode reject`, a rule violation, a canary rollback); 2 bad usage or
+//! input, with a one-line message on stderr; 3 a canary decision held
+//! (inconclusive).
 
 mod bench;
 mod bench_http;
 mod bench_outbox;
+mod canary;
 mod check;
 mod db;
 mod demo;
@@ -64,6 +66,14 @@ enum Command {
     /// running service.
     #[command(args_conflicts_with_subcommands = true)]
     Check(check::CheckArgs),
+    /// The canary engine: print a plan, decide one instant of a stage, or
+    /// replay a recorded stage (exit 0 continue or promote, 1 rollback, 3
+    /// hold, 2 bad input).
+    #[command(subcommand)]
+    Canary(canary::CanaryCommand),
+    /// Record the canary signals from Prometheus into a replayable snapshot.
+    #[command(subcommand)]
+    Metrics(canary::MetricsCommand),
     /// Throughput benchmarks against your own database.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -107,12 +117,15 @@ fn main() -> ExitCode {
         Command::Outbox(cmd) => block_on(outbox::run(cmd, &out)),
         Command::Bench(cmd) => block_on(bench::run(cmd, &out)),
         Command::Check(args) => block_on(check::run(args, &out)),
+        Command::Canary(cmd) => block_on(canary::run(cmd, &out)),
+        Command::Metrics(cmd) => block_on(canary::run_metrics(cmd, &out)),
         Command::Sbom(args) => supply_chain::run_sbom(args, &out),
         Command::Provenance(args) => supply_chain::run_provenance(args, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::No) => ExitCode::from(1),
+        Err(Failure::Hold) => ExitCode::from(3),
         Err(Failure::Input(err)) => {
             eprintln!("error: {}", output::one_line(&format!("{err:#}")));
             ExitCode::from(2)

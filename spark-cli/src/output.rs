@@ -11,6 +11,9 @@ pub(crate) enum Failure {
     No,
     /// Bad usage or input. Exit 2 with the message on one line.
     Input(anyhow::Error),
+    /// A canary decision is inconclusive (hold); the command already printed
+    /// why. Exit 3.
+    Hold,
 }
 
 impl<E: Into<anyhow::Error>> From<E> for Failure {
@@ -39,9 +42,9 @@ impl Output {
     /// Prints `value` as JSON, or `text` otherwise.
     pub(crate) fn emit<T: Serialize>(&self, value: &T, text: impl FnOnce() -> String) -> CmdResult {
         if self.json {
-            println!("{}", serde_json::to_string(value)?);
+            print_line(&serde_json::to_string(value)?)?;
         } else {
-            println!("{}", text());
+            print_line(&text())?;
         }
         Ok(())
     }
@@ -51,13 +54,25 @@ impl Output {
     /// it explains a refusal (`align --mode reject`).
     pub(crate) fn refuse<T: Serialize>(&self, value: &T, text: &str, report: bool) -> CmdResult {
         if self.json {
-            println!("{}", serde_json::to_string(value)?);
+            print_line(&serde_json::to_string(value)?)?;
         } else if report {
-            println!("{text}");
+            print_line(text)?;
         } else {
             eprintln!("{text}");
         }
         Err(Failure::No)
+    }
+}
+
+/// Writes `text` and a newline to stdout. A reader that closed the pipe
+/// (`spark canary plan | head`) wants no more: that is not an error, and
+/// `println!` would panic on it.
+pub(crate) fn print_line(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
     }
 }
 

@@ -36,7 +36,7 @@ pub enum RollbackError {
     #[error("{0}")]
     Range(String),
     /// A file that cannot be read or written.
-    #[error("{}: {source}", .path.display())]
+    #[error("{}", .path.display())]
     Io {
         /// The file.
         path: PathBuf,

@@ -50,6 +50,7 @@
 mod engine;
 mod error;
 mod gate;
+mod live;
 mod plan;
 mod scope;
 mod signal;
@@ -61,6 +62,7 @@ mod trigger;
 pub use crate::engine::{Decision, Engine, Evaluation, Replay, Run, SOURCE_ERRORS_BEFORE_HOLD, TrailEntry, rfc3339};
 pub use crate::error::{RollbackError, SourceError};
 pub use crate::gate::{GateResult, GateStatus};
+pub use crate::live::{evaluate_live, lookback};
 pub use crate::plan::{
     Above, AnyIncrease, BurnRate, ConnectionLeak, Correlated, DisconnectStorm, Gate, Gates, MemoryLeak, NonImproving,
     OutboxLag, Plan, Slo, Stage, Triggers, Weight,

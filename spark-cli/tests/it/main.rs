@@ -1,5 +1,6 @@
 //! The real `spark` binary: output and exit codes.
 
+mod canary;
 mod check;
 mod contract;
 mod db;

@@ -1,0 +1,329 @@
+//! `spark canary plan|evaluate|replay` and `spark metrics snapshot`: the
+//! canary engine of spark-rollback from the command line.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use serde_json::json;
+use spark_rollback::{
+    Decision, Engine, Evaluation, FileSource, GateResult, MetricSource, Metrics, Plan, PrometheusSource, Range, Replay,
+    Signal, TriggerId, TriggerResult, TriggerStatus, evaluate_live, rfc3339,
+};
+
+use crate::output::{CmdResult, Failure, Output};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CanaryCommand {
+    /// Print the stages, gates and triggers of a plan (the built-in default
+    /// without --plan); --toml prints it as a plan file to start from.
+    Plan {
+        /// The plan file (TOML).
+        #[arg(long)]
+        plan: Option<PathBuf>,
+        /// Print the whole plan as TOML.
+        #[arg(long, conflicts_with = "json")]
+        toml: bool,
+    },
+    /// Decide one instant of a stage: exit 0 continue or promote, 1 rollback,
+    /// 3 hold.
+    Evaluate(EvaluateArgs),
+    /// Evaluate every interval from the stage start and stop at the first
+    /// promote or rollback: exit 0 continue or promote, 1 rollback, 3 hold.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EvaluateArgs {
+    /// The plan file (TOML) [default: the built-in plan].
+    #[arg(long)]
+    plan: Option<PathBuf>,
+    /// Read live from this Prometheus.
+    #[arg(long, required_unless_present = "snapshot", conflicts_with = "snapshot")]
+    prometheus: Option<String>,
+    /// Read from a snapshot file.
+    #[arg(long)]
+    snapshot: Option<PathBuf>,
+    /// The stage, such as 25%.
+    #[arg(long)]
+    stage: String,
+    /// When the stage started (RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    since: i64,
+    /// The instant to decide (RFC 3339) [default: now].
+    #[arg(long, value_parser = parse_time)]
+    at: Option<i64>,
+    /// The query resolution against Prometheus.
+    #[arg(long, default_value = "15s", value_parser = parse_step)]
+    step: u32,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReplayArgs {
+    /// The plan file (TOML) [default: the built-in plan].
+    #[arg(long)]
+    plan: Option<PathBuf>,
+    /// The snapshot file to replay.
+    #[arg(long)]
+    snapshot: PathBuf,
+    /// The stage, such as 25%.
+    #[arg(long)]
+    stage: String,
+    /// When the stage started (RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    since: i64,
+    /// The last instant to evaluate (RFC 3339) [default: the snapshot's end].
+    #[arg(long, value_parser = parse_time)]
+    until: Option<i64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum MetricsCommand {
+    /// Record the plan's signals from Prometheus into a snapshot file
+    /// (spark-metrics-snapshot/v1) that `spark canary replay` reads.
+    Snapshot {
+        /// The Prometheus to query.
+        #[arg(long)]
+        prometheus: String,
+        /// Where to write the snapshot.
+        #[arg(long)]
+        out: PathBuf,
+        /// How far back from now.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        range: Duration,
+        /// The resolution.
+        #[arg(long, default_value = "15s", value_parser = parse_step)]
+        step: u32,
+        /// The plan whose queries to use [default: the built-in plan].
+        #[arg(long)]
+        plan: Option<PathBuf>,
+    },
+}
+
+fn parse_time(s: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2026-11-26T10:00:00Z ({e})"))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration such as 15s or 1h ({e})"))
+}
+
+fn parse_step(s: &str) -> Result<u32, String> {
+    let d = parse_duration(s)?;
+    if d.subsec_nanos() != 0 || d.is_zero() {
+        return Err(format!("{s:?} is not a whole number of seconds of at least 1s"));
+    }
+    u32::try_from(d.as_secs()).map_err(|_| format!("{s:?} is too long"))
+}
+
+fn load_plan(path: Option<&Path>) -> anyhow::Result<Plan> {
+    Ok(match path {
+        Some(path) => Plan::load(path)?,
+        None => Plan::default(),
+    })
+}
+
+pub(crate) async fn run(cmd: CanaryCommand, out: &Output) -> CmdResult {
+    match cmd {
+        CanaryCommand::Plan { plan, toml } => {
+            let plan = load_plan(plan.as_deref())?;
+            if toml {
+                crate::output::print_line(plan.to_toml().trim_end())?;
+                return Ok(());
+            }
+            out.emit(&plan_json(&plan), || plan_text(&plan))
+        }
+        CanaryCommand::Evaluate(args) => evaluate(args, out).await,
+        CanaryCommand::Replay(args) => {
+            let engine = Engine::new(load_plan(args.plan.as_deref())?)?;
+            let stage = engine.plan().stage(&args.stage)?.clone();
+            let source = FileSource::open(&args.snapshot)?;
+            let metrics = Metrics::from_snapshot(source.snapshot())?;
+            let replay = engine.replay(&metrics, &stage, args.since, args.until)?;
+            out.emit(&replay, || replay_text(&replay))?;
+            exit_for(replay.decision())
+        }
+    }
+}
+
+async fn evaluate(args: EvaluateArgs, out: &Output) -> CmdResult {
+    let engine = Engine::new(load_plan(args.plan.as_deref())?)?;
+    let stage = engine.plan().stage(&args.stage)?.clone();
+    let at = args.at.unwrap_or_else(|| spark_db::system_clock().now_ms());
+    let source: Box<dyn MetricSource> = match (&args.prometheus, &args.snapshot) {
+        (Some(url), _) => Box::new(PrometheusSource::new(url)?),
+        (None, Some(path)) => Box::new(FileSource::open(path)?),
+        (None, None) => unreachable!("clap requires one of --prometheus and --snapshot"),
+    };
+    let (evaluation, _) = evaluate_live(&engine, source.as_ref(), &stage, args.since, at, args.step)
+        .await
+        .with_context(|| format!("evaluating against {}", source.describe()))?;
+    out.emit(&evaluation, || evaluation_text(&evaluation))?;
+    exit_for(&evaluation.decision)
+}
+
+pub(crate) async fn run_metrics(cmd: MetricsCommand, out: &Output) -> CmdResult {
+    let MetricsCommand::Snapshot { prometheus, out: path, range, step, plan } = cmd;
+    let plan = load_plan(plan.as_deref())?;
+    let source = PrometheusSource::new(&prometheus)?;
+    let end = spark_db::system_clock().now_ms();
+    let start = end - i64::try_from(range.as_millis()).context("--range is too long")?;
+    let snapshot = source.fetch(&plan, Range { start_ms: start, end_ms: end, step_seconds: step }).await?;
+    snapshot.save(&path)?;
+    let series: usize = snapshot.signals.values().map(|m| m.result.len()).sum();
+    let empty: Vec<&str> = Signal::ALL
+        .iter()
+        .filter(|s| snapshot.signals.get(s.name()).is_none_or(|m| m.result.is_empty()))
+        .map(|s| s.name())
+        .collect();
+    let report = json!({
+        "out": path.display().to_string(),
+        "from": rfc3339(start),
+        "to": rfc3339(end),
+        "step_seconds": step,
+        "series": series,
+        "signals_without_data": empty,
+    });
+    out.emit(&report, || {
+        let mut text =
+            format!("wrote {} ({series} series, {} to {}, step {step}s)", path.display(), rfc3339(start), rfc3339(end));
+        if !empty.is_empty() {
+            text.push_str(&format!("\nno data (missing, not zero): {}", empty.join(", ")));
+        }
+        text
+    })
+}
+
+/// Exit 0 continue or promote, 1 rollback, 3 hold.
+fn exit_for(decision: &Decision) -> CmdResult {
+    match decision {
+        Decision::Continue | Decision::Promote => Ok(()),
+        Decision::Rollback { .. } => Err(Failure::No),
+        Decision::Hold { .. } => Err(Failure::Hold),
+    }
+}
+
+fn plan_json(plan: &Plan) -> serde_json::Value {
+    let stages: Vec<_> = plan
+        .stages
+        .iter()
+        .map(
+            |s| json!({"weight": s.weight.to_string(), "duration": humantime::format_duration(s.duration).to_string()}),
+        )
+        .collect();
+    let g = &plan.gates;
+    let gates: Vec<_> = [
+        ("api_p95", g.api_p95, "api_latency_p95_seconds below"),
+        ("error_rate", g.error_rate, "http_5xx_ratio below"),
+        ("ws_staleness", g.ws_staleness, "ws_staleness_seconds below"),
+        ("risk_blocks", g.risk_blocks, "risk_blocks_per_minute below"),
+        ("idem_conflicts", g.idem_conflicts, "idempotency_conflict_ratio below"),
+        ("csp", g.csp, "csp_violations_per_minute at most the baseline's plus this share"),
+    ]
+    .into_iter()
+    .map(|(name, gate, what)| json!({"name": name, "enabled": gate.enabled, "threshold": gate.threshold, "rule": what}))
+    .collect();
+    let triggers: Vec<_> = TriggerId::ALL
+        .into_iter()
+        .map(|t| {
+            json!({
+                "id": t.id(),
+                "description": t.description(plan),
+                "signals": t.signals().iter().map(|s| s.name()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let queries: serde_json::Map<String, serde_json::Value> =
+        Signal::ALL.iter().map(|s| (s.name().to_owned(), json!(plan.query(*s)))).collect();
+    json!({
+        "interval": humantime::format_duration(plan.interval).to_string(),
+        "min_requests": plan.min_requests,
+        "slo_objective": plan.slo.objective,
+        "stages": stages,
+        "gates": gates,
+        "triggers": triggers,
+        "queries": queries,
+    })
+}
+
+fn plan_text(plan: &Plan) -> String {
+    let mut lines = vec![format!(
+        "evaluated every {}; ratios need {} requests; SLO {}",
+        humantime::format_duration(plan.interval),
+        plan.min_requests,
+        plan.slo.objective
+    )];
+    lines.push("stages:".to_owned());
+    for s in &plan.stages {
+        lines.push(format!("  {:>6}  at least {}", s.weight.to_string(), humantime::format_duration(s.duration)));
+    }
+    lines.push("gates (all must pass at the last 3 evaluations):".to_owned());
+    for g in plan_json(plan)["gates"].as_array().into_iter().flatten() {
+        let state = if g["enabled"] == json!(true) { "" } else { "  (off)" };
+        lines.push(format!(
+            "  {:<15} {} {}{state}",
+            g["name"].as_str().unwrap_or(""),
+            g["rule"].as_str().unwrap_or(""),
+            g["threshold"]
+        ));
+    }
+    lines.push("triggers (roll back):".to_owned());
+    for t in TriggerId::ALL {
+        let signals: Vec<&str> = t.signals().iter().map(|s| s.name()).collect();
+        lines.push(format!("  {:<25} {} [{}]", t.id(), t.description(plan), signals.join(", ")));
+    }
+    lines.join("\n")
+}
+
+fn value(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v}"))
+}
+
+fn gate_line(g: &GateResult) -> String {
+    let status = serde_json::to_value(g.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    format!("  {:<15} {:>12}  threshold {:<10} {status}", g.name, value(g.value), value(g.threshold))
+}
+
+fn trigger_line(t: &TriggerResult) -> String {
+    let status = serde_json::to_value(t.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    let values: Vec<String> = t.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let detail = if t.detail.is_empty() { String::new() } else { format!(" — {}", t.detail) };
+    format!("  {:<25} {:<12} {}{detail}", t.id.id(), status, values.join(" "))
+}
+
+fn evaluation_text(e: &Evaluation) -> String {
+    let trigger = e.decision.trigger().map(|t| format!(" by {t}")).unwrap_or_default();
+    let mut lines = vec![
+        format!("{}{trigger} at {} (stage {})", e.decision.kind(), rfc3339(e.at_ms), e.stage),
+        format!("reason: {}", e.reason),
+        "gates:".to_owned(),
+    ];
+    lines.extend(e.gates.iter().map(gate_line));
+    lines.push("triggers:".to_owned());
+    // Quiet triggers on one line; the others one per line.
+    let (quiet, loud): (Vec<&TriggerResult>, Vec<&TriggerResult>) =
+        e.triggers.iter().partition(|t| t.status == TriggerStatus::Ok);
+    lines.extend(loud.into_iter().map(trigger_line));
+    if !quiet.is_empty() {
+        let ids: Vec<&str> = quiet.iter().map(|t| t.id.id()).collect();
+        lines.push(format!("  ok: {}", ids.join(", ")));
+    }
+    lines.join("\n")
+}
+
+fn replay_text(r: &Replay) -> String {
+    let mut lines: Vec<String> = r
+        .trail
+        .iter()
+        .map(|t| {
+            let trigger = t.trigger.map(|t| format!(" ({t})")).unwrap_or_default();
+            format!("{}  {}{trigger}  {}", rfc3339(t.at_ms), t.decision, t.reason)
+        })
+        .collect();
+    lines.push(String::new());
+    lines.push(evaluation_text(&r.last));
+    lines.join("\n")
+}

@@ -1,0 +1,182 @@
+//! `spark canary plan|evaluate|replay`: decisions, JSON and exit codes from
+//! the real binary over snapshot files.
+
+use spark_rollback::{Plan, Role, Signal, Snapshot};
+
+use crate::{spark, spark_with};
+
+const START: i64 = 1_790_000_000;
+const SINCE: &str = "2026-09-21T14:13:20Z";
+
+/// A healthy stage for every gate signal, with the canary's p95 rising from
+/// 250 ms to 520 ms after three minutes when `p95_jumps`, and canary traffic
+/// of `canary_rps`.
+fn stage(minutes: i64, p95_jumps: bool, canary_rps: f64) -> Snapshot {
+    let mut s = Snapshot::new(15);
+    for i in 0..=minutes * 4 {
+        let t = START + i * 15;
+        for role in Role::ALL {
+            let rps = if role == Role::Canary { canary_rps } else { 100.0 };
+            let p95 = match role {
+                Role::Canary if p95_jumps && i > 12 => 0.52,
+                Role::Canary if p95_jumps => 0.25,
+                _ => 0.08,
+            };
+            s.push(Signal::HttpRequestsPerSecond, role, t, rps);
+            // A ratio over no requests is 0/0: Prometheus answers NaN.
+            s.push(Signal::Http5xxRatio, role, t, if rps > 0.0 { 0.001 } else { f64::NAN });
+            s.push(Signal::ApiLatencyP95Seconds, role, t, if rps > 0.0 { p95 } else { f64::NAN });
+            s.push(Signal::WsStalenessSeconds, role, t, 1.0);
+            s.push(Signal::RiskBlocksPerMinute, role, t, 0.0);
+            s.push(Signal::IdempotencyConflictRatio, role, t, if rps > 0.0 { 0.0 } else { f64::NAN });
+            s.push(Signal::CspViolationsPerMinute, role, t, 0.0);
+            s.push(Signal::DecimalPrecisionErrorsTotal, role, t, 0.0);
+        }
+    }
+    s
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, snapshot: &Snapshot) -> String {
+    let path = dir.path().join(name);
+    snapshot.save(&path).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn replay_rolls_back_on_api_p95_with_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, "slow.json", &stage(20, true, 50.0));
+    let run = spark(&["canary", "replay", "--snapshot", &file, "--stage", "25%", "--since", SINCE, "--json"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let json = run.json();
+    assert_eq!(json["decision"], "rollback");
+    assert_eq!(json["trigger"], "api_p95");
+    // 520 ms from the sample at 3 m 15 s: every sample of (3 m, 8 m] is above
+    // 400 ms at the instant 8 m.
+    assert_eq!(json["decided_at"], "2026-09-21T14:21:20Z");
+    let trail = json["trail"].as_array().unwrap();
+    assert_eq!(trail.len(), 16);
+    assert!(trail[..15].iter().all(|t| t["decision"] == "continue"), "{trail:?}");
+
+    let text = spark(&["canary", "replay", "--snapshot", &file, "--stage", "25%", "--since", SINCE]);
+    assert_eq!(text.code, 1);
+    assert!(text.stdout.contains("rollback by api_p95 at 2026-09-21T14:21:20Z (stage 25%)"), "{}", text.stdout);
+}
+
+#[test]
+fn evaluate_decides_one_instant_with_gates_and_triggers() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, "slow.json", &stage(20, true, 50.0));
+    let at = |t: &str| {
+        spark(&["canary", "evaluate", "--snapshot", &file, "--stage", "25", "--since", SINCE, "--at", t, "--json"])
+    };
+
+    let early = at("2026-09-21T14:15:20Z");
+    assert_eq!(early.code, 0, "{}{}", early.stdout, early.stderr);
+    let json = early.json();
+    assert_eq!(json["decision"], "continue");
+    assert_eq!(json["trigger"], serde_json::Value::Null);
+    assert_eq!(json["stage"], "25%");
+    assert_eq!(json["at"], "2026-09-21T14:15:20Z");
+    let gates = json["gates"].as_array().unwrap();
+    assert_eq!(gates.len(), 6);
+    let p95 = gates.iter().find(|g| g["name"] == "api_p95").unwrap();
+    assert_eq!(
+        (p95["value"].as_f64(), p95["threshold"].as_f64(), p95["status"].as_str()),
+        (Some(0.25), Some(0.2), Some("fail"))
+    );
+    assert_eq!(json["triggers"].as_array().unwrap().len(), 16);
+
+    let late = at("2026-09-21T14:21:20Z");
+    assert_eq!(late.code, 1, "{}", late.stdout);
+    let json = late.json();
+    assert_eq!(json["decision"], "rollback");
+    assert_eq!(json["trigger"], "api_p95");
+    let fired = json["triggers"].as_array().unwrap().iter().find(|t| t["id"] == "api_p95").unwrap();
+    assert_eq!(fired["status"], "firing");
+    assert_eq!(fired["values"]["canary"], 0.52);
+    assert_eq!(fired["values"]["threshold"], 0.4);
+}
+
+#[test]
+fn zero_canary_traffic_holds_with_exit_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, "idle.json", &stage(20, false, 0.0));
+    let run = spark(&["canary", "replay", "--snapshot", &file, "--stage", "1%", "--since", SINCE, "--json"]);
+    assert_eq!(run.code, 3, "{}{}", run.stdout, run.stderr);
+    let json = run.json();
+    assert_eq!(json["decision"], "hold");
+    assert!(json["reason"].as_str().unwrap().contains("never promoted on missing data"), "{json}");
+}
+
+#[test]
+fn a_healthy_stage_promotes_at_its_minimum() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, "healthy.json", &stage(20, false, 50.0));
+    let run = spark(&["canary", "replay", "--snapshot", &file, "--stage", "5%", "--since", SINCE, "--json"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let json = run.json();
+    assert_eq!(json["decision"], "promote");
+    assert_eq!(json["decided_at"], "2026-09-21T14:28:20Z");
+}
+
+#[test]
+fn plan_prints_the_default_and_a_file_to_start_from() {
+    let toml = spark(&["canary", "plan", "--toml"]);
+    assert_eq!(toml.code, 0);
+    assert_eq!(Plan::from_toml(&toml.stdout).unwrap(), Plan::default());
+
+    let json = spark(&["canary", "plan", "--json"]).json();
+    assert_eq!(json["stages"].as_array().unwrap().len(), 5);
+    assert_eq!(json["stages"][2], serde_json::json!({"weight": "25%", "duration": "15m"}));
+    assert_eq!(json["triggers"].as_array().unwrap().len(), 16);
+    assert_eq!(json["queries"].as_object().unwrap().len(), 16);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("plan.toml"), "[gates.ws_staleness]\nenabled = false\n").unwrap();
+    let text = spark_with(&["canary", "plan", "--plan", "plan.toml"], Some(dir.path()), &[]);
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    assert!(text.stdout.contains("ws_staleness    ws_staleness_seconds below 30.0  (off)"), "{}", text.stdout);
+}
+
+#[test]
+fn bad_plans_snapshots_and_stages_exit_2_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(&dir, "good.json", &stage(5, false, 50.0));
+    let bad_value = dir.path().join("bad.json");
+    std::fs::write(&bad_value, std::fs::read_to_string(&good).unwrap().replacen("\"0.001\"", "\"0,001\"", 1)).unwrap();
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(&plan, "[triggers.api_p95]\nfor = 300\n").unwrap();
+    let bad_value = bad_value.display().to_string();
+    let plan = plan.display().to_string();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--snapshot", &bad_value, "--stage", "25%", "--since", SINCE],
+            "error: snapshot: signals.http_5xx_ratio.result[0].values[0]: \"0,001\" is not a decimal number",
+        ),
+        (
+            &["--snapshot", &good, "--plan", &plan, "--stage", "25%", "--since", SINCE],
+            "error: plan: triggers.api_p95.for: invalid type: integer `300`",
+        ),
+        (
+            &["--snapshot", &good, "--stage", "30%", "--since", SINCE],
+            "error: stage \"30%\" is not in the plan; its stages are 1%, 5%, 25%, 50%, 100%",
+        ),
+        (
+            &["--snapshot", "missing.json", "--stage", "25%", "--since", SINCE],
+            "error: missing.json: No such file or directory",
+        ),
+        (
+            &["--snapshot", &good, "--stage", "25%", "--since", "2026-09-21 12:53"],
+            "error: invalid value '2026-09-21 12:53' for '--since <SINCE>'",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut all = vec!["canary", "replay"];
+        all.extend_from_slice(args);
+        let run = spark_with(&all, Some(dir.path()), &[]);
+        assert_eq!(run.code, 2, "{args:?}: {}{}", run.stdout, run.stderr);
+        assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.stderr);
+        assert!(run.stderr.starts_with(expected), "{args:?}: {} lacks {expected}", run.stderr);
+    }
+}
