@@ -125,7 +125,9 @@ fn generate(
     snapshot
 }
 
-/// Healthy for both roles except where `canary` (or `both`) says otherwise.
+/// Twenty minutes of the stage (and `before` minutes before it), healthy
+/// for both roles except where `change` gives a sample (`Some(Some(v))`)
+/// or leaves one out (`Some(None)`).
 fn healthy_except(
     seed: u64,
     before: i64,
@@ -230,9 +232,10 @@ fn error_rate_sustained() -> Snapshot {
     })
 }
 
-/// Baseline 5xx 0.4 % and risk blocks 0.2/min; `canary_worse` raises the
-/// canary's (or, when false, both roles') to 0.56 % and 0.28/min: each 40 %
-/// higher, each below every threshold.
+/// Baseline 5xx 0.4 % and risk blocks 0.2/min, and the canary's (or, unless
+/// `canary_only`, both roles') raised to 0.56 % and 0.28/min: each 40 %
+/// higher, each below every threshold (0.56 % is also below the 0.6 % at
+/// which `slo_burn_slow` fires, so the noise is kept to ±5 %).
 fn correlated(seed: u64, canary_only: bool) -> Snapshot {
     healthy_except(seed, 0, move |rng, signal, role, _| {
         let worse = role == Role::Canary || !canary_only;
@@ -263,8 +266,11 @@ fn decimal_precision_error() -> Snapshot {
     })
 }
 
-/// Every fixture, by file name, with its generator.
-pub(crate) const FIXTURES: [(&str, fn() -> Snapshot); 12] = [
+/// A fixture's file name (without `.json`) and its generator.
+pub(crate) type Fixture = (&'static str, fn() -> Snapshot);
+
+/// Every fixture.
+pub(crate) const FIXTURES: [Fixture; 12] = [
     ("healthy", healthy_fixture),
     ("api_p95_regression", api_p95_regression),
     ("error_flapping", error_flapping),
