@@ -2,4 +2,5 @@
 //! expected decisions, properties over generated noise, and a real
 //! Prometheus queried through the HTTP source.
 
+mod prometheus;
 mod scenarios;
