@@ -241,6 +241,9 @@ async fn prometheus_errors_are_named() {
     let started = Instant::now();
     let err = source.fetch(&Plan::default(), range).await.unwrap_err().to_string();
     assert!(err.starts_with(&format!("http_requests_per_second: cannot reach {url}/api/v1/query_range: ")), "{err}");
+    // Why, not only that: reqwest's "error sending request" alone would not
+    // tell a refused connection from a timeout.
+    assert!(err.contains("Connection refused"), "{err}");
     // One pause of 10 ms between the two attempts.
     assert!(started.elapsed() >= Duration::from_millis(10), "{:?}", started.elapsed());
 
