@@ -43,7 +43,8 @@ fn day() -> Snapshot {
                     Signal::WsDisconnectsPerMinute => 1.0,
                     _ => 0.0,
                 };
-                let value = if signal == Signal::DecimalPrecisionErrorsTotal { 0.0 } else { base * (1.0 + 0.1 * noise()) };
+                let value =
+                    if signal == Signal::DecimalPrecisionErrorsTotal { 0.0 } else { base * (1.0 + 0.1 * noise()) };
                 snapshot.push(signal, role, t, value);
             }
         }

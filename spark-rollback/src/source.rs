@@ -206,12 +206,12 @@ impl PrometheusSource {
             .body(encode_form(&form))
             .send()
             .await
-            .map_err(|e| fail(format!("cannot reach {shown}: {}", e.without_url()), true))?;
+            .map_err(|e| fail(format!("cannot reach {shown}: {}", chain(&e.without_url())), true))?;
         let status = response.status();
         let body = response
             .text()
             .await
-            .map_err(|e| fail(format!("{shown}: cannot read the answer: {}", e.without_url()), true))?;
+            .map_err(|e| fail(format!("{shown}: cannot read the answer: {}", chain(&e.without_url())), true))?;
         let answer: Answer = serde_json::from_str(&body).map_err(|e| {
             let start: String = body.chars().take(200).collect();
             fail(
@@ -267,6 +267,20 @@ struct Answer {
     #[serde(rename = "errorType")]
     error_type: Option<String>,
     error: Option<String>,
+}
+
+/// An error and its causes on one line: reqwest's own message ("error
+/// sending request") does not say whether the connection was refused, timed
+/// out or failed its TLS handshake; the causes do.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// `application/x-www-form-urlencoded`, the body Prometheus's API takes for

@@ -3,4 +3,5 @@
 //! Prometheus queried through the HTTP source.
 
 mod properties;
+mod prometheus;
 mod scenarios;
