@@ -386,11 +386,20 @@ fn above(sc: &Scope<'_>, signal: Signal, a: Above, ratio: bool) -> Out {
         Held::Short { have, need } => Out::new(TriggerStatus::Insufficient, values).why(short(have, need, d)),
         Held::No { .. } => Out::new(TriggerStatus::Ok, values),
         Held::Yes { last } => {
-            let baseline = sc.held(signal, Role::Baseline, d, |v| v > th);
-            if let Some(b) = baseline.last() {
-                values.push(("baseline", b));
+            // The baseline shares the degradation when its typical value over
+            // the same window is past the threshold too: its median, not every
+            // sample, so that one baseline sample dipping just under the line
+            // does not turn a platform-wide degradation into a rollback.
+            let baseline = sc.window(signal, Role::Baseline, d);
+            let mut b_values = baseline.v.to_vec();
+            let b_median = median(&mut b_values);
+            if let Some(b) = b_median {
+                values.push(("baseline_median", b));
             }
-            let baseline_too = baseline.yes() && (!ratio || sc.requests(Role::Baseline, d) >= sc.plan.min_requests);
+            let covered = baseline.len() * 2 >= sc.need(d);
+            let baseline_too = covered
+                && b_median.is_some_and(|b| b > th)
+                && (!ratio || sc.requests(Role::Baseline, d) >= sc.plan.min_requests);
             fired(baseline_too, values, format!("canary {signal} {last} > {th} for {}", fmt_d(d)))
         }
     }

@@ -2,6 +2,6 @@
 //! expected decisions, properties over generated noise, and a real
 //! Prometheus queried through the HTTP source.
 
-mod properties;
 mod prometheus;
+mod properties;
 mod scenarios;

@@ -110,3 +110,30 @@ proptest! {
         prop_assert_eq!(serde_json::to_value(&got.last).unwrap(), serde_json::to_value(&expected.last).unwrap());
     }
 }
+
+/// The fixture as recorded, each role with its own noise: a latency offset
+/// both share, put right at the `api_p95` threshold, holds (the baseline's
+/// median is past the line too) instead of rolling back because one baseline
+/// sample dipped just under it. A grid rather than random draws: the offsets
+/// that used to roll back are a narrow band.
+#[test]
+fn a_shared_offset_at_a_threshold_never_rolls_back() {
+    for step in 0..=40 {
+        let offset = 0.26 + f64::from(step) * 0.001;
+        let mut snapshot = load("healthy");
+        for series in &mut snapshot.signals.get_mut(Signal::ApiLatencyP95Seconds.name()).expect("p95").result {
+            for (_, v) in &mut series.values {
+                let old: f64 = v.parse().expect("a number");
+                *v = format_value(old + offset);
+            }
+        }
+        let (_, _, replay) = replay_snapshot(&snapshot, None);
+        assert!(
+            replay.trail.iter().all(|e| e.decision != "rollback"),
+            "+{offset}: {} at {}: {}",
+            replay.decision().kind(),
+            replay.last.at_ms,
+            replay.last.reason
+        );
+    }
+}
