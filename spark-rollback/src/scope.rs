@@ -79,9 +79,7 @@ impl<'a> Scope<'a> {
 
     /// Requests served in `(from, at]`: Σ rate × step.
     pub(crate) fn requests_since(&self, role: Role, from: i64) -> f64 {
-        let w = self.since(Signal::HttpRequestsPerSecond, role, from);
-        // A fold from +0.0: `sum` of no floats is −0.0, which prints as "-0".
-        w.v.iter().filter(|v| v.is_finite()).fold(0.0, |a, v| a + v) * step_seconds(self.metrics)
+        self.metrics.series(Signal::HttpRequestsPerSecond, role).sum(from, self.at) * step_seconds(self.metrics)
     }
 
     /// Requests served in `(at − d, at]`.

@@ -196,9 +196,35 @@ fn parse_value(text: &str) -> Result<Option<f64>, String> {
 pub(crate) struct Series {
     pub(crate) t: Vec<i64>,
     pub(crate) v: Vec<f64>,
+    /// `sums[i]` is the sum of the finite values before index `i`: a window's
+    /// sum in two lookups. Replay asks for the requests since the stage
+    /// started at every instant, which summed afresh is quadratic in the
+    /// stage's length.
+    sums: Vec<f64>,
 }
 
 impl Series {
+    /// Indexes the prefix sums once the samples are in.
+    fn seal(&mut self) {
+        self.sums.clear();
+        self.sums.reserve(self.v.len() + 1);
+        let mut total = 0.0;
+        self.sums.push(total);
+        for &v in &self.v {
+            if v.is_finite() {
+                total += v;
+            }
+            self.sums.push(total);
+        }
+    }
+
+    /// The sum of the finite values with `from < t <= to`.
+    pub(crate) fn sum(&self, from: i64, to: i64) -> f64 {
+        let start = self.t.partition_point(|&t| t <= from);
+        let end = self.t.partition_point(|&t| t <= to).max(start);
+        self.sums[end] - self.sums[start]
+    }
+
     /// The samples with `from < t <= to`.
     pub(crate) fn window(&self, from: i64, to: i64) -> Window<'_> {
         let start = self.t.partition_point(|&t| t <= from);
@@ -302,6 +328,9 @@ impl Metrics {
                 }
             }
         }
+        for s in &mut series {
+            s.seal();
+        }
         Ok(Metrics { step_ms: i64::from(snapshot.step_seconds) * 1000, series })
     }
 
@@ -398,8 +427,12 @@ mod tests {
 
     #[test]
     fn windows_are_half_open() {
-        let s = Series { t: vec![10, 20, 30, 40], v: vec![1.0, 2.0, 3.0, 4.0] };
-        assert_eq!(s.window(10, 30).v, &[2.0, 3.0]);
+        let mut s = Series { t: vec![10, 20, 30, 40], v: vec![1.0, 2.0, f64::NAN, 4.0], sums: Vec::new() };
+        s.seal();
+        assert_eq!(s.window(10, 40).v[0], 2.0);
+        assert_eq!(s.sum(10, 40), 6.0);
+        assert_eq!(s.sum(0, 100), 7.0);
+        assert_eq!(s.sum(40, 50), 0.0);
         assert!(s.window(40, 50).is_empty());
         assert_eq!(s.window(0, 100).len(), 4);
     }

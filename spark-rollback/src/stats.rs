@@ -56,8 +56,9 @@ pub fn normal_sf(z: f64) -> f64 {
 
 /// How many points a trend is computed over at most: longer windows are
 /// reduced to this many medians of equal time buckets first, which keeps
-/// the slope robust and its cost fixed (40 points are 780 pairs).
-pub(crate) const TREND_POINTS: usize = 40;
+/// the slope robust and its cost fixed (20 points are 190 pairs; replay
+/// computes thousands of slopes).
+pub(crate) const TREND_POINTS: usize = 20;
 
 /// The Theil–Sen slope of `v` over `t` (milliseconds), in units per second:
 /// the median of the slopes between every pair of points. Windows of more
@@ -103,6 +104,7 @@ fn reduce(t: &[i64], v: &[f64]) -> (Vec<i64>, Vec<f64>) {
     let width = (last - first) as f64 / TREND_POINTS as f64;
     let mut out_t = Vec::with_capacity(TREND_POINTS);
     let mut out_v = Vec::with_capacity(TREND_POINTS);
+    let mut scratch = Vec::new();
     let mut start = 0;
     for bucket in 1..=TREND_POINTS {
         let end = if bucket == TREND_POINTS {
@@ -113,11 +115,13 @@ fn reduce(t: &[i64], v: &[f64]) -> (Vec<i64>, Vec<f64>) {
             t.partition_point(|&x| x < edge)
         };
         if end > start {
-            let mut ts: Vec<f64> = t[start..end].iter().map(|&x| x as f64).collect();
-            let mut vs = v[start..end].to_vec();
-            #[allow(clippy::cast_possible_truncation, reason = "the median of times in range")]
-            out_t.push(median(&mut ts).expect("non-empty").round() as i64);
-            out_v.push(median(&mut vs).expect("non-empty"));
+            // Times ascend: the middle one (or the mean of the middle two)
+            // is their median.
+            let mid = start + (end - start) / 2;
+            out_t.push(if (end - start) % 2 == 1 { t[mid] } else { (t[mid - 1] + t[mid]) / 2 });
+            scratch.clear();
+            scratch.extend_from_slice(&v[start..end]);
+            out_v.push(median(&mut scratch).expect("non-empty"));
             start = end;
         }
     }

@@ -564,6 +564,10 @@ fn connection_leak(sc: &Scope<'_>) -> Out {
         let window_s = minutes(d) * 60.0;
         let slope = theil_sen(conns.t, conns.v).unwrap_or(0.0);
         let rise = slope * window_s / start_value(conns).max(1.0);
+        if slope <= 0.0 || rise < c.min_rise {
+            // Not rising: the request rate's trend cannot change the answer.
+            return Ok((false, rise, f64::NAN));
+        }
         let mut rates = rate.v.to_vec();
         let typical = median(&mut rates).unwrap_or(0.0);
         let rate_rise = theil_sen(rate.t, rate.v).unwrap_or(0.0) * window_s / typical.max(f64::MIN_POSITIVE);
