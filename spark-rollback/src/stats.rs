@@ -62,7 +62,7 @@ pub(crate) const TREND_POINTS: usize = 20;
 
 /// The Theil–Sen slope of `v` over `t` (milliseconds), in units per second:
 /// the median of the slopes between every pair of points. Windows of more
-/// than [`TREND_POINTS`] samples are first reduced to the medians of that
+/// than 20 samples are first reduced to the medians of that
 /// many equal time buckets. `None` with fewer than two distinct times.
 #[must_use]
 pub fn theil_sen(t: &[i64], v: &[f64]) -> Option<f64> {
