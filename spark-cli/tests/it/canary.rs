@@ -180,3 +180,86 @@ fn bad_plans_snapshots_and_stages_exit_2_naming_the_field() {
         assert!(run.stderr.starts_with(expected), "{args:?}: {} lacks {expected}", run.stderr);
     }
 }
+
+/// `spark metrics snapshot` against a real Prometheus writes a file that
+/// `spark canary replay` reads: the plan's queries are constant vectors
+/// labelled by role (nothing to wait for), every other signal comes back
+/// empty and is reported as missing, never as zero.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_snapshot_from_a_real_prometheus_replays() {
+    let Some(prom) =
+        spark_testkit::prometheus::Prometheus::start("global: {scrape_interval: 1m}\n", "groups: []\n").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let both = |canary: f64, baseline: f64| {
+        format!(
+            "'label_replace(vector({canary}), \"role\", \"canary\", \"\", \"\") or label_replace(vector({baseline}), \"role\", \"baseline\", \"\", \"\")'"
+        )
+    };
+    let plan = format!(
+        "[queries]\nhttp_requests_per_second = {}\napi_latency_p95_seconds = {}\n",
+        both(50.0, 60.0),
+        both(0.12, 0.1)
+    );
+    std::fs::write(dir.path().join("plan.toml"), plan).unwrap();
+    let url = prom.url();
+    let cwd = dir.path().to_owned();
+    // The binary blocks; run it off the runtime that hosts Prometheus's handle.
+    let run = tokio::task::spawn_blocking(move || {
+        let args = [
+            "metrics",
+            "snapshot",
+            "--prometheus",
+            &url,
+            "--out",
+            "run.json",
+            "--range",
+            "5m",
+            "--step",
+            "15s",
+            "--plan",
+            "plan.toml",
+            "--json",
+        ];
+        spark_with(&args, Some(&cwd), &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let report = run.json();
+    assert_eq!(report["series"], 4, "{report}");
+    assert_eq!(report["signals_without_data"].as_array().unwrap().len(), 14, "{report}");
+
+    let snapshot = Snapshot::load(&dir.path().join("run.json")).unwrap();
+    let rps = &snapshot.signals["http_requests_per_second"].result;
+    let canary = rps.iter().find(|s| s.metric["role"] == "canary").unwrap();
+    assert_eq!(canary.values.len(), 21, "5 minutes at 15 s, both ends included");
+    assert!(canary.values.iter().all(|(_, v)| v == "50"));
+    assert!(snapshot.signals["http_5xx_ratio"].result.is_empty());
+
+    // The gates without data hold the canary; the file replays.
+    let since = spark_rollback::rfc3339(canary.values[0].0.0);
+    let replay = spark_with(
+        &[
+            "canary",
+            "replay",
+            "--snapshot",
+            "run.json",
+            "--plan",
+            "plan.toml",
+            "--stage",
+            "1%",
+            "--since",
+            &since,
+            "--json",
+        ],
+        Some(dir.path()),
+        &[],
+    );
+    assert_eq!(replay.code, 3, "{}{}", replay.stdout, replay.stderr);
+    let json = replay.json();
+    assert_eq!(json["decision"], "hold");
+    assert!(json["reason"].as_str().unwrap().contains("gate error_rate: no recent http_5xx_ratio"), "{json}");
+}
