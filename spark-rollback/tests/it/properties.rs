@@ -24,6 +24,19 @@ fn mirrored_healthy() -> Snapshot {
     snapshot
 }
 
+/// Replays `snapshot` and fails, naming `what` and the decision, if any
+/// instant rolled back.
+fn assert_never_rolls_back(snapshot: &Snapshot, what: &str) {
+    let (_, _, replay) = replay_snapshot(snapshot, None);
+    assert!(
+        replay.trail.iter().all(|e| e.decision != "rollback"),
+        "{what}: {} at {}: {}",
+        replay.decision().kind(),
+        replay.last.at_ms,
+        replay.last.reason
+    );
+}
+
 /// What is done to one signal of both roles alike.
 #[derive(Debug, Clone)]
 enum Change {
@@ -81,14 +94,7 @@ proptest! {
         let signal = Signal::ALL[signal];
         let mut snapshot = mirrored_healthy();
         apply(&mut snapshot, signal, &change);
-        let (_, _, replay) = replay_snapshot(&snapshot, None);
-        prop_assert!(
-            replay.trail.iter().all(|e| e.decision != "rollback"),
-            "{signal} {change:?}: {} at {}: {}",
-            replay.decision().kind(),
-            replay.last.at_ms,
-            replay.last.reason
-        );
+        assert_never_rolls_back(&snapshot, &format!("{signal} {change:?}"));
     }
 
     #[test]
@@ -127,13 +133,6 @@ fn a_shared_offset_at_a_threshold_never_rolls_back() {
                 *v = format_value(old + offset);
             }
         }
-        let (_, _, replay) = replay_snapshot(&snapshot, None);
-        assert!(
-            replay.trail.iter().all(|e| e.decision != "rollback"),
-            "+{offset}: {} at {}: {}",
-            replay.decision().kind(),
-            replay.last.at_ms,
-            replay.last.reason
-        );
+        assert_never_rolls_back(&snapshot, &format!("+{offset}"));
     }
 }

@@ -10,15 +10,7 @@ async fn serves_relays_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("svc.db").display());
     let token = order_service::auth::new_token();
-    let clients = dir.path().join("clients.toml");
-    std::fs::write(
-        &clients,
-        format!(
-            "[[client]]\nid = \"c\"\ntoken_sha256 = \"{}\"\naccounts = [\"a\"]\n",
-            order_service::auth::token_sha256(&token)
-        ),
-    )
-    .unwrap();
+    let clients = write_clients(dir.path(), &token);
     let mut child = Command::new(env!("CARGO_BIN_EXE_order-service"))
         .args(["--listen", "127.0.0.1:0", "--database-url", &url, "--relay", "log", "--clients"])
         .arg(&clients)
@@ -144,4 +136,19 @@ pub(super) fn listening(child: &mut std::process::Child) -> (String, Vec<String>
         }
         before.push(line);
     }
+}
+
+/// Writes `clients.toml` in `dir`: one client `c`, holding `token`, allowed
+/// on account `a`.
+pub(super) fn write_clients(dir: &std::path::Path, token: &str) -> std::path::PathBuf {
+    let clients = dir.join("clients.toml");
+    std::fs::write(
+        &clients,
+        format!(
+            "[[client]]\nid = \"c\"\ntoken_sha256 = \"{}\"\naccounts = [\"a\"]\n",
+            order_service::auth::token_sha256(token)
+        ),
+    )
+    .unwrap();
+    clients
 }

@@ -22,15 +22,7 @@ impl Running {
     fn start(db: spark_testkit::SqliteTestDb) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let token = order_service::auth::new_token();
-        let clients = dir.path().join("clients.toml");
-        std::fs::write(
-            &clients,
-            format!(
-                "[[client]]\nid = \"c\"\ntoken_sha256 = \"{}\"\naccounts = [\"a\"]\n",
-                order_service::auth::token_sha256(&token)
-            ),
-        )
-        .unwrap();
+        let clients = super::binary::write_clients(dir.path(), &token);
         let mut child = Command::new(env!("CARGO_BIN_EXE_order-service"))
             .args(["--listen", "127.0.0.1:0", "--database-url", &db.url, "--clients"])
             .arg(&clients)
