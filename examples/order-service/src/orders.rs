@@ -345,15 +345,16 @@ fn same_value(text: &str, expected: Decimal) -> bool {
 }
 
 /// Whether a positions error means money lost precision inside the service:
-/// arithmetic that overflowed or could not stay exact, a validated price the
-/// book cannot hold at the instrument's scale, or a stored position that
-/// does not read back as written.
+/// arithmetic that could not stay exact, a validated price the book cannot
+/// hold at the instrument's scale, or a stored position that does not read
+/// back as written. An overflow is not one of them: only amounts no market
+/// trades reach 28 digits, so it is the order's size, answered with a 422,
+/// and a client cannot move the canary's precision counter by sending one.
 fn is_precision_error(e: &PositionsError) -> bool {
     matches!(
         e,
-        PositionsError::Money(
-            MoneyError::Overflow { .. } | MoneyError::ScaleTooLarge { .. } | MoneyError::NotWholeMinorUnits { .. }
-        ) | PositionsError::PriceScale { .. }
+        PositionsError::Money(MoneyError::ScaleTooLarge { .. } | MoneyError::NotWholeMinorUnits { .. })
+            | PositionsError::PriceScale { .. }
             | PositionsError::Corrupt(_)
     )
 }
@@ -370,6 +371,12 @@ fn positions_problem(e: PositionsError) -> Problem {
         telemetry::precision_error("position");
     }
     match e {
+        PositionsError::Money(MoneyError::Overflow { .. }) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "amount-out-of-range",
+            "Amount out of range",
+            format!("the position this order makes is too large to hold exactly: {e}"),
+        ),
         PositionsError::CurrencyMismatch { .. } => {
             Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "currency-mismatch", "Currency mismatch", e.to_string())
         }

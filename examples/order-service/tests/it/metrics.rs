@@ -164,6 +164,24 @@ async fn one_order_the_rules_refuse_is_one_risk_block() {
     assert_eq!(s.value("decimal_precision_errors_total").await, 0.0, "refused input is no precision error");
 }
 
+/// An order so large that its position overflows 28 digits is the client's
+/// (a 422, nothing written), not a precision error of the release: before,
+/// it was a 500 and moved the canary's counter, so any client could roll a
+/// good release back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_too_large_to_hold_is_refused_without_a_precision_error() {
+    let s = Running::fresh().await;
+    let huge = json!({
+        "account_id": "a", "symbol": "GARAN", "side": "buy",
+        "quantity": "1000000", "price": "10000000000000000000000000",
+    });
+    let (status, body) = s.post("huge-1", &huge.to_string()).await;
+    assert_eq!((status, body["type"].as_str()), (422, Some("urn:spark:problem:amount-out-of-range")), "{body}");
+    assert_eq!(s.value("decimal_precision_errors_total").await, 0.0);
+    // Nothing was kept: a normal order still goes through.
+    assert_eq!(s.order("after-huge", "101.30").await.0, 201);
+}
+
 /// A release whose orders table holds prices in a float column (here made
 /// before the service's migration, which then leaves it be) stores a wide
 /// price rounded: the order is refused with a 500, nothing is written, and
