@@ -198,7 +198,7 @@ async fn a_real_prometheus_gives_the_decision_its_snapshot_replays() {
     };
     assert_eq!(*trigger, TriggerId::ApiP95, "{:#?}", replayed.trail);
     assert_eq!(*fired_at, replayed.last.at_ms);
-    assert_eq!((values["canary"], values["baseline"], values["threshold"]), (0.6, 0.1, 0.4));
+    assert_eq!((values["canary"], values["baseline_median"], values["threshold"]), (0.6, 0.1, 0.4));
     let after = Duration::from_millis(u64::try_from(fired_at - changed_ms).unwrap_or(0));
     assert!(
         (Duration::from_secs(4)..=Duration::from_secs(12)).contains(&after),
