@@ -49,9 +49,11 @@
 
 mod engine;
 mod error;
+pub mod export;
 mod gate;
 mod live;
 mod plan;
+pub mod scenario;
 mod scope;
 mod signal;
 mod snapshot;

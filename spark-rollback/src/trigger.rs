@@ -323,7 +323,7 @@ fn evaluate(sc: &Scope<'_>, id: TriggerId) -> TriggerResult {
     TriggerResult { id, status: out.status, values: out.values, detail: out.detail.map(|f| f()).unwrap_or_default() }
 }
 
-fn enabled(plan: &Plan, id: TriggerId) -> bool {
+pub(crate) fn enabled(plan: &Plan, id: TriggerId) -> bool {
     let t = &plan.triggers;
     match id {
         TriggerId::ApiP95 => t.api_p95.enabled,
