@@ -18,6 +18,7 @@ mod money;
 mod outbox;
 mod output;
 mod positions;
+mod rules;
 mod supply_chain;
 
 use std::process::ExitCode;
@@ -74,6 +75,10 @@ enum Command {
     /// Record the canary signals from Prometheus into a replayable snapshot.
     #[command(subcommand)]
     Metrics(canary::MetricsCommand),
+    /// Prometheus rules, promtool tests and a Grafana dashboard generated
+    /// from the canary plan's triggers.
+    #[command(subcommand)]
+    Rules(rules::RulesCommand),
     /// Throughput benchmarks against your own database.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -119,6 +124,7 @@ fn main() -> ExitCode {
         Command::Check(args) => block_on(check::run(args, &out)),
         Command::Canary(cmd) => block_on(canary::run(cmd, &out)),
         Command::Metrics(cmd) => block_on(canary::run_metrics(cmd, &out)),
+        Command::Rules(cmd) => rules::run(cmd, &out),
         Command::Sbom(args) => supply_chain::run_sbom(args, &out),
         Command::Provenance(args) => supply_chain::run_provenance(args, &out),
     };

@@ -47,6 +47,7 @@
 //! # Features
 //! None: the crate always includes the Prometheus source (reqwest on rustls).
 
+pub mod dashboard;
 mod engine;
 mod error;
 pub mod export;

@@ -7,6 +7,7 @@ mod db;
 mod demo;
 mod money;
 mod outbox;
+mod rules;
 mod supply_chain;
 
 use std::process::Command;
