@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use spark_rollback::{
     Decision, Engine, Evaluation, FileSource, GateResult, MetricSource, Metrics, Plan, PrometheusSource, Range, Replay,
-    Signal, TriggerId, TriggerResult, TriggerStatus, evaluate_live, rfc3339,
+    RunOptions, RunOutcome, Signal, TriggerId, TriggerResult, TriggerStatus, evaluate_live, rfc3339, run_canary,
 };
 
 use crate::output::{CmdResult, Failure, Output};
@@ -32,6 +32,37 @@ pub(crate) enum CanaryCommand {
     /// Evaluate every interval from the stage start and stop at the first
     /// promote or rollback: exit 0 continue or promote, 1 rollback, 3 hold.
     Replay(ReplayArgs),
+    /// Drive a release through the plan against Prometheus: set each
+    /// stage's weight (the plan's [weights]), evaluate every interval,
+    /// promote, hold, or stop on a rollback; the trail goes to
+    /// canary_run_<release>.jsonl. Exit 0 completed, 1 rolled back or a
+    /// weight could not be set, 3 interrupted (Ctrl-C).
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The release (file names, SPARK_CANARY_RELEASE for the weight command).
+    #[arg(long)]
+    release: String,
+    /// The plan file (TOML) [default: the built-in plan].
+    #[arg(long)]
+    plan: Option<PathBuf>,
+    /// The Prometheus to evaluate against.
+    #[arg(long)]
+    prometheus: String,
+    /// Evaluate and record without changing any weight.
+    #[arg(long)]
+    dry_run: bool,
+    /// The stage to start at, such as 25% [default: the first].
+    #[arg(long)]
+    from_stage: Option<String>,
+    /// The query resolution.
+    #[arg(long, default_value = "15s", value_parser = parse_step)]
+    step: u32,
+    /// Where the trail and the final snapshot go.
+    #[arg(long, default_value = "evidence")]
+    evidence_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -137,6 +168,7 @@ pub(crate) async fn run(cmd: CanaryCommand, out: &Output) -> CmdResult {
             out.emit(&plan_json(&plan), || plan_text(&plan))
         }
         CanaryCommand::Evaluate(args) => evaluate(args, out).await,
+        CanaryCommand::Run(args) => run_release(args, out).await,
         CanaryCommand::Replay(args) => {
             let engine = Engine::new(load_plan(args.plan.as_deref())?)?;
             let stage = engine.plan().stage(&args.stage)?.clone();
@@ -163,6 +195,52 @@ async fn evaluate(args: EvaluateArgs, out: &Output) -> CmdResult {
         .with_context(|| format!("evaluating against {}", source.describe()))?;
     out.emit(&evaluation, || evaluation_text(&evaluation))?;
     exit_for(&evaluation.decision)
+}
+
+async fn run_release(args: RunArgs, out: &Output) -> CmdResult {
+    let engine = Engine::new(load_plan(args.plan.as_deref())?)?;
+    let first_stage = match &args.from_stage {
+        Some(name) => {
+            let wanted = engine.plan().stage(name)?.weight;
+            engine.plan().stages.iter().position(|s| s.weight == wanted).unwrap_or(0)
+        }
+        None => 0,
+    };
+    let source = PrometheusSource::new(&args.prometheus)?;
+    let setter = spark_rollback::weights::setter(&engine.plan().weights, &args.release);
+    let options = RunOptions {
+        release: args.release.clone(),
+        dry_run: args.dry_run,
+        step_seconds: args.step,
+        evidence_dir: args.evidence_dir.clone(),
+        first_stage,
+    };
+    let stop = async {
+        // Without a signal handler the run cannot be interrupted cleanly;
+        // it then runs to its end.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let report = run_canary(&engine, &source, setter.as_deref(), spark_db::system_clock(), &options, stop).await?;
+    let (kind, detail, result) = match &report.outcome {
+        RunOutcome::Completed => ("completed", "every stage promoted".to_owned(), Ok(())),
+        RunOutcome::RolledBack(e) => ("rollback", e.reason.clone(), Err(Failure::No)),
+        RunOutcome::Interrupted { stage } => ("interrupted", format!("stopped at {stage}"), Err(Failure::Hold)),
+        RunOutcome::WeightFailed { stage, error } => {
+            ("weight-failed", format!("stage {stage}: {error}"), Err(Failure::No))
+        }
+    };
+    let snapshot = report.snapshot.as_ref().map(|p| p.display().to_string());
+    let json = json!({
+        "release": args.release,
+        "outcome": kind,
+        "detail": detail,
+        "trail": report.trail.display().to_string(),
+        "snapshot": snapshot,
+    });
+    out.emit(&json, || format!("{kind}: {detail}\ntrail: {}", report.trail.display()))?;
+    result
 }
 
 pub(crate) async fn run_metrics(cmd: MetricsCommand, out: &Output) -> CmdResult {

@@ -47,6 +47,7 @@
 //! # Features
 //! None: the crate always includes the Prometheus source (reqwest on rustls).
 
+mod canary_run;
 pub mod dashboard;
 mod engine;
 mod error;
@@ -61,7 +62,9 @@ mod snapshot;
 mod source;
 pub mod stats;
 mod trigger;
+pub mod weights;
 
+pub use crate::canary_run::{RunOptions, RunOutcome, RunReport, run_canary};
 pub use crate::engine::{Decision, Engine, Evaluation, Replay, Run, SOURCE_ERRORS_BEFORE_HOLD, TrailEntry, rfc3339};
 pub use crate::error::{RollbackError, SourceError};
 pub use crate::gate::{GateResult, GateStatus};

@@ -46,6 +46,8 @@ pub struct Plan {
     pub slo: Slo,
     /// PromQL per signal, overriding [`Signal::default_query`].
     pub queries: BTreeMap<Signal, String>,
+    /// How `spark canary run` sets each stage's weight.
+    pub weights: crate::weights::Weights,
 }
 
 /// One traffic step.
@@ -385,6 +387,7 @@ impl Default for Plan {
             },
             slo: Slo { objective: 0.999 },
             queries: BTreeMap::new(),
+            weights: crate::weights::Weights::default(),
         }
     }
 }
@@ -534,6 +537,9 @@ impl Plan {
         if !(self.slo.objective > 0.0 && self.slo.objective < 1.0) {
             return Err(plan_error("slo.objective", format!("{} is not between 0 and 1", self.slo.objective)));
         }
+        if !self.weights.command.is_empty() && self.weights.flagd_file.is_some() {
+            return Err(plan_error("weights", "set either command or flagd_file, not both"));
+        }
         for (signal, query) in &self.queries {
             if query.trim().is_empty() {
                 return Err(plan_error(format!("queries.{signal}"), "is empty"));
@@ -589,16 +595,16 @@ fn merge(base: &mut toml::Value, given: toml::Value) {
 }
 
 /// Durations as humantime strings: `30s`, `15m`, `1h 30m`.
-mod duration {
+pub(crate) mod duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(&humantime::format_duration(*value))
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(deserializer)?;
         humantime::parse_duration(&text).map_err(|e| {
             serde::de::Error::custom(format!("{text:?} is not a duration such as \"30s\" or \"15m\": {e}"))

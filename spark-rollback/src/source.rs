@@ -127,6 +127,9 @@ pub struct PrometheusSource {
     backoff: Duration,
 }
 
+/// The most points Prometheus returns for one series of a range query.
+const MAX_POINTS: i64 = 11_000;
+
 /// How long one query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -170,7 +173,30 @@ impl PrometheusSource {
         self
     }
 
+    /// A range of any length: Prometheus answers at most [`MAX_POINTS`]
+    /// points per series, so a longer range (six hours at 1 s, a day at
+    /// 5 s) is asked for in consecutive pieces on the same step grid and
+    /// each series' pieces are joined.
     async fn query_range(&self, signal: Signal, query: &str, range: Range) -> Result<Matrix, SourceError> {
+        let step_ms = i64::from(range.step_seconds) * 1000;
+        let piece = (MAX_POINTS - 1) * step_ms;
+        let mut merged = Matrix { result_type: "matrix".to_owned(), result: Vec::new() };
+        let mut start = range.start_ms;
+        while start <= range.end_ms {
+            let end = range.end_ms.min(start + piece);
+            let part = self.query_with_retries(signal, query, Range { start_ms: start, end_ms: end, ..range }).await?;
+            for series in part.result {
+                match merged.result.iter_mut().find(|s| s.metric == series.metric) {
+                    Some(existing) => existing.values.extend(series.values),
+                    None => merged.result.push(series),
+                }
+            }
+            start = end + step_ms;
+        }
+        Ok(merged)
+    }
+
+    async fn query_with_retries(&self, signal: Signal, query: &str, range: Range) -> Result<Matrix, SourceError> {
         let mut pause = self.backoff;
         let mut attempt = 1;
         loop {

@@ -263,3 +263,103 @@ async fn metrics_snapshot_from_a_real_prometheus_replays() {
     assert_eq!(json["decision"], "hold");
     assert!(json["reason"].as_str().unwrap().contains("gate error_rate: no recent http_5xx_ratio"), "{json}");
 }
+
+/// `spark canary run` against a real Prometheus answering a healthy canary
+/// (constant vectors per role): each stage's weight is set through the
+/// plan's command, in order, each stage is promoted at its minimum, and the
+/// trail records every weight before and after it is set.
+#[tokio::test(flavor = "multi_thread")]
+async fn canary_run_sets_each_weight_and_completes() {
+    let Some(prom) =
+        spark_testkit::prometheus::Prometheus::start("global: {scrape_interval: 1m}\n", "groups: []\n").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let constant = |v: f64| {
+        format!(
+            "'label_replace(vector({v}), \"role\", \"canary\", \"\", \"\") or label_replace(vector({v}), \"role\", \"baseline\", \"\", \"\")'"
+        )
+    };
+    let weights = dir.path().join("weights.log");
+    let plan = format!(
+        "interval = \"1s\"\nmin_requests = 10\n\
+         [[stages]]\nweight = \"10%\"\nduration = \"3s\"\n[[stages]]\nweight = \"100%\"\nduration = \"3s\"\n\
+         [weights]\ncommand = [\"sh\", \"-c\", \"echo $SPARK_CANARY_WEIGHT $SPARK_CANARY_RELEASE >> {}\"]\n\
+         [queries]\nhttp_requests_per_second = {}\nhttp_5xx_ratio = {}\napi_latency_p95_seconds = {}\n\
+         ws_staleness_seconds = {}\nrisk_blocks_per_minute = {}\nidempotency_conflict_ratio = {}\ncsp_violations_per_minute = {}\n",
+        weights.display(),
+        constant(50.0),
+        constant(0.0),
+        constant(0.1),
+        constant(1.0),
+        constant(0.0),
+        constant(0.0),
+        constant(0.0),
+    );
+    std::fs::write(dir.path().join("plan.toml"), plan).unwrap();
+    let url = prom.url();
+    let cwd = dir.path().to_owned();
+    let run = tokio::task::spawn_blocking(move || {
+        let args =
+            ["canary", "run", "--release", "v9", "--plan", "plan.toml", "--prometheus", &url, "--step", "1s", "--json"];
+        spark_with(&args, Some(&cwd), &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let json = run.json();
+    assert_eq!(json["outcome"], "completed", "{json}");
+    assert_eq!(std::fs::read_to_string(&weights).unwrap(), "10 v9\n100 v9\n");
+    let trail = std::fs::read_to_string(dir.path().join("evidence/canary_run_v9.jsonl")).unwrap();
+    let events: Vec<serde_json::Value> = trail.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let weight_events: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e["event"] == "weight")
+        .map(|e| (e["stage"].as_str().unwrap(), e["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(weight_events, [("10%", "setting"), ("10%", "set"), ("100%", "setting"), ("100%", "set")]);
+    let promotes = events.iter().filter(|e| e["decision"] == "promote").count();
+    assert_eq!(promotes, 2, "{trail}");
+    assert_eq!(events.last().unwrap()["outcome"], "completed");
+    assert!(dir.path().join("evidence/canary_run_v9_final_snapshot.json").exists());
+}
+
+/// Ctrl-C stops a run cleanly: exit 3, and the trail says where it stopped
+/// after recording the weight it had set.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_interrupts_a_run_and_the_trail_says_so() {
+    let Some(prom) =
+        spark_testkit::prometheus::Prometheus::start("global: {scrape_interval: 1m}\n", "groups: []\n").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("plan.toml"),
+        "interval = \"1s\"\n[[stages]]\nweight = \"10%\"\nduration = \"1h\"\n[weights]\ncommand = [\"true\"]\n",
+    )
+    .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_spark"))
+        .args(["canary", "run", "--release", "v9", "--plan", "plan.toml", "--prometheus", &prom.url(), "--step", "1s"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let trail = dir.path().join("evidence/canary_run_v9.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(&trail).unwrap_or_default().contains("\"evaluation\"") {
+        assert!(std::time::Instant::now() < deadline, "the run never evaluated");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&trail).unwrap();
+    let events: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(events.iter().any(|e| e["event"] == "weight" && e["status"] == "set"), "{text}");
+    assert!(events.iter().any(|e| e["event"] == "interrupted" && e["stage"] == "10%"), "{text}");
+    assert_eq!(events.last().unwrap()["outcome"], "interrupted", "{text}");
+}

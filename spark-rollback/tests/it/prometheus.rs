@@ -345,3 +345,81 @@ async fn a_503_is_retried_and_a_400_is_not() {
     assert!(err.contains("answered 400 Bad Request: bad_data: invalid parameter \"query\""), "{err}");
     assert_eq!(stub.counts(), vec![1; Signal::ALL.len()]);
 }
+
+/// The alert rules exported from the plan, loaded into a real Prometheus
+/// scraping the exporter, fire on the canary's p95 when `run_canary` (what
+/// `spark canary run --dry-run` runs) rolls back on the same trigger.
+#[tokio::test]
+async fn exported_rules_fire_in_prometheus_when_a_dry_run_rolls_back() {
+    let p95: P95 = Arc::new(Mutex::new([0.1, 0.1]));
+    let router = axum::Router::new().route("/{role}/metrics", get(exporter)).with_state(p95.clone());
+    let exporter_url = serve(router).await;
+    let port: u16 = exporter_url.rsplit(':').next().unwrap().parse().unwrap();
+    let plan = Plan::from_toml(PLAN).unwrap();
+    let options = spark_rollback::export::ExportOptions { step_seconds: 1, ..Default::default() };
+    let rules = spark_rollback::export::prometheus_rules(&plan, &options);
+    let config = format!("{}rule_files: [rules.yml]\n", prometheus_yml(port));
+    let Some(prom) = Prometheus::start(&config, &rules).await else { return };
+    let engine = Engine::new(plan).unwrap();
+    let source = PrometheusSource::new(&prom.url()).unwrap();
+
+    // Both roles scraped and recorded before the run starts.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let range = Range { start_ms: now_ms() - 5_000, end_ms: now_ms(), step_seconds: 1 };
+        let s = source.fetch(engine.plan(), range).await.unwrap();
+        let p = Signal::ApiLatencyP95Seconds;
+        if !values(&s, p, "canary").is_empty() && !values(&s, p, "baseline").is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no scrape of both roles within 15 s:\n{}", prom.log());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let degrade = {
+        let p95 = p95.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            p95.lock().unwrap()[0] = 0.6;
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let options = spark_rollback::RunOptions {
+        release: "v-test".to_owned(),
+        dry_run: true,
+        step_seconds: 1,
+        evidence_dir: dir.path().to_owned(),
+        first_stage: 0,
+    };
+    let clock = spark_db::system_clock();
+    let stop = tokio::time::sleep(Duration::from_secs(40));
+    let report = spark_rollback::run_canary(&engine, &source, None, clock, &options, stop).await.unwrap();
+    degrade.await.unwrap();
+    let spark_rollback::RunOutcome::RolledBack(evaluation) = &report.outcome else {
+        panic!("no rollback: {:?}\n{}", report.outcome, std::fs::read_to_string(&report.trail).unwrap())
+    };
+    assert_eq!(evaluation.decision.trigger(), Some(TriggerId::ApiP95));
+    let trail = std::fs::read_to_string(&report.trail).unwrap();
+    assert!(trail.contains("\"status\":\"dry-run: not set\""), "{trail}");
+    assert!(trail.lines().last().unwrap().contains("\"outcome\":\"rollback\""), "{trail}");
+    assert!(report.snapshot.as_ref().is_some_and(|p| Snapshot::load(p).is_ok()));
+
+    // Prometheus, from the same trigger definition, fires the alert.
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = client.get(format!("{}/api/v1/alerts", prom.url())).send().await.unwrap().text().await.unwrap();
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let firing = body["data"]["alerts"].as_array().unwrap().iter().any(|a| {
+            a["labels"]["alertname"] == "SparkCanaryApiP95"
+                && a["labels"]["trigger"] == "api_p95"
+                && a["labels"]["role"] == "canary"
+                && a["state"] == "firing"
+        });
+        if firing {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SparkCanaryApiP95 never fired: {body}\n{}", prom.log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
