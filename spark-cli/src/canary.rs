@@ -33,9 +33,9 @@ pub(crate) enum CanaryCommand {
     /// promote or rollback: exit 0 continue or promote, 1 rollback, 3 hold.
     Replay(ReplayArgs),
     /// Drive a release through the plan against Prometheus: set each
-    /// stage's weight (the plan's [weights]), evaluate every interval,
+    /// stage's weight (the plan's `[weights]`), evaluate every interval,
     /// promote, hold, or stop on a rollback; the trail goes to
-    /// canary_run_<release>.jsonl. Exit 0 completed, 1 rolled back or a
+    /// `canary_run_<release>.jsonl`. Exit 0 completed, 1 rolled back or a
     /// weight could not be set, 3 interrupted (Ctrl-C).
     Run(RunArgs),
 }
