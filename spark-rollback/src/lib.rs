@@ -47,11 +47,15 @@
 //! # Features
 //! None: the crate always includes the Prometheus source (reqwest on rustls).
 
+mod action;
 mod engine;
 mod error;
 mod gate;
 mod live;
+mod notify;
 mod plan;
+mod record;
+mod rollback;
 mod scope;
 mod signal;
 mod snapshot;
@@ -59,14 +63,18 @@ mod source;
 pub mod stats;
 mod trigger;
 
+pub use crate::action::{Action, ActionOutcome, ActionRecord, CommandAction, OUTPUT_LIMIT, WebhookAction};
 pub use crate::engine::{Decision, Engine, Evaluation, Replay, Run, SOURCE_ERRORS_BEFORE_HOLD, TrailEntry, rfc3339};
 pub use crate::error::{RollbackError, SourceError};
 pub use crate::gate::{GateResult, GateStatus};
 pub use crate::live::{evaluate_live, lookback};
+pub use crate::notify::{Notification, NotifyOutcome, SlackPlan};
 pub use crate::plan::{
     Above, AnyIncrease, BurnRate, ConnectionLeak, Correlated, DisconnectStorm, Gate, Gates, MemoryLeak, NonImproving,
     OutboxLag, Plan, Slo, Stage, Triggers, Weight,
 };
+pub use crate::record::{RECORD_FORMAT, RollbackRecord, Timing};
+pub use crate::rollback::{DEFAULT_RUNBOOK, EnvLookup, RollbackEnv, RollbackPlan, RollbackRequest, execute};
 pub use crate::signal::{Role, Signal};
 pub use crate::snapshot::{FORMAT, Matrix, Metrics, RangeSeries, Snapshot, Timestamp, format_value};
 pub use crate::source::{FileSource, MemorySource, MetricSource, PrometheusSource, Range};
