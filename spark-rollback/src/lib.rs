@@ -44,6 +44,38 @@
 //! # Ok::<(), spark_rollback::RollbackError>(())
 //! ```
 //!
+//! # Rollback
+//!
+//! [`execute`] acts on a rollback: the plan's [`Action`]s in order (a
+//! command with the reason in its environment, a webhook signed like the
+//! outbox's; a failed action is recorded and the next still runs), then a
+//! Slack notification that never blocks or fails it, then the evidence —
+//! the [`RollbackRecord`] as text and JSON and the metrics before and
+//! after — through [`spark_evidence`], every secret redacted.
+//!
+//! ```
+//! use spark_db::Clock as _;
+//! use spark_evidence::EvidenceDir;
+//! use spark_rollback::{Plan, RollbackEnv, RollbackRequest, execute};
+//!
+//! # tokio::runtime::Runtime::new()?.block_on(async {
+//! let plan = Plan::from_toml(r#"
+//! [[rollback.actions]]
+//! kind = "command"
+//! command = ["sh", "-c", "echo rolling back $SPARK_ROLLBACK_STAGE"]
+//! "#)?;
+//! let clock = spark_db::system_clock();
+//! let request = RollbackRequest::new("p95 above 400 ms", "25%", clock.now_ms()).trigger("api_p95");
+//! let dir = tempfile::tempdir()?;
+//! let record = execute(&plan, &request, &RollbackEnv::new(clock)?, &EvidenceDir::create(dir.path())?).await?;
+//! assert!(record.succeeded());
+//! assert_eq!(record.actions[0].stdout, "rolling back 25%\n");
+//! assert_eq!(record.files.len(), 4); // rollback_<ts>.txt/.json, metrics before and after
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Features
 //! None: the crate always includes the Prometheus source (reqwest on rustls).
 
