@@ -30,8 +30,9 @@ impl SlackPlan {
 }
 
 /// How the notification is retried: `attempts` tries, the first pause
-/// `backoff`, doubling; each try under `timeout`. The default, 4 attempts
-/// from 200 ms with 2 s each, gives up within 9.4 s.
+/// `backoff`, doubling; each try under `timeout`, and all of them within
+/// `deadline`. The default — 4 attempts from 200 ms, 2 s each, 3 s in all —
+/// keeps a hanging Slack from taking the rollback past its 5 s target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Retry {
     /// Tries in all (at least one).
@@ -40,11 +41,18 @@ pub(crate) struct Retry {
     pub(crate) backoff: Duration,
     /// Each try's limit.
     pub(crate) timeout: Duration,
+    /// The limit of all tries and pauses together.
+    pub(crate) deadline: Duration,
 }
 
 impl Default for Retry {
     fn default() -> Retry {
-        Retry { attempts: 4, backoff: Duration::from_millis(200), timeout: Duration::from_secs(2) }
+        Retry {
+            attempts: 4,
+            backoff: Duration::from_millis(200),
+            timeout: Duration::from_secs(2),
+            deadline: Duration::from_secs(3),
+        }
     }
 }
 
@@ -108,11 +116,13 @@ pub(crate) async fn slack(client: &reqwest::Client, url: &str, text: String, ret
     let mut pause = retry.backoff;
     let mut attempt = 0;
     let mut http_status = None;
+    let attempts = retry.attempts.max(1);
     let (outcome, detail) = loop {
         attempt += 1;
+        let left = retry.deadline.saturating_sub(start.elapsed());
         let result = client
             .post(url)
-            .timeout(retry.timeout)
+            .timeout(retry.timeout.min(left).max(Duration::from_millis(1)))
             .header("content-type", "application/json")
             .body(body.clone())
             .send()
@@ -129,10 +139,15 @@ pub(crate) async fn slack(client: &reqwest::Client, url: &str, text: String, ret
             }
             Err(e) => (format!("cannot reach Slack: {}", chain(&e.without_url())), true),
         };
-        if !again || attempt >= retry.attempts.max(1) {
+        if !again || attempt >= attempts {
+            break (NotifyOutcome::Failed, format!("{detail} (attempt {attempt} of {attempts}); given up"));
+        }
+        // No pause that would leave no time for another try.
+        if start.elapsed() + pause >= retry.deadline {
+            let deadline = humantime::format_duration(retry.deadline);
             break (
                 NotifyOutcome::Failed,
-                format!("{detail} (attempt {attempt} of {}); given up", retry.attempts.max(1)),
+                format!("{detail} (attempt {attempt} of {attempts}); given up at the {deadline} deadline"),
             );
         }
         tracing::warn!(attempt, %detail, "the Slack notification failed; retrying");

@@ -228,11 +228,20 @@ impl RollbackEnv {
     }
 
     /// Tries the Slack notification `attempts` times, pausing `backoff`
-    /// first and doubling.
+    /// first and doubling (default 4 from 200 ms).
     #[must_use]
     pub fn slack_retry(mut self, attempts: u32, backoff: Duration) -> RollbackEnv {
         self.slack_retry.attempts = attempts.max(1);
         self.slack_retry.backoff = backoff;
+        self
+    }
+
+    /// Limits each Slack attempt to `timeout` and all of them, pauses
+    /// included, to `deadline` (default 2 s and 3 s).
+    #[must_use]
+    pub fn slack_timeouts(mut self, timeout: Duration, deadline: Duration) -> RollbackEnv {
+        self.slack_retry.timeout = timeout;
+        self.slack_retry.deadline = deadline;
         self
     }
 

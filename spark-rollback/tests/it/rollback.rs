@@ -31,6 +31,8 @@ struct Seen {
     slack: Vec<serde_json::Value>,
     /// Slack answers 500 to this many requests before answering 200.
     slack_failures: usize,
+    /// Slack takes this long to answer.
+    slack_delay: Duration,
 }
 
 type Shared = Arc<Mutex<Seen>>;
@@ -47,6 +49,8 @@ async fn webhook(State(seen): State<Shared>, headers: HeaderMap, body: Bytes) ->
 }
 
 async fn slack(State(seen): State<Shared>, body: Bytes) -> StatusCode {
+    let delay = seen.lock().unwrap().slack_delay;
+    tokio::time::sleep(delay).await;
     let mut seen = seen.lock().unwrap();
     seen.slack.push(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null));
     if seen.slack.len() <= seen.slack_failures { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK }
@@ -355,4 +359,25 @@ async fn two_rollbacks_in_one_second_keep_both_records_and_an_empty_reason_is_re
 
     let err = execute(&plan, &RollbackRequest::new(" ", "5%", 0), &env, &evidence).await.unwrap_err();
     assert_eq!(err.to_string(), "rollback: the reason is empty");
+}
+
+#[tokio::test]
+async fn a_hanging_slack_is_given_up_at_its_deadline() {
+    let (base, seen) = receivers(0).await;
+    seen.lock().unwrap().slack_delay = Duration::from_secs(30);
+    let work = tempfile::tempdir().unwrap();
+    let evidence = EvidenceDir::create(work.path()).unwrap();
+    let env = env(&base).slack_timeouts(Duration::from_millis(300), Duration::from_millis(800));
+    let request = RollbackRequest::new("manual", "5%", SystemClock.now_ms());
+
+    let started = Instant::now();
+    let record = execute(&plan(""), &request, &env, &evidence).await.unwrap();
+
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    let n = &record.notification;
+    assert_eq!(n.outcome, NotifyOutcome::Failed, "{n:?}");
+    assert!((2..=4).contains(&n.attempts), "{n:?}");
+    assert!(n.detail.contains("cannot reach Slack") && n.detail.contains("given up"), "{n:?}");
+    assert!(n.duration_ms < 1_500, "{n:?}");
+    assert!(record.succeeded());
 }
