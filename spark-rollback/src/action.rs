@@ -280,9 +280,13 @@ pub(crate) async fn run(
 }
 
 async fn command(spec: &CommandAction, cx: &Context<'_>) -> Done {
-    let program = &spec.command[0];
+    // A plan built in code may skip validation; an empty command is then a
+    // failed action, not a panic half-way through a rollback.
+    let Some((program, args)) = spec.command.split_first() else {
+        return Done::new(ActionOutcome::Failed, "no program to run: the command is empty");
+    };
     let mut cmd = tokio::process::Command::new(program);
-    cmd.args(&spec.command[1..])
+    cmd.args(args)
         .env("SPARK_ROLLBACK_REASON", cx.reason)
         .env("SPARK_ROLLBACK_STAGE", cx.stage)
         .env("SPARK_ROLLBACK_TRIGGER", cx.trigger.unwrap_or(""))

@@ -148,7 +148,8 @@ impl RollbackRecord {
         !self.actions.iter().any(|a| a.outcome.is_failure())
     }
 
-    /// The evidence file of this name, if written.
+    /// The first evidence file written whose name starts with `prefix`
+    /// (`rollback_` is the text record).
     #[must_use]
     pub fn file(&self, prefix: &str) -> Option<&EvidenceFile> {
         self.files.iter().find(|f| f.name.starts_with(prefix))

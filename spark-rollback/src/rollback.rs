@@ -267,8 +267,9 @@ impl RollbackEnv {
 /// and still reads the metrics and writes the evidence.
 ///
 /// # Errors
-/// [`RollbackError::Rollback`] for an empty reason or stage (nothing has
-/// run); [`RollbackError::Evidence`] when the evidence cannot be written
+/// [`RollbackError::Rollback`] for an empty reason or stage and
+/// [`RollbackError::Plan`] for an invalid `[rollback]` (nothing has run);
+/// [`RollbackError::Evidence`] when the evidence cannot be written
 /// (the actions have run).
 pub async fn execute(
     plan: &Plan,
@@ -283,6 +284,8 @@ pub async fn execute(
         return Err(RollbackError::Rollback("the stage is empty".to_owned()));
     }
     let rollback = &plan.rollback;
+    // A plan built in code has not been through `Plan::from_toml`.
+    rollback.validate()?;
     let redactor = redactor(rollback, &*env.env);
     let clock = &env.clock;
     let cx = action::Context {
