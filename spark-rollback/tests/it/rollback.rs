@@ -381,3 +381,26 @@ async fn a_hanging_slack_is_given_up_at_its_deadline() {
     assert!(n.duration_ms < 1_500, "{n:?}");
     assert!(record.succeeded());
 }
+
+#[tokio::test]
+async fn an_unreachable_metrics_source_is_recorded_and_does_not_fail_the_rollback() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let source = spark_rollback::PrometheusSource::new(&format!("http://127.0.0.1:{port}")).unwrap().attempts(1);
+    let work = tempfile::tempdir().unwrap();
+    let evidence = EvidenceDir::create(work.path()).unwrap();
+    let env = RollbackEnv::new(Arc::new(SystemClock)).unwrap().env(|_| None).metrics(
+        Arc::new(source),
+        Duration::from_secs(600),
+        15,
+    );
+    let request = RollbackRequest::new("manual", "5%", SystemClock.now_ms());
+
+    let record = execute(&Plan::default(), &request, &env, &evidence).await.unwrap();
+
+    assert!(record.succeeded());
+    for file in [&record.metrics_before, &record.metrics_after] {
+        let text = read(&file.as_ref().unwrap().path);
+        assert!(text.contains(&format!("source: Prometheus at http://127.0.0.1:{port}")), "{text}");
+        assert!(text.contains("The metrics source failed, so no snapshot was recorded:"), "{text}");
+    }
+}
