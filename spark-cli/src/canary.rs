@@ -2,14 +2,17 @@
 //! canary engine of spark-rollback from the command line.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::json;
+use spark_evidence::EvidenceDir;
 use spark_rollback::{
     Decision, Engine, Evaluation, FileSource, GateResult, MetricSource, Metrics, Plan, PrometheusSource, Range, Replay,
-    RunOptions, RunOutcome, Signal, TriggerId, TriggerResult, TriggerStatus, evaluate_live, rfc3339, run_canary,
+    RollbackEnv, RollbackRequest, RunOptions, RunOutcome, Signal, TriggerId, TriggerResult, TriggerStatus,
+    evaluate_live, rfc3339, run_canary,
 };
 
 use crate::output::{CmdResult, Failure, Output};
@@ -223,6 +226,23 @@ async fn run_release(args: RunArgs, out: &Output) -> CmdResult {
         }
     };
     let report = run_canary(&engine, &source, setter.as_deref(), spark_db::system_clock(), &options, stop).await?;
+    // The engine decided to roll back: run the plan's rollback at once (in a
+    // dry run, record what it would do), with the evaluation that fired.
+    let rollback = match &report.outcome {
+        RunOutcome::RolledBack(evaluation) => {
+            let env = RollbackEnv::new(spark_db::system_clock())?.metrics(
+                Arc::new(PrometheusSource::new(&args.prometheus)?),
+                crate::rollback::METRICS_WINDOW,
+                crate::rollback::METRICS_STEP_SECONDS,
+            );
+            let evidence = EvidenceDir::create(&args.evidence_dir)?;
+            let request = RollbackRequest::new(evaluation.reason.clone(), evaluation.stage.clone(), evaluation.at_ms)
+                .evaluation((**evaluation).clone())
+                .dry_run(args.dry_run);
+            Some(spark_rollback::execute(engine.plan(), &request, &env, &evidence).await?)
+        }
+        _ => None,
+    };
     let (kind, detail, result) = match &report.outcome {
         RunOutcome::Completed => ("completed", "every stage promoted".to_owned(), Ok(())),
         RunOutcome::RolledBack(e) => ("rollback", e.reason.clone(), Err(Failure::No)),
@@ -231,15 +251,24 @@ async fn run_release(args: RunArgs, out: &Output) -> CmdResult {
             ("weight-failed", format!("stage {stage}: {error}"), Err(Failure::No))
         }
     };
-    let snapshot = report.snapshot.as_ref().map(|p| p.display().to_string());
+    let snapshot = report.save_final_snapshot(&engine, &source, &options).await?;
+    let snapshot = snapshot.as_ref().map(|p| p.display().to_string());
     let json = json!({
         "release": args.release,
         "outcome": kind,
         "detail": detail,
         "trail": report.trail.display().to_string(),
         "snapshot": snapshot,
+        "rollback": rollback,
     });
-    out.emit(&json, || format!("{kind}: {detail}\ntrail: {}", report.trail.display()))?;
+    out.emit(&json, || {
+        let mut text = format!("{kind}: {detail}\ntrail: {}", report.trail.display());
+        if let Some(record) = &rollback {
+            text.push('\n');
+            text.push_str(&crate::rollback::text(record));
+        }
+        text
+    })?;
     result
 }
 

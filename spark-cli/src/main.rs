@@ -18,6 +18,7 @@ mod money;
 mod outbox;
 mod output;
 mod positions;
+mod rollback;
 mod rules;
 mod supply_chain;
 
@@ -79,6 +80,10 @@ enum Command {
     /// from the canary plan's triggers.
     #[command(subcommand)]
     Rules(rules::RulesCommand),
+    /// Roll a canary back: the plan's commands and signed webhooks in order,
+    /// then Slack, then the evidence files (exit 0 every action succeeded,
+    /// 1 one failed, 2 bad input).
+    Rollback(rollback::RollbackArgs),
     /// Throughput benchmarks against your own database.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -125,6 +130,7 @@ fn main() -> ExitCode {
         Command::Canary(cmd) => block_on(canary::run(cmd, &out)),
         Command::Metrics(cmd) => block_on(canary::run_metrics(cmd, &out)),
         Command::Rules(cmd) => rules::run(cmd, &out),
+        Command::Rollback(args) => block_on(rollback::run(args, &out)),
         Command::Sbom(args) => supply_chain::run_sbom(args, &out),
         Command::Provenance(args) => supply_chain::run_provenance(args, &out),
     };

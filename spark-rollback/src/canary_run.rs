@@ -65,8 +65,10 @@ pub struct RunReport {
     pub outcome: RunOutcome,
     /// The decision trail.
     pub trail: PathBuf,
-    /// The final metrics snapshot (from the first stage's start to the end).
-    pub snapshot: Option<PathBuf>,
+    /// When the run started, milliseconds.
+    pub started_ms: i64,
+    /// When it ended, milliseconds.
+    pub ended_ms: i64,
 }
 
 struct Trail {
@@ -198,17 +200,35 @@ pub async fn run_canary(
         RunOutcome::Interrupted { .. } => "interrupted",
         RunOutcome::WeightFailed { .. } => "weight-failed",
     };
-    // The final snapshot: everything the run saw, for replay and evidence.
-    let range = Range { start_ms: run_start, end_ms: end, step_seconds: options.step_seconds };
-    let snapshot = match source.fetch(plan, range).await {
-        Ok(snapshot) => Some(save_snapshot(&snapshot, &options.evidence_dir, &options.release)?),
-        Err(error) => {
-            trail.line(&json!({"event": "snapshot", "at": rfc3339(end), "error": error.to_string()}))?;
-            None
-        }
-    };
     trail.line(&json!({"event": "end", "at": rfc3339(end), "outcome": kind, "seconds": Duration::from_millis(u64::try_from(end - run_start).unwrap_or(0)).as_secs_f64()}))?;
-    Ok(RunReport { outcome, trail: trail.path, snapshot })
+    Ok(RunReport { outcome, trail: trail.path, started_ms: run_start, ended_ms: end })
+}
+
+impl RunReport {
+    /// Fetches everything the run saw (from its start to its end) and saves
+    /// it as `canary_run_<release>_final_snapshot.json`, for replay and
+    /// evidence; a source error is recorded in the trail instead. Called
+    /// after the rollback, so that fetching never delays it.
+    ///
+    /// # Errors
+    /// [`RollbackError::Io`] when the snapshot or the trail cannot be
+    /// written.
+    pub async fn save_final_snapshot(
+        &self,
+        engine: &Engine,
+        source: &dyn MetricSource,
+        options: &RunOptions,
+    ) -> Result<Option<PathBuf>, RollbackError> {
+        let range = Range { start_ms: self.started_ms, end_ms: self.ended_ms, step_seconds: options.step_seconds };
+        match source.fetch(engine.plan(), range).await {
+            Ok(snapshot) => Ok(Some(save_snapshot(&snapshot, &options.evidence_dir, &options.release)?)),
+            Err(error) => {
+                let mut trail = Trail::open(&options.evidence_dir, &options.release)?;
+                trail.line(&json!({"event": "snapshot", "error": error.to_string()}))?;
+                Ok(None)
+            }
+        }
+    }
 }
 
 fn save_snapshot(snapshot: &Snapshot, dir: &Path, release: &str) -> Result<PathBuf, RollbackError> {

@@ -47,6 +47,13 @@ pub enum RollbackError {
     /// A metric source failed (after its retries).
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// A rollback request that cannot be carried out as given (an empty
+    /// reason), or an HTTP client that cannot be built.
+    #[error("rollback: {0}")]
+    Rollback(String),
+    /// The rollback's evidence could not be written (its actions ran).
+    #[error("the rollback ran but its evidence could not be written")]
+    Evidence(#[source] spark_evidence::EvidenceError),
 }
 
 /// A metric source that could not answer: unreachable, an error status, or

@@ -44,9 +44,42 @@
 //! # Ok::<(), spark_rollback::RollbackError>(())
 //! ```
 //!
+//! # Rollback
+//!
+//! [`execute`] acts on a rollback: the plan's [`Action`]s in order (a
+//! command with the reason in its environment, a webhook signed like the
+//! outbox's; a failed action is recorded and the next still runs), then a
+//! Slack notification that never blocks or fails it, then the evidence —
+//! the [`RollbackRecord`] as text and JSON and the metrics before and
+//! after — through [`spark_evidence`], every secret redacted.
+//!
+//! ```
+//! use spark_db::Clock as _;
+//! use spark_evidence::EvidenceDir;
+//! use spark_rollback::{Plan, RollbackEnv, RollbackRequest, execute};
+//!
+//! # tokio::runtime::Runtime::new()?.block_on(async {
+//! let plan = Plan::from_toml(r#"
+//! [[rollback.actions]]
+//! kind = "command"
+//! command = ["sh", "-c", "echo rolling back $SPARK_ROLLBACK_STAGE"]
+//! "#)?;
+//! let clock = spark_db::system_clock();
+//! let request = RollbackRequest::new("p95 above 400 ms", "25%", clock.now_ms()).trigger("api_p95");
+//! let dir = tempfile::tempdir()?;
+//! let record = execute(&plan, &request, &RollbackEnv::new(clock)?, &EvidenceDir::create(dir.path())?).await?;
+//! assert!(record.succeeded());
+//! assert_eq!(record.actions[0].stdout, "rolling back 25%\n");
+//! assert_eq!(record.files.len(), 4); // rollback_<ts>.txt/.json, metrics before and after
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Features
 //! None: the crate always includes the Prometheus source (reqwest on rustls).
 
+mod action;
 mod canary_run;
 pub mod dashboard;
 mod engine;
@@ -54,7 +87,10 @@ mod error;
 pub mod export;
 mod gate;
 mod live;
+mod notify;
 mod plan;
+mod record;
+mod rollback;
 pub mod scenario;
 mod scope;
 mod signal;
@@ -64,15 +100,19 @@ pub mod stats;
 mod trigger;
 pub mod weights;
 
+pub use crate::action::{Action, ActionOutcome, ActionRecord, CommandAction, OUTPUT_LIMIT, WebhookAction};
 pub use crate::canary_run::{RunOptions, RunOutcome, RunReport, run_canary};
 pub use crate::engine::{Decision, Engine, Evaluation, Replay, Run, SOURCE_ERRORS_BEFORE_HOLD, TrailEntry, rfc3339};
 pub use crate::error::{RollbackError, SourceError};
 pub use crate::gate::{GateResult, GateStatus};
 pub use crate::live::{evaluate_live, lookback};
+pub use crate::notify::{Notification, NotifyOutcome, SlackPlan};
 pub use crate::plan::{
     Above, AnyIncrease, BurnRate, ConnectionLeak, Correlated, DisconnectStorm, Gate, Gates, MemoryLeak, NonImproving,
     OutboxLag, Plan, Slo, Stage, Triggers, Weight,
 };
+pub use crate::record::{RECORD_FORMAT, RollbackRecord, Timing};
+pub use crate::rollback::{DEFAULT_RUNBOOK, EnvLookup, RollbackEnv, RollbackPlan, RollbackRequest, execute};
 pub use crate::signal::{Role, Signal};
 pub use crate::snapshot::{FORMAT, Matrix, Metrics, RangeSeries, Snapshot, Timestamp, format_value};
 pub use crate::source::{FileSource, MemorySource, MetricSource, PrometheusSource, Range};

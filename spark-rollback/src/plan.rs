@@ -12,6 +12,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{RollbackError, plan_error};
+use crate::rollback::RollbackPlan;
 use crate::signal::Signal;
 
 /// A canary plan. [`Plan::default()`] is the seed's plan: 1 %, 5 %, 25 %,
@@ -48,6 +49,9 @@ pub struct Plan {
     pub queries: BTreeMap<Signal, String>,
     /// How `spark canary run` sets each stage's weight.
     pub weights: crate::weights::Weights,
+    /// What a rollback does: its actions, the Slack notification, the
+    /// database restore runbook.
+    pub rollback: RollbackPlan,
 }
 
 /// One traffic step.
@@ -388,6 +392,7 @@ impl Default for Plan {
             slo: Slo { objective: 0.999 },
             queries: BTreeMap::new(),
             weights: crate::weights::Weights::default(),
+            rollback: RollbackPlan::default(),
         }
     }
 }
@@ -545,7 +550,7 @@ impl Plan {
                 return Err(plan_error(format!("queries.{signal}"), "is empty"));
             }
         }
-        Ok(())
+        self.rollback.validate()
     }
 }
 
@@ -648,6 +653,51 @@ mod tests {
             let err = Plan::from_toml(text).expect_err(text).to_string();
             assert!(err.starts_with(expected), "{text:?}: {err} does not start with {expected}");
         }
+    }
+
+    #[test]
+    fn rollback_errors_name_the_field() {
+        let action = |body: &str| format!("[[rollback.actions]]\n{body}");
+        let cases = [
+            (action("kind = \"command\"\ncommand = []"), "plan: rollback.actions[0].command: needs a program"),
+            (
+                action("kind = \"command\"\ncommand = [\"true\"]\ntimeout = \"0s\""),
+                "plan: rollback.actions[0].timeout: must be longer",
+            ),
+            (action("kind = \"command\"\ncommand = [\"true\"]\ntimeout = \"soon\""), "plan: rollback.actions[0]"),
+            (action("kind = \"command\"\ncommand = [\"true\"]\nshell = true"), "plan: rollback.actions[0]"),
+            (action("kind = \"webhook\"\nurl = \"ftp://h/x\""), "plan: rollback.actions[0].url: is not an http"),
+            (
+                action("kind = \"webhook\"\nurl = \"http://u:pw@\""),
+                "plan: rollback.actions[0].url: http://u:***@ does not parse",
+            ),
+            (
+                action("kind = \"webhook\"\nurl = \"http://h\"\nsecret_env = \"\""),
+                "plan: rollback.actions[0].secret_env: is empty",
+            ),
+            (action("kind = \"shell\""), "plan: rollback.actions[0]"),
+            ("[rollback.slack]\nwebhook_env = \" \"".to_owned(), "plan: rollback.slack.webhook_env: is empty"),
+            ("[rollback.slack]\nurl = \"http://h\"".to_owned(), "plan: rollback.slack.url: unknown field"),
+            ("[rollback]\nrunbok = \"x\"".to_owned(), "plan: rollback.runbok: unknown field"),
+            ("[rollback]\nrunbook = \"\"".to_owned(), "plan: rollback.runbook: is empty"),
+        ];
+        for (text, expected) in cases {
+            let err = Plan::from_toml(&text).expect_err(&text).to_string();
+            assert!(err.starts_with(expected), "{text:?}: {err} does not start with {expected}");
+        }
+    }
+
+    #[test]
+    fn rollback_actions_round_trip_and_keep_the_other_defaults() {
+        let text = "[rollback]\nrelease_has_migration = true\n[[rollback.actions]]\nkind = \"command\"\ncommand = [\"true\"]\n\
+                    [[rollback.actions]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/h\"\nsecret_env = \"S\"\ntimeout = \"2s\"\n";
+        let plan = Plan::from_toml(text).unwrap();
+        assert_eq!(plan.rollback.runbook, crate::rollback::DEFAULT_RUNBOOK);
+        assert!(plan.rollback.release_has_migration);
+        assert_eq!(plan.rollback.actions.len(), 2);
+        assert_eq!(plan.rollback.actions[0].kind(), "command");
+        assert_eq!(Plan::from_toml(&plan.to_toml()).unwrap(), plan);
+        assert_eq!(plan.stages, Plan::default().stages);
     }
 
     #[test]

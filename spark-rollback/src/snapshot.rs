@@ -151,6 +151,47 @@ impl Snapshot {
         serde_json::to_string_pretty(self).expect("a snapshot is plain JSON")
     }
 
+    /// One line per signal with the latest canary and baseline values (and
+    /// their times), `missing` where a role has no value: the readable half
+    /// of a metrics evidence file.
+    ///
+    /// ```
+    /// use spark_rollback::{Role, Signal, Snapshot};
+    ///
+    /// let mut snapshot = Snapshot::new(15);
+    /// snapshot.push(Signal::Http5xxRatio, Role::Canary, 1_795_712_400, 0.04);
+    /// snapshot.push(Signal::Http5xxRatio, Role::Baseline, 1_795_712_400, f64::NAN);
+    /// let summary = snapshot.summary();
+    /// assert!(summary.contains("http_5xx_ratio"), "{summary}");
+    /// assert!(summary.contains("0.04 at 2026-11-26T17:00:00Z"), "{summary}");
+    /// assert!(summary.lines().any(|l| l.starts_with("http_5xx_ratio") && l.ends_with("missing")), "{summary}");
+    /// ```
+    #[must_use]
+    pub fn summary(&self) -> String {
+        let latest = |signal: Signal, role: Role| -> String {
+            let series = self
+                .signals
+                .get(signal.name())
+                .and_then(|m| m.result.iter().find(|s| s.metric.get("role").map(String::as_str) == Some(role.name())));
+            let last = series
+                .and_then(|s| s.values.iter().rev().find_map(|(t, v)| parse_value(v).ok().flatten().map(|v| (t.0, v))));
+            last.map_or_else(
+                || "missing".to_owned(),
+                |(t, v)| format!("{} at {}", format_value(v), crate::engine::rfc3339(t)),
+            )
+        };
+        let mut out = format!("{:<34} {:<40} {}\n", "signal", "canary (latest)", "baseline (latest)");
+        for signal in Signal::ALL {
+            out.push_str(&format!(
+                "{:<34} {:<40} {}\n",
+                signal.name(),
+                latest(signal, Role::Canary),
+                latest(signal, Role::Baseline)
+            ));
+        }
+        out
+    }
+
     /// Writes the snapshot as pretty JSON.
     ///
     /// # Errors

@@ -363,3 +363,56 @@ async fn ctrl_c_interrupts_a_run_and_the_trail_says_so() {
     assert!(events.iter().any(|e| e["event"] == "interrupted" && e["stage"] == "10%"), "{text}");
     assert_eq!(events.last().unwrap()["outcome"], "interrupted", "{text}");
 }
+
+/// A canary whose p95 is above `api_p95`'s line: `spark canary run` rolls
+/// back on that trigger and runs the plan's rollback at once — the command
+/// gets the trigger and stage, the evidence is written — and reports how
+/// long the decision took to reach the first action.
+#[tokio::test(flavor = "multi_thread")]
+async fn canary_run_rolls_back_and_runs_the_rollback() {
+    let Some(prom) =
+        spark_testkit::prometheus::Prometheus::start("global: {scrape_interval: 1m}\n", "groups: []\n").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let both = |canary: f64, baseline: f64| {
+        format!(
+            "'label_replace(vector({canary}), \"role\", \"canary\", \"\", \"\") or label_replace(vector({baseline}), \"role\", \"baseline\", \"\", \"\")'"
+        )
+    };
+    let ran = dir.path().join("rollback.env");
+    let plan = format!(
+        "interval = \"1s\"\nmin_requests = 10\n[[stages]]\nweight = \"10%\"\nduration = \"1h\"\n\
+         [triggers.api_p95]\nfor = \"3s\"\n\
+         [[rollback.actions]]\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"echo $SPARK_ROLLBACK_TRIGGER $SPARK_ROLLBACK_STAGE > {}\"]\n\
+         [queries]\nhttp_requests_per_second = {}\napi_latency_p95_seconds = {}\n",
+        ran.display(),
+        both(50.0, 50.0),
+        both(0.6, 0.1),
+    );
+    std::fs::write(dir.path().join("plan.toml"), plan).unwrap();
+    let url = prom.url();
+    let cwd = dir.path().to_owned();
+    let run = tokio::task::spawn_blocking(move || {
+        let args =
+            ["canary", "run", "--release", "v9", "--plan", "plan.toml", "--prometheus", &url, "--step", "1s", "--json"];
+        spark_with(&args, Some(&cwd), &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let json = run.json();
+    assert_eq!(json["outcome"], "rollback", "{json}");
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "api_p95 10%\n");
+    let record = &json["rollback"];
+    assert_eq!(record["trigger"], "api_p95", "{record}");
+    let first = record["timing"]["decision_to_first_action_ms"].as_i64().unwrap();
+    assert!(first < 1000, "decision to first action took {first} ms");
+    let files = record["files"].as_array().unwrap();
+    assert!(files.len() >= 3, "{record}");
+    for f in files {
+        assert!(dir.path().join(f["path"].as_str().unwrap()).exists(), "{f}");
+    }
+    eprintln!("canary run: decision to first action {first} ms, timing {}", record["timing"]);
+}

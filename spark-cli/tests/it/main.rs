@@ -7,6 +7,7 @@ mod db;
 mod demo;
 mod money;
 mod outbox;
+mod rollback;
 mod rules;
 mod supply_chain;
 

@@ -402,7 +402,8 @@ async fn exported_rules_fire_in_prometheus_when_a_dry_run_rolls_back() {
     let trail = std::fs::read_to_string(&report.trail).unwrap();
     assert!(trail.contains("\"status\":\"dry-run: not set\""), "{trail}");
     assert!(trail.lines().last().unwrap().contains("\"outcome\":\"rollback\""), "{trail}");
-    assert!(report.snapshot.as_ref().is_some_and(|p| Snapshot::load(p).is_ok()));
+    let snapshot = report.save_final_snapshot(&engine, &source, &options).await.unwrap();
+    assert!(snapshot.as_ref().is_some_and(|p| Snapshot::load(p).is_ok()));
 
     // Prometheus, from the same trigger definition, fires the alert.
     let client = reqwest::Client::new();
