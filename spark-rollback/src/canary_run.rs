@@ -121,6 +121,13 @@ pub async fn run_canary(
             known: plan.stages.iter().map(|s| s.weight.to_string()).collect(),
         }
     })?;
+    // The release names files: it must not climb out of the evidence dir.
+    if options.release.is_empty() || options.release.contains(['/', '\\', '\0']) || options.release.contains("..") {
+        return Err(RollbackError::Range(format!(
+            "release {:?} cannot name a file: use letters, digits, dots, dashes and underscores",
+            options.release
+        )));
+    }
     let mut trail = Trail::open(&options.evidence_dir, &options.release)?;
     let interval = plan.interval;
     let mut stop = pin!(stop);
@@ -176,7 +183,13 @@ pub async fn run_canary(
                     trail.line(&json!({"event": "evaluation", "at": rfc3339(at), "stage": name, "decision": decision, "trigger": null, "reason": reason}))?;
                     continue;
                 }
-                Err(other) => return Err(other),
+                Err(other) => {
+                    // Not the source: the run cannot go on. Say so in the
+                    // trail before returning, with the weight left as set.
+                    let at = clock.now_ms();
+                    trail.line(&json!({"event": "end", "at": rfc3339(at), "outcome": "error", "stage": name, "error": other.to_string()}))?;
+                    return Err(other);
+                }
             };
             trail.line(&json!({
                 "event": "evaluation", "at": rfc3339(at), "stage": name,
@@ -223,6 +236,16 @@ impl RunReport {
         match source.fetch(engine.plan(), range).await {
             Ok(snapshot) => Ok(Some(save_snapshot(&snapshot, &options.evidence_dir, &options.release)?)),
             Err(error) => {
+                // The release names files: it must not climb out of the evidence dir.
+                if options.release.is_empty()
+                    || options.release.contains(['/', '\\', '\0'])
+                    || options.release.contains("..")
+                {
+                    return Err(RollbackError::Range(format!(
+                        "release {:?} cannot name a file: use letters, digits, dots, dashes and underscores",
+                        options.release
+                    )));
+                }
                 let mut trail = Trail::open(&options.evidence_dir, &options.release)?;
                 trail.line(&json!({"event": "snapshot", "error": error.to_string()}))?;
                 Ok(None)

@@ -56,7 +56,8 @@ pub struct AlertRule {
     pub trigger: Option<TriggerId>,
     /// The PromQL.
     pub expr: String,
-    /// Prometheus's `for`.
+    /// Prometheus's `for`: the trigger's `for` less one step (see
+    /// [`alert_rules`]).
     pub for_: Duration,
     /// `critical` (roll back) or `warning` (data missing).
     pub severity: &'static str,
@@ -144,12 +145,16 @@ pub fn alert_rules(plan: &Plan, options: &ExportOptions) -> Vec<AlertRule> {
     let t = &plan.triggers;
     let step = options.step_seconds;
     let mut rules = Vec::new();
+    // The engine fires when every sample of (at − D, at] holds: D/step
+    // samples, the first at at − D + step. Prometheus counts `for` from its
+    // first true evaluation, so `for: D − step` fires at the same evaluation.
+    let step_duration = Duration::from_secs(u64::from(step));
     let mut push = |id: TriggerId, alert: &str, expr: String, for_: Duration, approximation: Option<&'static str>| {
         rules.push(AlertRule {
             alert: alert.to_owned(),
             trigger: Some(id),
             expr,
-            for_,
+            for_: for_.saturating_sub(step_duration),
             severity: "critical",
             description: id.description(plan),
             approximation,
@@ -223,12 +228,13 @@ pub fn alert_rules(plan: &Plan, options: &ExportOptions) -> Vec<AlertRule> {
     if enabled(TriggerId::CorrelatedDegradation) {
         let c = t.correlated_degradation;
         let w = prom_duration(c.window);
+        // Both sides zero is no effect (as in the engine), not 0 ≥ 0.
         let higher = |s: Signal| {
             format!(
-                "avg_over_time({}[{w}]) >= on() {} * avg_over_time({}[{w}])",
-                canary(s),
+                "avg_over_time({c}[{w}]) >= on() {} * avg_over_time({}[{w}]) and on() avg_over_time({c}[{w}]) > 0",
                 1.0 + c.min_effect,
-                baseline(s)
+                baseline(s),
+                c = canary(s),
             )
         };
         // A comparison matched `on()` keeps no labels; the canary's 5xx mean
@@ -252,13 +258,16 @@ pub fn alert_rules(plan: &Plan, options: &ExportOptions) -> Vec<AlertRule> {
     }
     if enabled(TriggerId::NonImprovingLatency) {
         let n = t.non_improving_latency;
-        let expr = format!(
-            "{} > {} and on(role) {} < {}",
-            canary(Signal::ApiLatencyP95Seconds),
-            n.latency_above,
-            canary(Signal::ProcessCpuRatio),
-            n.cpu_below
-        );
+        let slow_and_idle = |role: &str| {
+            format!(
+                "{p}{{role=\"{role}\"}} > {} and on(role) {c}{{role=\"{role}\"}} < {}",
+                n.latency_above,
+                n.cpu_below,
+                p = recorded(Signal::ApiLatencyP95Seconds),
+                c = recorded(Signal::ProcessCpuRatio),
+            )
+        };
+        let expr = format!("{} unless on() ({})", slow_and_idle("canary"), slow_and_idle("baseline"));
         push(TriggerId::NonImprovingLatency, "SparkCanaryNonImprovingLatency", expr, n.for_, None);
     }
     if enabled(TriggerId::MemoryLeak) {
@@ -268,7 +277,7 @@ pub fn alert_rules(plan: &Plan, options: &ExportOptions) -> Vec<AlertRule> {
         // As the engine: no slope before min_window of samples.
         let need = m.min_window.as_secs() / u64::from(step.max(1));
         let expr = format!(
-            "deriv({c}[{w}]) * 60 > {} * min_over_time({c}[{w}]) and on() count_over_time({c}[{w}]) >= {need} and on() (deriv({c}[{w}]) > on() {} * deriv({b}[{w}]) or on() absent({b}))",
+            "deriv({c}[{w}]) * 60 > {} * min_over_time({c}[{w}]) and on() count_over_time({c}[{w}]) >= {need} and on() (deriv({c}[{w}]) / min_over_time({c}[{w}]) > on() {} * deriv({b}[{w}]) / min_over_time({b}[{w}]) or on() absent({b}))",
             m.slope_per_minute,
             m.baseline_factor,
             c = canary(rss),
@@ -291,13 +300,16 @@ pub fn alert_rules(plan: &Plan, options: &ExportOptions) -> Vec<AlertRule> {
         // As the engine: 80 % of the window's samples, a scrape or two may
         // be missing.
         let need = (secs / u64::from(step.max(1)) * 4 / 5).max(2);
-        let expr = format!(
-            "deriv({c}[{w}]) > 0 and on() count_over_time({c}[{w}]) >= {need} and on() deriv({c}[{w}]) * {secs} >= {} * clamp_min(min_over_time({c}[{w}]), 1) and on() deriv({r}[{w}]) * {secs} <= {} * avg_over_time({r}[{w}])",
-            d.min_rise,
-            d.rate_tolerance,
-            c = canary(Signal::DbConnections),
-            r = canary(Signal::HttpRequestsPerSecond),
-        );
+        let leaking = |role: &str| {
+            format!(
+                "deriv({c}[{w}]) > 0 and on() count_over_time({c}[{w}]) >= {need} and on() deriv({c}[{w}]) * {secs} >= {} * clamp_min(min_over_time({c}[{w}]), 1) and on() deriv({r}[{w}]) * {secs} <= {} * avg_over_time({r}[{w}])",
+                d.min_rise,
+                d.rate_tolerance,
+                c = format!("{}{{role=\"{role}\"}}", recorded(Signal::DbConnections)),
+                r = format!("{}{{role=\"{role}\"}}", recorded(Signal::HttpRequestsPerSecond)),
+            )
+        };
+        let expr = format!("{} unless on() ({})", leaking("canary"), leaking("baseline"));
         push(
             TriggerId::DbConnectionLeak,
             "SparkCanaryDbConnectionLeak",
@@ -319,12 +331,15 @@ pub fn alert_rules(plan: &Plan, options: &ExportOptions) -> Vec<AlertRule> {
             None,
         );
         let w = prom_duration(o.within);
-        let expr = format!(
-            "{c} >= {} * min_over_time({c}[{w}]) and on() min_over_time({c}[{w}]) >= {}",
-            o.factor,
-            o.from_at_least,
-            c = canary(lag)
-        );
+        let tripled = |role: &str| {
+            format!(
+                "{c} >= {} * min_over_time({c}[{w}]) and on() min_over_time({c}[{w}]) >= {}",
+                o.factor,
+                o.from_at_least,
+                c = format!("{}{{role=\"{role}\"}}", recorded(lag))
+            )
+        };
+        let expr = format!("{} unless on() ({})", tripled("canary"), tripled("baseline"));
         push(TriggerId::OutboxLagExplosion, "SparkCanaryOutboxLagTripled", expr, Duration::ZERO, None);
     }
     if enabled(TriggerId::IdemKeyBuildup) {
@@ -345,11 +360,11 @@ pub fn alert_rules(plan: &Plan, options: &ExportOptions) -> Vec<AlertRule> {
         push(TriggerId::WsDisconnectStorm, "SparkCanaryWsDisconnectStorm", expr, w.for_, None);
     }
     if enabled(TriggerId::DecimalPrecisionErrors) {
-        let c = canary(Signal::DecimalPrecisionErrorsTotal);
+        let (c, b) = (canary(Signal::DecimalPrecisionErrorsTotal), baseline(Signal::DecimalPrecisionErrorsTotal));
         push(
             TriggerId::DecimalPrecisionErrors,
             "SparkCanaryDecimalPrecisionErrors",
-            format!("increase({c}[1h]) > 0"),
+            format!("increase({c}[1h]) > 0 unless on() (increase({b}[1h]) > 0)"),
             Duration::ZERO,
             Some("the engine counts from the stage's start; PromQL looks back one hour"),
         );
@@ -360,10 +375,17 @@ pub fn alert_rules(plan: &Plan, options: &ExportOptions) -> Vec<AlertRule> {
     ] {
         if enabled(id) {
             let (long, short) = (prom_duration(b.long), prom_duration(b.short));
+            let burning = |role: &str| {
+                format!(
+                    "spark:slo_burn_rate:{long}{{role=\"{role}\"}} > {f} and on(role) spark:slo_burn_rate:{short}{{role=\"{role}\"}} > {f}",
+                    f = b.factor,
+                )
+            };
             let expr = format!(
-                "spark:slo_burn_rate:{long}{{role=\"canary\"}} > {f} and on(role) spark:slo_burn_rate:{short}{{role=\"canary\"}} > {f}{}",
+                "{}{} unless on() ({})",
+                burning("canary"),
                 enough_requests(plan, b.short, step),
-                f = b.factor,
+                burning("baseline")
             );
             push(id, alert, expr, Duration::ZERO, None);
         }
@@ -447,6 +469,14 @@ pub fn prometheus_rules(plan: &Plan, options: &ExportOptions) -> String {
 /// [`crate::RollbackError::Range`] when a trigger does not fire on its own
 /// scenario.
 pub fn promtool_tests(plan: &Plan, options: &ExportOptions, rules_file: &str) -> Result<String, crate::RollbackError> {
+    if i64::from(options.step_seconds) != crate::scenario::STEP_SECONDS {
+        return Err(crate::RollbackError::Range(format!(
+            "promtool tests are generated at the scenarios' {} s step; export them with a step of {} s (the rules at {} s would count requests and samples at another step)",
+            crate::scenario::STEP_SECONDS,
+            crate::scenario::STEP_SECONDS,
+            options.step_seconds
+        )));
+    }
     let step = format!("{}s", crate::scenario::STEP_SECONDS);
     let interval = i64::try_from(plan.interval.as_secs()).unwrap_or(30);
     let rules = alert_rules(plan, options);
@@ -531,7 +561,7 @@ mod tests {
         assert_eq!(absent, 15, "every signal but ws_staleness, which only a gate reads");
         let text = prometheus_rules(&plan, &ExportOptions::default());
         assert!(text.contains("\"spark:slo_burn_rate:6h\""), "{text}");
-        assert!(text.contains("for: \"5m\""), "{text}");
+        assert!(text.contains("for: \"285s\""), "{text}");
     }
 
     #[test]

@@ -126,8 +126,10 @@ impl WeightSetter for CommandWeights {
         }
     }
 
+    /// The program only: its arguments may carry a token, and the
+    /// description goes into the trail.
     fn describe(&self) -> String {
-        format!("command {}", self.command.join(" "))
+        format!("command {}", self.command.first().map_or("", String::as_str))
     }
 }
 
@@ -160,10 +162,17 @@ impl WeightSetter for FlagdWeights {
         flag["targeting"] = serde_json::json!({
             "fractional": [[self.canary, share(canary)], [self.baseline, share(100.0 - canary)]]
         });
-        // Written beside and renamed over, so flagd never reads half a file.
-        let tmp = self.path.with_extension("json.spark-tmp");
+        // Written beside (a name of this process's own), synced, and renamed
+        // over, so flagd never reads half a file and a crash never leaves an
+        // empty one.
+        let tmp = self.path.with_extension(format!("json.spark-{}", std::process::id()));
         let body = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())? + "\n";
-        tokio::fs::write(&tmp, body).await.map_err(|e| format!("{}: {e}", tmp.display()))?;
+        let write = async {
+            let mut file = tokio::fs::File::create(&tmp).await?;
+            tokio::io::AsyncWriteExt::write_all(&mut file, body.as_bytes()).await?;
+            file.sync_all().await
+        };
+        write.await.map_err(|e| format!("{}: {e}", tmp.display()))?;
         tokio::fs::rename(&tmp, &self.path).await.map_err(|e| format!("{shown}: {e}"))
     }
 

@@ -416,3 +416,18 @@ async fn canary_run_rolls_back_and_runs_the_rollback() {
     }
     eprintln!("canary run: decision to first action {first} ms, timing {}", record["timing"]);
 }
+
+/// The release names the trail file: one that would climb out of the
+/// evidence directory is refused before anything is set or written.
+#[test]
+fn a_release_that_is_not_a_file_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = spark_with(
+        &["canary", "run", "--release", "../escape", "--prometheus", "http://127.0.0.1:9", "--dry-run"],
+        Some(dir.path()),
+        &[],
+    );
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.starts_with("error: release \"../escape\" cannot name a file"), "{}", run.stderr);
+    assert!(!dir.path().join("escape.jsonl").exists() && !dir.path().join("evidence").exists());
+}

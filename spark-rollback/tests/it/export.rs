@@ -34,13 +34,16 @@ fn promtool_accepts_the_rules_and_fires_every_alert_when_the_engine_rolls_back()
     assert!(ok, "promtool test rules:\n{text}");
 }
 
+/// Other thresholds and an evaluation every 15 s: with `for` counted as the
+/// engine counts it (D − one step), alert and rollback still meet at the
+/// same evaluation, now one 15 s interval apart from silence.
 #[test]
 fn a_plan_with_other_thresholds_exports_rules_promtool_still_proves_equal() {
     if !spark_testkit::binary_available("promtool", "promtool (Debian prometheus)") {
         return;
     }
     let plan = Plan::from_toml(
-        "[triggers.api_p95]\nthreshold = 0.3\nfor = \"2m\"\n[triggers.error_rate]\nthreshold = 0.02\n[triggers.memory_leak]\nenabled = false\n",
+        "interval = \"15s\"\n[triggers.api_p95]\nthreshold = 0.3\nfor = \"2m\"\n[triggers.error_rate]\nthreshold = 0.02\n[triggers.memory_leak]\nenabled = false\n",
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -61,7 +64,7 @@ fn promtool_catches_an_alert_that_drifted_from_the_engine() {
     let dir = tempfile::tempdir().unwrap();
     export(&Plan::default(), dir.path());
     let rules = std::fs::read_to_string(dir.path().join("rules.yml")).unwrap();
-    let drifted = rules.replacen("for: \"5m\"", "for: \"5m30s\"", 1);
+    let drifted = rules.replacen("for: \"285s\"", "for: \"315s\"", 1);
     assert_ne!(drifted, rules);
     std::fs::write(dir.path().join("rules.yml"), drifted).unwrap();
     let (ok, text) = promtool(&["test", "rules", "rules.test.yml"], dir.path());
