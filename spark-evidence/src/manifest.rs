@@ -91,16 +91,19 @@ pub(crate) fn digest_files(dir: &Path) -> Result<BTreeMap<String, String>, Evide
 /// ```
 ///
 /// # Errors
-/// [`EvidenceError::Read`] when the directory or a file cannot be read,
+/// [`EvidenceError::Read`] when the directory (which must exist) or a file
+/// cannot be read,
 /// [`EvidenceError::Name`] for a file name that is not UTF-8,
 /// [`EvidenceError::Exists`] when `manifest.json` exists,
 /// [`EvidenceError::Io`] when it cannot be written.
 pub fn seal(dir: &Path, key: Option<&SigningKey>, created_ms: i64) -> Result<EvidenceFile, EvidenceError> {
+    // Read first: a directory that does not exist is an error, never a new
+    // empty bundle (a mistyped path must not seal nothing).
+    let files = digest_files(dir)?;
     let evidence = EvidenceDir::create(dir)?;
     if evidence.contains(MANIFEST) {
         return Err(EvidenceError::Exists { path: dir.join(MANIFEST) });
     }
-    let files = digest_files(dir)?;
     let created = chrono::DateTime::from_timestamp_millis(created_ms)
         .unwrap_or(chrono::DateTime::UNIX_EPOCH)
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -172,5 +175,8 @@ mod tests {
         );
         let err = seal(tmp.path(), None, 0).unwrap_err();
         assert!(matches!(err, EvidenceError::Exists { .. }), "{err}");
+        let err = seal(&tmp.path().join("typo"), None, 0).unwrap_err();
+        assert!(matches!(err, EvidenceError::Read { .. }), "{err}");
+        assert!(!tmp.path().join("typo").exists());
     }
 }
