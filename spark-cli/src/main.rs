@@ -12,6 +12,7 @@ mod canary;
 mod check;
 mod db;
 mod demo;
+mod evidence;
 mod idempotency;
 mod loopback;
 mod money;
@@ -94,6 +95,13 @@ enum Command {
     /// for a built artifact: its SHA-256, the builder, the git commit and the
     /// build parameters.
     Provenance(supply_chain::ProvenanceArgs),
+    /// Make an ed25519 key pair for signing evidence manifests: the private
+    /// key at `--out` (mode 0600), the public key beside it as `.pub`;
+    /// refuses to overwrite either (exit 2).
+    Keygen(evidence::KeygenArgs),
+    /// Seal an evidence directory with a signed manifest, or verify one.
+    #[command(subcommand)]
+    Evidence(evidence::EvidenceCommand),
 }
 
 /// Library warnings and errors (a relay's sink check, a dropped LISTEN) go
@@ -133,6 +141,8 @@ fn main() -> ExitCode {
         Command::Rollback(args) => block_on(rollback::run(args, &out)),
         Command::Sbom(args) => supply_chain::run_sbom(args, &out),
         Command::Provenance(args) => supply_chain::run_provenance(args, &out),
+        Command::Keygen(args) => evidence::run_keygen(args, &out),
+        Command::Evidence(cmd) => evidence::run(cmd, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

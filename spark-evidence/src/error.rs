@@ -29,4 +29,27 @@ pub enum EvidenceError {
         #[source]
         source: std::io::Error,
     },
+    /// A directory or file cannot be read.
+    #[error("cannot read {}", .path.display())]
+    Read {
+        /// The directory or file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key file that does not hold what it should.
+    #[error("key file {} {reason}", .path.display())]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The operating system gave no random bytes for a new key.
+    #[error("no random bytes for a new key: {reason}")]
+    Random {
+        /// The operating system's answer.
+        reason: String,
+    },
 }

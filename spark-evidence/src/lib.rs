@@ -29,16 +29,30 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! A directory is sealed with [`seal`]: `manifest.json`, an in-toto
+//! Statement v1 of every file's SHA-256 in a DSSE envelope, signed with
+//! ed25519 when a key from [`keys`] is given. [`verify`] then names every
+//! modified, missing or added file, and with a public key a missing or bad
+//! signature. Without a key, signatures are not checked, and an unsigned
+//! manifest is reported only as a note ([`VerifyReport::note`]), not a
+//! problem.
+//!
 //! # Features
-//! None. The in-toto manifest of a set of evidence files and its DSSE
-//! signature will live here too.
+//! None.
 
 mod dir;
 mod error;
+pub mod keys;
+mod manifest;
 mod redact;
 mod stamp;
+mod verify;
 
 pub use crate::dir::{EvidenceDir, EvidenceFile, sha256_hex};
 pub use crate::error::EvidenceError;
+pub use crate::manifest::{MANIFEST, PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE, pae, seal};
 pub use crate::redact::{MASK, Redactor};
 pub use crate::stamp::utc_stamp;
+pub use crate::verify::{Problem, VerifyReport, verify};
+/// The ed25519 key types of `ed25519-dalek`, so callers need not depend on it.
+pub use ed25519_dalek::{SigningKey, VerifyingKey};

@@ -5,6 +5,7 @@ mod check;
 mod contract;
 mod db;
 mod demo;
+mod evidence;
 mod money;
 mod outbox;
 mod rollback;
