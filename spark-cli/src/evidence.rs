@@ -76,7 +76,8 @@ pub(crate) fn run(cmd: EvidenceCommand, out: &Output) -> CmdResult {
             let report = spark_evidence::verify(&args.dir, key.as_ref())?;
             if report.is_intact() {
                 out.emit(&report, || {
-                    let mut text = format!("intact: {} files", report.files());
+                    let n = report.files();
+                    let mut text = format!("intact: {n} file{}", if n == 1 { "" } else { "s" });
                     if report.signature_checked() {
                         text.push_str(", signature verified");
                     }
