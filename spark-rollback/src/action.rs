@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use spark_evidence::Redactor;
 use tokio::io::AsyncReadExt as _;
 
-use crate::error::{RollbackError, plan_error};
+use crate::error::{RollbackError, chain, plan_error};
 
 /// One configured action, `[[rollback.actions]]` in a plan, told apart by
 /// `kind`.
@@ -403,18 +403,6 @@ async fn webhook(index: usize, spec: &WebhookAction, cx: &Context<'_>) -> Done {
         }
         Err(e) => Done::new(ActionOutcome::Failed, format!("cannot reach it: {}", chain(&e.without_url()))),
     }
-}
-
-/// An error and its causes on one line.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -80,3 +80,17 @@ pub(crate) fn plan_error(field: impl Into<String>, message: impl Into<String>) -
 pub(crate) fn snapshot_error(field: impl Into<String>, message: impl Into<String>) -> RollbackError {
     RollbackError::Snapshot { field: field.into(), message: message.into() }
 }
+
+/// An error and its causes on one line: reqwest's own message ("error
+/// sending request") does not say whether the connection was refused, timed
+/// out or failed its TLS handshake; the causes do.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::action::chain;
+use crate::error::chain;
 use crate::error::{RollbackError, plan_error};
 
 /// `[rollback.slack]`: where the incoming-webhook URL is. The URL is a

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use spark_db::redact_url as redact;
 
-use crate::error::SourceError;
+use crate::error::{SourceError, chain};
 use crate::plan::Plan;
 use crate::signal::Signal;
 use crate::snapshot::{Matrix, Snapshot};
@@ -293,20 +293,6 @@ struct Answer {
     #[serde(rename = "errorType")]
     error_type: Option<String>,
     error: Option<String>,
-}
-
-/// An error and its causes on one line: reqwest's own message ("error
-/// sending request") does not say whether the connection was refused, timed
-/// out or failed its TLS handshake; the causes do.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 /// `application/x-www-form-urlencoded`, the body Prometheus's API takes for

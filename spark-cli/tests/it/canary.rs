@@ -181,6 +181,19 @@ fn bad_plans_snapshots_and_stages_exit_2_naming_the_field() {
     }
 }
 
+/// Runs `spark` in `dir` on a blocking thread, off the runtime that hosts
+/// the test's Prometheus handle.
+async fn spark_off_runtime(dir: &std::path::Path, args: &[&str]) -> crate::Run {
+    let (dir, args): (std::path::PathBuf, Vec<String>) =
+        (dir.to_owned(), args.iter().map(|a| (*a).to_owned()).collect());
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        spark_with(&args, Some(&dir), &[])
+    })
+    .await
+    .unwrap()
+}
+
 /// `spark metrics snapshot` against a real Prometheus writes a file that
 /// `spark canary replay` reads: the plan's queries are constant vectors
 /// labelled by role (nothing to wait for), every other signal comes back
@@ -204,15 +217,13 @@ async fn metrics_snapshot_from_a_real_prometheus_replays() {
         both(0.12, 0.1)
     );
     std::fs::write(dir.path().join("plan.toml"), plan).unwrap();
-    let url = prom.url();
-    let cwd = dir.path().to_owned();
-    // The binary blocks; run it off the runtime that hosts Prometheus's handle.
-    let run = tokio::task::spawn_blocking(move || {
-        let args = [
+    let run = spark_off_runtime(
+        dir.path(),
+        &[
             "metrics",
             "snapshot",
             "--prometheus",
-            &url,
+            &prom.url(),
             "--out",
             "run.json",
             "--range",
@@ -222,11 +233,9 @@ async fn metrics_snapshot_from_a_real_prometheus_replays() {
             "--plan",
             "plan.toml",
             "--json",
-        ];
-        spark_with(&args, Some(&cwd), &[])
-    })
-    .await
-    .unwrap();
+        ],
+    )
+    .await;
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     let report = run.json();
     assert_eq!(report["series"], 4, "{report}");
@@ -298,15 +307,23 @@ async fn canary_run_sets_each_weight_and_completes() {
         constant(0.0),
     );
     std::fs::write(dir.path().join("plan.toml"), plan).unwrap();
-    let url = prom.url();
-    let cwd = dir.path().to_owned();
-    let run = tokio::task::spawn_blocking(move || {
-        let args =
-            ["canary", "run", "--release", "v9", "--plan", "plan.toml", "--prometheus", &url, "--step", "1s", "--json"];
-        spark_with(&args, Some(&cwd), &[])
-    })
-    .await
-    .unwrap();
+    let run = spark_off_runtime(
+        dir.path(),
+        &[
+            "canary",
+            "run",
+            "--release",
+            "v9",
+            "--plan",
+            "plan.toml",
+            "--prometheus",
+            &prom.url(),
+            "--step",
+            "1s",
+            "--json",
+        ],
+    )
+    .await;
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     let json = run.json();
     assert_eq!(json["outcome"], "completed", "{json}");
@@ -392,15 +409,23 @@ async fn canary_run_rolls_back_and_runs_the_rollback() {
         both(0.6, 0.1),
     );
     std::fs::write(dir.path().join("plan.toml"), plan).unwrap();
-    let url = prom.url();
-    let cwd = dir.path().to_owned();
-    let run = tokio::task::spawn_blocking(move || {
-        let args =
-            ["canary", "run", "--release", "v9", "--plan", "plan.toml", "--prometheus", &url, "--step", "1s", "--json"];
-        spark_with(&args, Some(&cwd), &[])
-    })
-    .await
-    .unwrap();
+    let run = spark_off_runtime(
+        dir.path(),
+        &[
+            "canary",
+            "run",
+            "--release",
+            "v9",
+            "--plan",
+            "plan.toml",
+            "--prometheus",
+            &prom.url(),
+            "--step",
+            "1s",
+            "--json",
+        ],
+    )
+    .await;
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
     let json = run.json();
     assert_eq!(json["outcome"], "rollback", "{json}");
