@@ -319,25 +319,11 @@ impl MetricsEvidence {
                 );
             }
             MetricsEvidence::Failed { source, range, error } => {
-                let _ = writeln!(t, "source: {source}");
-                let _ = writeln!(
-                    t,
-                    "range:  {} to {} ({end}), step {}s",
-                    rfc3339(range.start_ms),
-                    rfc3339(range.end_ms),
-                    range.step_seconds
-                );
+                source_and_range(&mut t, source, range, end);
                 let _ = writeln!(t, "\nThe metrics source failed, so no snapshot was recorded: {error}");
             }
             MetricsEvidence::Snapshot { source, range, snapshot } => {
-                let _ = writeln!(t, "source: {source}");
-                let _ = writeln!(
-                    t,
-                    "range:  {} to {} ({end}), step {}s",
-                    rfc3339(range.start_ms),
-                    rfc3339(range.end_ms),
-                    range.step_seconds
-                );
+                source_and_range(&mut t, source, range, end);
                 let _ = writeln!(
                     t,
                     "\nThe latest value of each signal (missing data is shown as missing, never as zero):\n"
@@ -351,4 +337,16 @@ impl MetricsEvidence {
         }
         t
     }
+}
+
+/// The `source:` and `range:` lines both recorded outcomes start with.
+fn source_and_range(t: &mut String, source: &str, range: &Range, end: &str) {
+    let _ = writeln!(t, "source: {source}");
+    let _ = writeln!(
+        t,
+        "range:  {} to {} ({end}), step {}s",
+        rfc3339(range.start_ms),
+        rfc3339(range.end_ms),
+        range.step_seconds
+    );
 }

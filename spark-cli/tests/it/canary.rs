@@ -181,6 +181,15 @@ fn bad_plans_snapshots_and_stages_exit_2_naming_the_field() {
     }
 }
 
+/// A PromQL literal (TOML single-quoted) that answers `canary` for the
+/// canary and `baseline` for the baseline at every time: a plan query that
+/// needs no scrape.
+fn both_roles(canary: f64, baseline: f64) -> String {
+    format!(
+        "'label_replace(vector({canary}), \"role\", \"canary\", \"\", \"\") or label_replace(vector({baseline}), \"role\", \"baseline\", \"\", \"\")'"
+    )
+}
+
 /// Runs `spark` in `dir` on a blocking thread, off the runtime that hosts
 /// the test's Prometheus handle.
 async fn spark_off_runtime(dir: &std::path::Path, args: &[&str]) -> crate::Run {
@@ -206,15 +215,10 @@ async fn metrics_snapshot_from_a_real_prometheus_replays() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let both = |canary: f64, baseline: f64| {
-        format!(
-            "'label_replace(vector({canary}), \"role\", \"canary\", \"\", \"\") or label_replace(vector({baseline}), \"role\", \"baseline\", \"\", \"\")'"
-        )
-    };
     let plan = format!(
         "[queries]\nhttp_requests_per_second = {}\napi_latency_p95_seconds = {}\n",
-        both(50.0, 60.0),
-        both(0.12, 0.1)
+        both_roles(50.0, 60.0),
+        both_roles(0.12, 0.1)
     );
     std::fs::write(dir.path().join("plan.toml"), plan).unwrap();
     let run = spark_off_runtime(
@@ -285,11 +289,6 @@ async fn canary_run_sets_each_weight_and_completes() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let constant = |v: f64| {
-        format!(
-            "'label_replace(vector({v}), \"role\", \"canary\", \"\", \"\") or label_replace(vector({v}), \"role\", \"baseline\", \"\", \"\")'"
-        )
-    };
     let weights = dir.path().join("weights.log");
     let plan = format!(
         "interval = \"1s\"\nmin_requests = 10\n\
@@ -298,13 +297,13 @@ async fn canary_run_sets_each_weight_and_completes() {
          [queries]\nhttp_requests_per_second = {}\nhttp_5xx_ratio = {}\napi_latency_p95_seconds = {}\n\
          ws_staleness_seconds = {}\nrisk_blocks_per_minute = {}\nidempotency_conflict_ratio = {}\ncsp_violations_per_minute = {}\n",
         weights.display(),
-        constant(50.0),
-        constant(0.0),
-        constant(0.1),
-        constant(1.0),
-        constant(0.0),
-        constant(0.0),
-        constant(0.0),
+        both_roles(50.0, 50.0),
+        both_roles(0.0, 0.0),
+        both_roles(0.1, 0.1),
+        both_roles(1.0, 1.0),
+        both_roles(0.0, 0.0),
+        both_roles(0.0, 0.0),
+        both_roles(0.0, 0.0),
     );
     std::fs::write(dir.path().join("plan.toml"), plan).unwrap();
     let run = spark_off_runtime(
@@ -393,11 +392,6 @@ async fn canary_run_rolls_back_and_runs_the_rollback() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let both = |canary: f64, baseline: f64| {
-        format!(
-            "'label_replace(vector({canary}), \"role\", \"canary\", \"\", \"\") or label_replace(vector({baseline}), \"role\", \"baseline\", \"\", \"\")'"
-        )
-    };
     let ran = dir.path().join("rollback.env");
     let plan = format!(
         "interval = \"1s\"\nmin_requests = 10\n[[stages]]\nweight = \"10%\"\nduration = \"1h\"\n\
@@ -405,8 +399,8 @@ async fn canary_run_rolls_back_and_runs_the_rollback() {
          [[rollback.actions]]\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"echo $SPARK_ROLLBACK_TRIGGER $SPARK_ROLLBACK_STAGE > {}\"]\n\
          [queries]\nhttp_requests_per_second = {}\napi_latency_p95_seconds = {}\n",
         ran.display(),
-        both(50.0, 50.0),
-        both(0.6, 0.1),
+        both_roles(50.0, 50.0),
+        both_roles(0.6, 0.1),
     );
     std::fs::write(dir.path().join("plan.toml"), plan).unwrap();
     let run = spark_off_runtime(
