@@ -403,6 +403,18 @@ impl Default for SupplyChainConfig {
     }
 }
 
+/// The text of `path`; a missing file is empty when it is not `required`.
+fn read_config(path: &Path, required: bool) -> Result<String, ChecksError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(String::new()),
+        Err(e) => Err(ChecksError::Config {
+            source_name: path.display().to_string(),
+            message: format!("cannot read it: {e}"),
+        }),
+    }
+}
+
 /// One documented key of `spark.toml`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key {
@@ -499,16 +511,7 @@ impl Config {
     /// [`ChecksError::Config`] naming the file and the bad key or value,
     /// [`ChecksError::SecretInFile`] for a password written in the file.
     pub fn load(path: &Path, required: bool) -> Result<Config, ChecksError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => String::new(),
-            Err(e) => {
-                return Err(ChecksError::Config {
-                    source_name: path.display().to_string(),
-                    message: format!("cannot read it: {e}"),
-                });
-            }
-        };
+        let text = read_config(path, required)?;
         Config::parse(&text, &path.display().to_string(), |var| std::env::var(var).ok())
     }
 
@@ -522,9 +525,54 @@ impl Config {
         Config::parse(text, "spark.toml", env)
     }
 
+    /// Reads `path` as [`Config::load`] does, but first takes the top-level
+    /// sections named in `foreign` out of it and returns them untouched:
+    /// the sections of `spark.toml` that other crates own (`[release]` is
+    /// spark-release's). Every other unknown section is still refused.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("spark.toml");
+    /// std::fs::write(&path, "[clock]\noffset_warn_ms = 50\n[release]\nroles = [\"CTO\"]\n").unwrap();
+    /// let (config, foreign) = spark_checks::Config::load_with_foreign(&path, true, &["release"]).unwrap();
+    /// assert_eq!(config.clock.offset_warn_ms, 50);
+    /// assert!(foreign["release"]["roles"].is_array());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::load`].
+    pub fn load_with_foreign(
+        path: &Path,
+        required: bool,
+        foreign: &[&str],
+    ) -> Result<(Config, toml::Table), ChecksError> {
+        let text = read_config(path, required)?;
+        let source_name = path.display().to_string();
+        let mut table: toml::Table = toml::from_str(&text)
+            .map_err(|e| ChecksError::Config { source_name: source_name.clone(), message: one_line(&e.to_string()) })?;
+        let mut taken = toml::Table::new();
+        for name in foreign {
+            if let Some(section) = table.remove(*name) {
+                taken.insert((*name).to_owned(), section);
+            }
+        }
+        let config = Config::from_table(table, &source_name, |var| std::env::var(var).ok())?;
+        Ok((config, taken))
+    }
+
     fn parse(text: &str, source_name: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ChecksError> {
         let err = |message: String| ChecksError::Config { source_name: source_name.to_owned(), message };
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| err(one_line(&e.to_string())))?;
+        let table: toml::Table = toml::from_str(text).map_err(|e| err(one_line(&e.to_string())))?;
+        Config::from_table(table, source_name, env)
+    }
+
+    fn from_table(
+        mut table: toml::Table,
+        source_name: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ChecksError> {
+        let err = |message: String| ChecksError::Config { source_name: source_name.to_owned(), message };
         // Secrets never come from a file: a file is copied, committed and
         // attached to tickets.
         for key in KEYS.iter().filter(|k| k.key.ends_with("url")) {

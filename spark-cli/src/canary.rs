@@ -11,8 +11,8 @@ use serde_json::json;
 use spark_evidence::EvidenceDir;
 use spark_rollback::{
     Decision, Engine, Evaluation, FileSource, GateResult, MetricSource, Metrics, Plan, PrometheusSource, Range, Replay,
-    RollbackEnv, RollbackRequest, RunOptions, RunOutcome, Signal, TriggerId, TriggerResult, TriggerStatus,
-    evaluate_live, rfc3339, run_canary,
+    RollbackEnv, RollbackRequest, RunOptions, RunOutcome, Signal, TriggerResult, TriggerStatus, evaluate_live, rfc3339,
+    run_canary,
 };
 
 use crate::output::{CmdResult, Failure, Output};
@@ -168,7 +168,7 @@ pub(crate) async fn run(cmd: CanaryCommand, out: &Output) -> CmdResult {
                 crate::output::print_line(plan.to_toml().trim_end())?;
                 return Ok(());
             }
-            out.emit(&plan_json(&plan), || plan_text(&plan))
+            out.emit(&plan.describe(), || plan.to_text())
         }
         CanaryCommand::Evaluate(args) => evaluate(args, out).await,
         CanaryCommand::Run(args) => run_release(args, out).await,
@@ -311,78 +311,6 @@ fn exit_for(decision: &Decision) -> CmdResult {
         Decision::Rollback { .. } => Err(Failure::No),
         Decision::Hold { .. } => Err(Failure::Hold),
     }
-}
-
-fn plan_json(plan: &Plan) -> serde_json::Value {
-    let stages: Vec<_> = plan
-        .stages
-        .iter()
-        .map(
-            |s| json!({"weight": s.weight.to_string(), "duration": humantime::format_duration(s.duration).to_string()}),
-        )
-        .collect();
-    let g = &plan.gates;
-    let gates: Vec<_> = [
-        ("api_p95", g.api_p95, "api_latency_p95_seconds below"),
-        ("error_rate", g.error_rate, "http_5xx_ratio below"),
-        ("ws_staleness", g.ws_staleness, "ws_staleness_seconds below"),
-        ("risk_blocks", g.risk_blocks, "risk_blocks_per_minute below"),
-        ("idem_conflicts", g.idem_conflicts, "idempotency_conflict_ratio below"),
-        ("csp", g.csp, "csp_violations_per_minute at most the baseline's plus this share"),
-    ]
-    .into_iter()
-    .map(|(name, gate, what)| json!({"name": name, "enabled": gate.enabled, "threshold": gate.threshold, "rule": what}))
-    .collect();
-    let triggers: Vec<_> = TriggerId::ALL
-        .into_iter()
-        .map(|t| {
-            json!({
-                "id": t.id(),
-                "description": t.description(plan),
-                "signals": t.signals().iter().map(|s| s.name()).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    let queries: serde_json::Map<String, serde_json::Value> =
-        Signal::ALL.iter().map(|s| (s.name().to_owned(), json!(plan.query(*s)))).collect();
-    json!({
-        "interval": humantime::format_duration(plan.interval).to_string(),
-        "min_requests": plan.min_requests,
-        "slo_objective": plan.slo.objective,
-        "stages": stages,
-        "gates": gates,
-        "triggers": triggers,
-        "queries": queries,
-    })
-}
-
-fn plan_text(plan: &Plan) -> String {
-    let mut lines = vec![format!(
-        "evaluated every {}; ratios need {} requests; SLO {}",
-        humantime::format_duration(plan.interval),
-        plan.min_requests,
-        plan.slo.objective
-    )];
-    lines.push("stages:".to_owned());
-    for s in &plan.stages {
-        lines.push(format!("  {:>6}  at least {}", s.weight.to_string(), humantime::format_duration(s.duration)));
-    }
-    lines.push("gates (all must pass at the last 3 evaluations):".to_owned());
-    for g in plan_json(plan)["gates"].as_array().into_iter().flatten() {
-        let state = if g["enabled"] == json!(true) { "" } else { "  (off)" };
-        lines.push(format!(
-            "  {:<15} {} {}{state}",
-            g["name"].as_str().unwrap_or(""),
-            g["rule"].as_str().unwrap_or(""),
-            g["threshold"]
-        ));
-    }
-    lines.push("triggers (roll back):".to_owned());
-    for t in TriggerId::ALL {
-        let signals: Vec<&str> = t.signals().iter().map(|s| s.name()).collect();
-        lines.push(format!("  {:<25} {} [{}]", t.id(), t.description(plan), signals.join(", ")));
-    }
-    lines.join("\n")
 }
 
 fn value(v: Option<f64>) -> String {

@@ -1,7 +1,6 @@
 //! `spark demo`: every guarantee in one run, on the embedded default.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -156,7 +155,7 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
     }
     let refusals_sent = refusals.len() as u64;
     let total = plan.len() + retried.len() * 5 + refusals.len() + retried.len() + AUTH_PROBES;
-    let progress = Progress::new(total, !out.is_json());
+    let progress = crate::progress::bar(total as u64, "requests", out.is_json());
 
     let send = |req: Req| {
         let (client, base, progress, token) = (client.clone(), base.clone(), progress.clone(), token.clone());
@@ -172,7 +171,7 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
             let status = r.status().as_u16();
             let replayed = r.headers().get("idempotent-replayed").is_some();
             let body = r.text().await?;
-            progress.tick();
+            progress.inc(1);
             anyhow::Ok((req.key, Resp { status, replayed, body }))
         }
     };
@@ -232,10 +231,8 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
     // client's account is 403, another client's order is 404; the owner
     // reads it.
     let auth_ok = auth_probes(&client, &base, &token, &other_token, &first, &mut summary).await?;
-    for _ in 0..AUTH_PROBES {
-        progress.tick();
-    }
-    progress.finish();
+    progress.inc(AUTH_PROBES as u64);
+    progress.finish_and_clear();
 
     // 4. Let the relay drain, then check every guarantee in the database.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -394,39 +391,4 @@ async fn auth_probes(
         ok &= status == want;
     }
     Ok(ok)
-}
-
-/// A one-line progress bar on stderr.
-#[derive(Clone)]
-struct Progress {
-    total: usize,
-    done: Arc<std::sync::atomic::AtomicUsize>,
-    show: bool,
-}
-
-impl Progress {
-    fn new(total: usize, show: bool) -> Progress {
-        Progress { total, done: Arc::default(), show }
-    }
-
-    fn tick(&self) {
-        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        if self.show && (done.is_multiple_of(10) || done == self.total) {
-            let width = 30;
-            let filled = done * width / self.total.max(1);
-            let _ = write!(
-                std::io::stderr(),
-                "\r[{}{}] {done}/{} requests",
-                "#".repeat(filled.min(width)),
-                " ".repeat(width - filled.min(width)),
-                self.total
-            );
-        }
-    }
-
-    fn finish(&self) {
-        if self.show {
-            let _ = writeln!(std::io::stderr());
-        }
-    }
 }

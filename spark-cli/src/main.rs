@@ -19,6 +19,8 @@ mod money;
 mod outbox;
 mod output;
 mod positions;
+mod progress;
+mod release;
 mod rollback;
 mod rules;
 mod supply_chain;
@@ -102,6 +104,19 @@ enum Command {
     /// Seal an evidence directory with a signed manifest, or verify one.
     #[command(subcommand)]
     Evidence(evidence::EvidenceCommand),
+    /// GO/NO-GO from ten measured items and the sign-offs; writes
+    /// `go_nogo_signed_RELEASE.txt` and `.json` (exit 0 GO, 1 NO-GO, 2 bad
+    /// input).
+    #[command(name = "go-nogo")]
+    GoNoGo(release::GoNoGoArgs),
+    /// The green button: scan, SBOM, provenance, baseline metrics, canary
+    /// plan and GO/NO-GO in one run, written as seven evidence files sealed
+    /// by a signed manifest (exit 0 GO, 1 NO-GO, 2 bad input).
+    Ritual(release::RitualArgs),
+    /// A one-page Markdown release note from the evidence: canary stages,
+    /// gate values, rollbacks, remaining risks.
+    #[command(name = "release-notes")]
+    ReleaseNotes(release::ReleaseNotesArgs),
 }
 
 /// Library warnings and errors (a relay's sink check, a dropped LISTEN) go
@@ -143,6 +158,9 @@ fn main() -> ExitCode {
         Command::Provenance(args) => supply_chain::run_provenance(args, &out),
         Command::Keygen(args) => evidence::run_keygen(args, &out),
         Command::Evidence(cmd) => evidence::run(cmd, &out),
+        Command::GoNoGo(args) => block_on(release::run_go_nogo(args, &out)),
+        Command::Ritual(args) => block_on(release::run_ritual(args, &out)),
+        Command::ReleaseNotes(args) => release::run_release_notes(args, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

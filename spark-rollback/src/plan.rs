@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{RollbackError, plan_error};
 use crate::rollback::RollbackPlan;
 use crate::signal::Signal;
+use crate::trigger::TriggerId;
+use serde_json::json;
 
 /// A canary plan. [`Plan::default()`] is the seed's plan: 1 %, 5 %, 25 %,
 /// 50 % for 15 minutes each and 100 % for 30, evaluated every 30 s.
@@ -434,6 +436,87 @@ impl Plan {
     #[must_use]
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a plan serialises to TOML")
+    }
+
+    /// The plan as the JSON `spark canary plan --json` prints: stages,
+    /// gates with their rules, triggers with their descriptions, queries.
+    #[must_use]
+    pub fn describe(&self) -> serde_json::Value {
+        let plan = self;
+        let stages: Vec<_> = plan
+            .stages
+            .iter()
+            .map(
+                |s| json!({"weight": s.weight.to_string(), "duration": humantime::format_duration(s.duration).to_string()}),
+            )
+            .collect();
+        let g = &plan.gates;
+        let gates: Vec<_> = [
+            ("api_p95", g.api_p95, "api_latency_p95_seconds below"),
+            ("error_rate", g.error_rate, "http_5xx_ratio below"),
+            ("ws_staleness", g.ws_staleness, "ws_staleness_seconds below"),
+            ("risk_blocks", g.risk_blocks, "risk_blocks_per_minute below"),
+            ("idem_conflicts", g.idem_conflicts, "idempotency_conflict_ratio below"),
+            ("csp", g.csp, "csp_violations_per_minute at most the baseline's plus this share"),
+        ]
+        .into_iter()
+        .map(|(name, gate, what)| json!({"name": name, "enabled": gate.enabled, "threshold": gate.threshold, "rule": what}))
+        .collect();
+        let triggers: Vec<_> = TriggerId::ALL
+            .into_iter()
+            .map(|t| {
+                json!({
+                    "id": t.id(),
+                    "description": t.description(plan),
+                    "signals": t.signals().iter().map(|s| s.name()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let queries: serde_json::Map<String, serde_json::Value> =
+            Signal::ALL.iter().map(|s| (s.name().to_owned(), json!(plan.query(*s)))).collect();
+        json!({
+            "interval": humantime::format_duration(plan.interval).to_string(),
+            "min_requests": plan.min_requests,
+            "slo_objective": plan.slo.objective,
+            "stages": stages,
+            "gates": gates,
+            "triggers": triggers,
+            "queries": queries,
+        })
+    }
+
+    /// The plan as readable text: the interval, the stages, the gates and
+    /// the triggers with their thresholds (what `spark canary plan` prints
+    /// and the ritual's `canary_plan_<release>.txt` holds).
+    #[must_use]
+    pub fn to_text(&self) -> String {
+        let plan = self;
+        let mut lines = vec![format!(
+            "evaluated every {}; ratios need {} requests; SLO {}",
+            humantime::format_duration(plan.interval),
+            plan.min_requests,
+            plan.slo.objective
+        )];
+        lines.push("stages:".to_owned());
+        for s in &plan.stages {
+            lines.push(format!("  {:>6}  at least {}", s.weight.to_string(), humantime::format_duration(s.duration)));
+        }
+        lines.push("gates (all must pass at the last 3 evaluations):".to_owned());
+        for g in plan.describe()["gates"].as_array().into_iter().flatten() {
+            let state = if g["enabled"] == json!(true) { "" } else { "  (off)" };
+            lines.push(format!(
+                "  {:<15} {} {}{state}",
+                g["name"].as_str().unwrap_or(""),
+                g["rule"].as_str().unwrap_or(""),
+                g["threshold"]
+            ));
+        }
+        lines.push("triggers (roll back):".to_owned());
+        for t in TriggerId::ALL {
+            let signals: Vec<&str> = t.signals().iter().map(|s| s.name()).collect();
+            lines.push(format!("  {:<25} {} [{}]", t.id(), t.description(plan), signals.join(", ")));
+        }
+        lines.join("\n")
     }
 
     /// The query for a signal: the plan's, or the default.

@@ -1,0 +1,72 @@
+//! Finding the rollback rehearsal: the newest dry-run rollback record.
+
+use std::path::{Path, PathBuf};
+
+use crate::go_nogo::{EvidenceRef, Rehearsal};
+
+/// Looks for `rollback_*.json` records in `dir` and in its subdirectories
+/// one level deep (each rollback's sealed bundle, `rollback_<stamp>/`),
+/// and returns the newest dry run by decision time. A bundle with a
+/// manifest is verified (without a key: the digests, not the signature).
+/// Records that are not `spark-rollback-record/v1` JSON are ignored: a
+/// directory may hold other evidence.
+#[must_use]
+pub fn find_rehearsal(dir: &Path, now_ms: i64) -> Rehearsal {
+    let mut best: Option<(i64, PathBuf, Vec<u8>)> = None;
+    for path in candidates(dir) {
+        let Ok(bytes) = std::fs::read(&path) else { continue };
+        let Ok(record) = serde_json::from_slice::<serde_json::Value>(&bytes) else { continue };
+        if record["format"] != spark_rollback::RECORD_FORMAT || record["dry_run"] != true {
+            continue;
+        }
+        let Some(at) = record["decided_at_ms"].as_i64() else { continue };
+        if best.as_ref().is_none_or(|(t, _, _)| at > *t) {
+            best = Some((at, path, bytes));
+        }
+    }
+    let Some((at, path, bytes)) = best else {
+        return Rehearsal::None { searched: dir.display().to_string() };
+    };
+    let bundle = path.parent().unwrap_or(dir);
+    let sealed = bundle.join(spark_evidence::MANIFEST).is_file();
+    let bundle_problems = if sealed {
+        match spark_evidence::verify(bundle, None) {
+            Ok(report) => report.problems().iter().map(ToString::to_string).collect(),
+            Err(e) => vec![e.to_string()],
+        }
+    } else {
+        Vec::new()
+    };
+    #[allow(clippy::cast_precision_loss, reason = "an age in milliseconds is far below 2^52")]
+    let age_hours = (now_ms - at) as f64 / 3_600_000.0;
+    Rehearsal::Found {
+        evidence: EvidenceRef { file: path.display().to_string(), sha256: spark_evidence::sha256_hex(&bytes) },
+        age_hours,
+        bundle_problems,
+        sealed,
+    }
+}
+
+/// `rollback_*.json` in `dir` and in its direct subdirectories.
+fn candidates(dir: &Path) -> Vec<PathBuf> {
+    let is_record = |p: &Path| {
+        p.is_file()
+            && p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("rollback_") && n.ends_with(".json"))
+    };
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Ok(inner) = std::fs::read_dir(&path) {
+                out.extend(inner.flatten().map(|e| e.path()).filter(|p| is_record(p)));
+            }
+        } else if is_record(&path) {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
