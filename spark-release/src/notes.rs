@@ -16,6 +16,11 @@ use crate::trail::{GATES, Trail, read_trail};
 /// `{{evidence}}`.
 pub const TEMPLATE: &str = include_str!("release_notes_template.md");
 
+/// How long before a run a rollback rehearsal still belongs to it.
+const REHEARSAL_BEFORE_MS: i64 = 24 * 3_600_000;
+/// How long after a run's last event its rollback may have been recorded.
+const AFTER_RUN_MS: i64 = 3_600_000;
+
 /// A rollback as its record tells it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RollbackEvent {
@@ -56,7 +61,8 @@ pub struct ReleaseNotes {
 
 /// Writes the release notes for `release` from `evidence_dir`: the canary
 /// trail `canary_run_<release>.jsonl`, the rollback records
-/// (`rollback_*.json`, also one directory down), the ritual's
+/// (`rollback_*.json`, also one directory down; with a trail, only those
+/// decided from 24 h before the run to 1 h after it), the ritual's
 /// `go_nogo_signed_<release>.txt` when present, and `risks`. Looks for the
 /// files in `evidence_dir` and its direct subdirectories.
 ///
@@ -100,6 +106,10 @@ pub fn release_notes(
         let text = String::from_utf8_lossy(&digest(path)?).into_owned();
         go_nogo = text.lines().find_map(|l| l.strip_prefix("verdict:").map(|v| v.trim().to_owned()));
     }
+    // A directory may hold other releases' rollbacks: with a trail, only
+    // those decided from a day before the run (its rehearsal) to an hour
+    // after it belong to this release.
+    let window = trail.as_ref().and_then(|t| Some((t.first_ms? - REHEARSAL_BEFORE_MS, t.last_ms? + AFTER_RUN_MS)));
     let mut rollbacks = Vec::new();
     for path in files.iter().filter(|p| {
         p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("rollback_") && n.ends_with(".json"))
@@ -108,6 +118,10 @@ pub fn release_notes(
         let record: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| ReleaseError::Invalid { path: path.clone(), message: format!("not JSON: {e}") })?;
         if record["format"] != spark_rollback::RECORD_FORMAT {
+            continue;
+        }
+        let decided = record["decided_at_ms"].as_i64().unwrap_or(0);
+        if window.is_some_and(|(from, to)| decided < from || decided > to) {
             continue;
         }
         let sha256 = spark_evidence::sha256_hex(&bytes);

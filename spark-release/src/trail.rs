@@ -61,6 +61,10 @@ pub struct Trail {
     pub outcome: String,
     /// Whether any run in it was a dry run.
     pub dry_run: bool,
+    /// The first event's time, milliseconds.
+    pub first_ms: Option<i64>,
+    /// The last event's time, milliseconds.
+    pub last_ms: Option<i64>,
 }
 
 fn at_ms(line: &serde_json::Value) -> Option<i64> {
@@ -98,6 +102,7 @@ pub fn read_trail(path: &Path) -> Result<Trail, ReleaseError> {
     let mut stages: Vec<StageRecord> = Vec::new();
     let mut outcome = "running".to_owned();
     let mut dry_run = false;
+    let (mut first_ms, mut last_ms) = (None, None);
     for (i, raw) in text.lines().enumerate() {
         let n = i + 1;
         if raw.trim().is_empty() {
@@ -106,6 +111,10 @@ pub fn read_trail(path: &Path) -> Result<Trail, ReleaseError> {
         let line: serde_json::Value = serde_json::from_str(raw).map_err(|e| invalid(n, format!("not JSON: {e}")))?;
         let event = line["event"].as_str().ok_or_else(|| invalid(n, "no \"event\"".to_owned()))?;
         let at = at_ms(&line);
+        if let Some(at) = at {
+            first_ms = Some(first_ms.map_or(at, |f: i64| f.min(at)));
+            last_ms = Some(last_ms.map_or(at, |l: i64| l.max(at)));
+        }
         match event {
             "start" => {
                 dry_run |= line["dry_run"] == true;
@@ -213,5 +222,5 @@ pub fn read_trail(path: &Path) -> Result<Trail, ReleaseError> {
     }
     // A start with no weight after it names no stage.
     stages.retain(|s| !s.weight.is_empty());
-    Ok(Trail { stages, outcome, dry_run })
+    Ok(Trail { stages, outcome, dry_run, first_ms, last_ms })
 }

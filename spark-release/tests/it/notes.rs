@@ -53,18 +53,18 @@ status = "accepted"
 async fn notes_carry_the_stage_table_the_gate_values_the_rollback_and_the_risks() {
     let tmp = tempfile::tempdir().unwrap();
     trail(tmp.path());
-    // A real rollback record of that decision.
-    let clock = spark_db::system_clock();
+    // A real rollback record of that decision, on a clock at its time.
+    let decided = chrono::DateTime::parse_from_rfc3339("2026-12-07T10:17:00Z").unwrap().timestamp_millis();
+    let clock = std::sync::Arc::new(spark_db::ManualClock::new(decided));
     let env = RollbackEnv::new(clock.clone()).unwrap().env(|_| None);
-    let request = RollbackRequest::new("api_p95 above 0.25 s", "25%", clock.now_ms()).trigger("api_p95");
-    let record = spark_rollback::execute(
-        &Plan::default(),
-        &request,
-        &env,
-        &spark_evidence::EvidenceDir::create(tmp.path()).unwrap(),
-    )
-    .await
-    .unwrap();
+    let evidence = spark_evidence::EvidenceDir::create(tmp.path()).unwrap();
+    let request = RollbackRequest::new("api_p95 above 0.25 s", "25%", decided).trigger("api_p95");
+    let record = spark_rollback::execute(&Plan::default(), &request, &env, &evidence).await.unwrap();
+    // Another release's rollback, three days earlier, is not this one's.
+    let old = decided - 3 * 24 * 3_600_000;
+    clock.set(old);
+    let request = RollbackRequest::new("an older release", "50%", old).trigger("error_rate");
+    spark_rollback::execute(&Plan::default(), &request, &env, &evidence).await.unwrap();
     let risks = parse_risks(RISKS, "risks.toml".as_ref()).unwrap();
     let notes = release_notes("v1.4.0", tmp.path(), risks, "2026-12-07T12:00:00Z").unwrap();
     let md = &notes.markdown;
@@ -80,6 +80,8 @@ async fn notes_carry_the_stage_table_the_gate_values_the_rollback_and_the_risks(
     let row = md.lines().find(|l| l.starts_with("| api_p95 |")).unwrap_or_else(|| panic!("no rollback row: {md}"));
     assert!(row.contains("| 25% |") && row.contains("| rollback |") && row.contains(&format!("`{rel}`")), "{row}");
     assert!(md.contains("- Canary: rolled back at 25% by api_p95, 2 stages."), "{md}");
+    assert!(!md.lines().any(|l| l.starts_with("| error_rate |")), "another release's rollback is left out: {md}");
+    assert!(row.contains("| 0.00 s |"), "recovery measured on the record's clock: {row}");
     assert!(md.contains("pgBouncer 1.18 \\| transaction mode"), "a pipe in a cell is escaped: {md}");
     assert!(md.contains("| 2027-01-15 |") && md.contains("| 2026-12-20 |"), "{md}");
     assert!(md.contains(&format!("asks for {RISKS_ASKED} remaining risks; 2 given")), "{md}");
