@@ -66,6 +66,10 @@ pub(crate) struct RunArgs {
     /// Where the trail and the final snapshot go.
     #[arg(long, default_value = "evidence")]
     evidence_dir: PathBuf,
+    /// The ed25519 private key (`spark keygen`) that signs a rollback's
+    /// sealed bundle [default: sealed unsigned].
+    #[arg(long)]
+    sign_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -210,6 +214,9 @@ async fn run_release(args: RunArgs, out: &Output) -> CmdResult {
         None => 0,
     };
     let source = PrometheusSource::new(&args.prometheus)?;
+    // Read the key before the run: a bad key file must stop it before any
+    // weight is set, not when a rollback needs it.
+    let sign_key = args.sign_key.as_deref().map(spark_evidence::keys::load_signing_key).transpose()?;
     let setter = spark_rollback::weights::setter(&engine.plan().weights, &args.release);
     let options = RunOptions {
         release: args.release.clone(),
@@ -230,11 +237,14 @@ async fn run_release(args: RunArgs, out: &Output) -> CmdResult {
     // dry run, record what it would do), with the evaluation that fired.
     let rollback = match &report.outcome {
         RunOutcome::RolledBack(evaluation) => {
-            let env = RollbackEnv::new(spark_db::system_clock())?.metrics(
+            let mut env = RollbackEnv::new(spark_db::system_clock())?.metrics(
                 Arc::new(PrometheusSource::new(&args.prometheus)?),
                 crate::rollback::METRICS_WINDOW,
                 crate::rollback::METRICS_STEP_SECONDS,
             );
+            if let Some(key) = sign_key {
+                env = env.sign_key(key);
+            }
             let evidence = EvidenceDir::create(&args.evidence_dir)?;
             let request = RollbackRequest::new(evaluation.reason.clone(), evaluation.stage.clone(), evaluation.at_ms)
                 .evaluation((**evaluation).clone())

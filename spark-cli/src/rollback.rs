@@ -38,9 +38,14 @@ pub(crate) struct RollbackArgs {
     /// Record the metrics before and after from this Prometheus.
     #[arg(long)]
     prometheus: Option<String>,
-    /// Where the evidence files go.
+    /// Where the evidence goes: a new sealed bundle `rollback_UTC-STAMP`
+    /// inside.
     #[arg(long, default_value = "evidence")]
     evidence_dir: PathBuf,
+    /// The ed25519 private key (`spark keygen`) that signs the bundle's
+    /// manifest [default: sealed unsigned].
+    #[arg(long)]
+    sign_key: Option<PathBuf>,
 }
 
 /// Exit 0 when every action succeeded (or a dry run), 1 when one failed.
@@ -62,6 +67,9 @@ pub(crate) async fn run(args: RollbackArgs, out: &Output) -> CmdResult {
         );
     }
     let mut env = RollbackEnv::new(clock)?;
+    if let Some(path) = &args.sign_key {
+        env = env.sign_key(spark_evidence::keys::load_signing_key(path)?);
+    }
     if let Some(url) = &args.prometheus {
         env = env.metrics(Arc::new(PrometheusSource::new(url)?), METRICS_WINDOW, METRICS_STEP_SECONDS);
     }
@@ -109,8 +117,9 @@ pub(crate) fn text(r: &RollbackRecord) -> String {
     if r.release_has_migration {
         let _ = write!(t, "\nthe release carried a database migration, which is not rolled back: {}", r.runbook);
     }
-    let _ = write!(t, "\nevidence:");
-    for f in &r.files {
+    let sealed = if r.signed { "sealed and signed" } else { "sealed unsigned" };
+    let _ = write!(t, "\nevidence: {} ({sealed}; spark evidence verify checks it)", r.bundle.display());
+    for f in r.files.iter().chain(&r.manifest) {
         let _ = write!(t, "\n  {}  {}", f.sha256, f.path.display());
     }
     t

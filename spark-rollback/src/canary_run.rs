@@ -4,7 +4,9 @@
 //!
 //! The trail (`canary_run_<release>.jsonl`) gets a line before and after
 //! every weight change, so a run stopped between the two (Ctrl-C, a crash)
-//! never leaves a weight set that the trail does not show.
+//! never leaves a weight set that the trail does not show, and one line per
+//! evaluation with the decision and the six gates (name, value, bound,
+//! status): what release notes are written from.
 
 use std::future::Future;
 use std::io::Write as _;
@@ -194,7 +196,7 @@ pub async fn run_canary(
             trail.line(&json!({
                 "event": "evaluation", "at": rfc3339(at), "stage": name,
                 "decision": evaluation.decision.kind(), "trigger": evaluation.decision.trigger(),
-                "reason": evaluation.reason,
+                "reason": evaluation.reason, "gates": evaluation.gates,
             }))?;
             match evaluation.decision {
                 Decision::Promote => continue 'stages,

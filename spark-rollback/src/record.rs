@@ -2,10 +2,11 @@
 //! JSON, the metrics before and after, each file's SHA-256.
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
-use spark_evidence::{EvidenceDir, EvidenceError, EvidenceFile, Redactor, utc_stamp};
+use spark_evidence::{EvidenceDir, EvidenceError, EvidenceFile, Redactor, SigningKey, utc_stamp};
 
 use crate::action::ActionRecord;
 use crate::engine::{Evaluation, rfc3339};
@@ -99,10 +100,20 @@ pub struct RollbackRecord {
     pub metrics_before: Option<EvidenceFile>,
     /// The metrics file after it.
     pub metrics_after: Option<EvidenceFile>,
+    /// The bundle directory the files are in, `rollback_<stamp>/` inside
+    /// the evidence directory.
+    pub bundle: PathBuf,
     /// Every evidence file written, the record's own two included (so not
     /// in the record's JSON file, which cannot hold its own digest).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<EvidenceFile>,
+    /// The bundle's `manifest.json`, written last (so not in the record's
+    /// JSON file either).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<EvidenceFile>,
+    /// Whether the manifest is signed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub signed: bool,
 }
 
 /// The metrics at one end of the rollback.
@@ -137,7 +148,10 @@ impl RollbackRecord {
             timing,
             metrics_before: None,
             metrics_after: None,
+            bundle: PathBuf::new(),
             files: Vec::new(),
+            manifest: None,
+            signed: false,
         }
     }
 
@@ -155,45 +169,32 @@ impl RollbackRecord {
         self.files.iter().find(|f| f.name.starts_with(prefix))
     }
 
-    /// Writes the four files, the metrics first so the record carries their
-    /// digests.
+    /// Creates the bundle directory, writes the four files into it (the
+    /// metrics first so the record carries their digests) and seals it.
     pub(crate) fn write(
         &mut self,
-        dir: &EvidenceDir,
+        evidence: &EvidenceDir,
         redactor: &Redactor,
         before: &MetricsEvidence,
         after: &MetricsEvidence,
         evidence_start: Instant,
+        key: Option<&SigningKey>,
     ) -> Result<(), EvidenceError> {
-        let base = utc_stamp(self.decided_at_ms);
-        let names = |stamp: &str| {
-            [
-                format!("metrics_before_rollback_{stamp}.txt"),
-                format!("metrics_after_rollback_{stamp}.txt"),
-                format!("rollback_{stamp}.txt"),
-                format!("rollback_{stamp}.json"),
-            ]
-        };
-        // Two rollbacks decided within one second get distinct files: the
-        // directory never overwrites one.
-        let mut stamp = base.clone();
-        let mut n = 1;
-        while names(&stamp).iter().any(|name| dir.contains(name)) {
-            n += 1;
-            stamp = format!("{base}_{n}");
-        }
-        let [before_name, after_name, text_name, json_name] = names(&stamp);
+        let (dir, stamp) = new_bundle(evidence.path(), &utc_stamp(self.decided_at_ms))?;
+        self.bundle = dir.path().to_owned();
         let before_text = redactor.redact(&before.render("before the rollback", "the decision"));
-        let before_file = dir.write(&before_name, before_text.as_bytes())?;
+        let before_file = dir.write(&format!("metrics_before_rollback_{stamp}.txt"), before_text.as_bytes())?;
         let after_text = redactor.redact(&after.render("after the rollback", "the completion"));
-        let after_file = dir.write(&after_name, after_text.as_bytes())?;
+        let after_file = dir.write(&format!("metrics_after_rollback_{stamp}.txt"), after_text.as_bytes())?;
         self.metrics_before = Some(before_file.clone());
         self.metrics_after = Some(after_file.clone());
         self.timing.evidence_ms = u64::try_from(evidence_start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let text = dir.write(&text_name, redactor.redact(&self.to_text()).as_bytes())?;
+        let text = dir.write(&format!("rollback_{stamp}.txt"), redactor.redact(&self.to_text()).as_bytes())?;
         let json = serde_json::to_string_pretty(self).unwrap_or_default() + "\n";
-        let json = dir.write(&json_name, redactor.redact(&json).as_bytes())?;
+        let json = dir.write(&format!("rollback_{stamp}.json"), redactor.redact(&json).as_bytes())?;
         self.files = vec![text, json, before_file, after_file];
+        self.manifest = Some(spark_evidence::seal(dir.path(), key, self.decided_at_ms)?);
+        self.signed = key.is_some();
         Ok(())
     }
 
@@ -279,6 +280,25 @@ impl RollbackRecord {
         }
         t
     }
+}
+
+/// A new directory `rollback_<base>` (or `rollback_<base>_2`, `_3`… when
+/// taken) inside `parent`, and the stamp its files carry. `create_dir` fails
+/// atomically on an existing directory, so two rollbacks decided within one
+/// second, even in two processes, never share (or overwrite) a bundle.
+fn new_bundle(parent: &Path, base: &str) -> Result<(EvidenceDir, String), EvidenceError> {
+    let mut stamp = base.to_owned();
+    for n in 2..=10_000 {
+        let path = parent.join(format!("rollback_{stamp}"));
+        match std::fs::create_dir(&path) {
+            Ok(()) => return Ok((EvidenceDir::create(&path)?, stamp)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => stamp = format!("{base}_{n}"),
+            Err(source) => return Err(EvidenceError::Io { path, source }),
+        }
+    }
+    // Ten thousand rollbacks in one second is a loop gone wrong, not a
+    // release: refuse rather than spin.
+    Err(EvidenceError::Exists { path: parent.join(format!("rollback_{stamp}")) })
 }
 
 fn verdict(ms: i64, target_ms: i64) -> String {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use spark_db::SharedClock;
-use spark_evidence::{EvidenceDir, Redactor};
+use spark_evidence::{EvidenceDir, Redactor, SigningKey};
 
 use crate::action::{self, Action, ActionRecord};
 use crate::engine::Evaluation;
@@ -182,6 +182,7 @@ pub struct RollbackEnv {
     client: reqwest::Client,
     slack_retry: Retry,
     metrics: Option<MetricsWindow>,
+    sign_key: Option<SigningKey>,
 }
 
 impl std::fmt::Debug for RollbackEnv {
@@ -189,6 +190,7 @@ impl std::fmt::Debug for RollbackEnv {
         f.debug_struct("RollbackEnv")
             .field("slack_retry", &self.slack_retry)
             .field("metrics", &self.metrics.as_ref().map(|m| m.source.describe()))
+            .field("signed", &self.sign_key.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -216,6 +218,7 @@ impl RollbackEnv {
             client,
             slack_retry: Retry::default(),
             metrics: None,
+            sign_key: None,
         })
     }
 
@@ -252,14 +255,29 @@ impl RollbackEnv {
         self.metrics = Some(MetricsWindow { source, window, step_seconds: step_seconds.max(1) });
         self
     }
+
+    /// Signs each rollback's bundle with `key` (ed25519; `spark keygen`
+    /// makes one), so `spark evidence verify --key` proves who sealed it.
+    /// Without a key the bundle is sealed unsigned: its digests still
+    /// detect any change.
+    #[must_use]
+    pub fn sign_key(mut self, key: SigningKey) -> RollbackEnv {
+        self.sign_key = Some(key);
+        self
+    }
 }
 
 /// Executes a rollback: runs `plan.rollback.actions` in order (each
 /// recorded, a failure never stopping the next), notifies Slack, then
-/// records the metrics before and after and writes the evidence into
-/// `evidence`: `rollback_<stamp>.txt`, `rollback_<stamp>.json`,
+/// records the metrics before and after and writes the evidence into a new
+/// bundle directory `rollback_<stamp>/` inside `evidence`:
+/// `rollback_<stamp>.txt`, `rollback_<stamp>.json`,
 /// `metrics_before_rollback_<stamp>.txt`, `metrics_after_rollback_<stamp>.txt`
-/// (`<stamp>` is [`spark_evidence::utc_stamp`] of the decision). Every
+/// (`<stamp>` is [`spark_evidence::utc_stamp`] of the decision, with `_2`,
+/// `_3`… for a second rollback in the same second), then seals the bundle
+/// with `manifest.json` ([`spark_evidence::seal`], signed when the
+/// environment has a [`RollbackEnv::sign_key`]), so
+/// [`spark_evidence::verify`] detects any change to the record. Every
 /// secret — the Slack URL, the webhook secrets — is redacted from all of
 /// them and from the logs.
 ///
@@ -322,7 +340,9 @@ pub async fn execute(
     let before = fetch(plan, env, request.decided_at_ms).await;
     let after = fetch(plan, env, completed_at_ms).await;
     let mut record = RollbackRecord::new(request, rollback, actions, notification, timing);
-    record.write(evidence, &redactor, &before, &after, evidence_start).map_err(RollbackError::Evidence)?;
+    record
+        .write(evidence, &redactor, &before, &after, evidence_start, env.sign_key.as_ref())
+        .map_err(RollbackError::Evidence)?;
     Ok(record)
 }
 

@@ -184,7 +184,7 @@ fn bad_plans_snapshots_and_stages_exit_2_naming_the_field() {
 /// A PromQL literal (TOML single-quoted) that answers `canary` for the
 /// canary and `baseline` for the baseline at every time: a plan query that
 /// needs no scrape.
-fn both_roles(canary: f64, baseline: f64) -> String {
+pub(crate) fn both_roles(canary: f64, baseline: f64) -> String {
     format!(
         "'label_replace(vector({canary}), \"role\", \"canary\", \"\", \"\") or label_replace(vector({baseline}), \"role\", \"baseline\", \"\", \"\")'"
     )
@@ -192,7 +192,7 @@ fn both_roles(canary: f64, baseline: f64) -> String {
 
 /// Runs `spark` in `dir` on a blocking thread, off the runtime that hosts
 /// the test's Prometheus handle.
-async fn spark_off_runtime(dir: &std::path::Path, args: &[&str]) -> crate::Run {
+pub(crate) async fn spark_off_runtime(dir: &std::path::Path, args: &[&str]) -> crate::Run {
     let (dir, args): (std::path::PathBuf, Vec<String>) =
         (dir.to_owned(), args.iter().map(|a| (*a).to_owned()).collect());
     tokio::task::spawn_blocking(move || {
@@ -337,6 +337,14 @@ async fn canary_run_sets_each_weight_and_completes() {
     assert_eq!(weight_events, [("10%", "setting"), ("10%", "set"), ("100%", "setting"), ("100%", "set")]);
     let promotes = events.iter().filter(|e| e["decision"] == "promote").count();
     assert_eq!(promotes, 2, "{trail}");
+    // Each evaluation carries the six gates with their values: release
+    // notes are written from these lines.
+    for e in events.iter().filter(|e| e["event"] == "evaluation") {
+        let gates: Vec<&str> = e["gates"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
+        assert_eq!(gates, ["api_p95", "error_rate", "ws_staleness", "risk_blocks", "idem_conflicts", "csp"], "{e}");
+        let p95 = &e["gates"][0];
+        assert_eq!((p95["value"].as_f64(), p95["status"].as_str()), (Some(0.1), Some("pass")), "{e}");
+    }
     assert_eq!(events.last().unwrap()["outcome"], "completed");
     assert!(dir.path().join("evidence/canary_run_v9_final_snapshot.json").exists());
 }
@@ -433,6 +441,9 @@ async fn canary_run_rolls_back_and_runs_the_rollback() {
     for f in files {
         assert!(dir.path().join(f["path"].as_str().unwrap()).exists(), "{f}");
     }
+    // The rollback's evidence is a sealed bundle of its own.
+    let bundle = dir.path().join(record["bundle"].as_str().unwrap());
+    assert!(spark_evidence::verify(&bundle, None).unwrap().is_intact(), "{}", bundle.display());
     eprintln!("canary run: decision to first action {first} ms, timing {}", record["timing"]);
 }
 

@@ -156,7 +156,24 @@ fn a_dry_run_calls_nothing_and_a_failed_action_exits_1() {
     let plan = plan_file(dir.path(), &r.base, "[[rollback.actions]]\nkind = \"command\"\ncommand = [\"false\"]\n");
     let evidence = dir.path().join("ev");
     let evidence = evidence.to_str().unwrap();
-    let args = ["rollback", "--reason", "r", "--stage", "5%", "--plan", &plan, "--evidence-dir", evidence, "--dry-run"];
+    let key = dir.path().join("signing.key");
+    let key = key.to_str().unwrap();
+    let keygen = spark_with(&["keygen", "--out", key], None, &[]);
+    assert_eq!(keygen.code, 0, "{}", keygen.stderr);
+    let args = [
+        "rollback",
+        "--reason",
+        "r",
+        "--stage",
+        "5%",
+        "--plan",
+        &plan,
+        "--evidence-dir",
+        evidence,
+        "--dry-run",
+        "--sign-key",
+        key,
+    ];
     let run = run_with_secrets(&args, dir.path(), &r.base);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     assert!(run.stdout.starts_with("DRY RUN (nothing run or called): rollback of stage 5%: r"), "{}", run.stdout);
@@ -165,7 +182,15 @@ fn a_dry_run_calls_nothing_and_a_failed_action_exits_1() {
         let seen = r.seen.lock().unwrap();
         assert_eq!((seen.webhooks.len(), seen.slack), (0, 0), "a dry run called a receiver");
     }
-    assert_eq!(std::fs::read_dir(evidence).unwrap().count(), 4);
+    // One sealed, signed bundle, which `spark evidence verify` accepts with
+    // the key's public half.
+    let bundles: Vec<_> = std::fs::read_dir(evidence).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(bundles.len(), 1, "{bundles:?}");
+    assert_eq!(std::fs::read_dir(&bundles[0]).unwrap().count(), 5);
+    assert!(run.stdout.contains("(sealed and signed;"), "{}", run.stdout);
+    let public = format!("{key}.pub");
+    let verify = spark_with(&["evidence", "verify", bundles[0].to_str().unwrap(), "--key", &public], None, &[]);
+    assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
 
     let args = ["rollback", "--reason", "r", "--stage", "5%", "--plan", &plan, "--evidence-dir", evidence, "--json"];
     let run = run_with_secrets(&args, dir.path(), &r.base);
@@ -183,7 +208,8 @@ fn bad_input_exits_2_with_one_line() {
     let bad_plan = dir.path().join("bad.toml");
     std::fs::write(&bad_plan, "[[rollback.actions]]\nkind = \"command\"\ncommand = []\n").unwrap();
     let bad_plan = bad_plan.to_str().unwrap();
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
+        (&["rollback", "--reason", "r", "--stage", "5%", "--sign-key", "missing.key"], "missing.key"),
         (&["rollback", "--stage", "5%"], "--reason"),
         (&["rollback", "--reason", "r", "--stage", "30%"], "stage \"30%\" is not in the plan"),
         (

@@ -121,21 +121,34 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Every file in `dir`: its digest matches the record, and no secret is in it.
-fn assert_evidence(record: &RollbackRecord, dir: &Path) {
-    assert_eq!(record.files.len(), 4, "{:?}", record.files);
+fn names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> =
         std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
+    names
+}
+
+/// `dir` holds one sealed bundle `rollback_<stamp>/` whose every file's
+/// digest matches the record and the manifest, and no secret is in any.
+fn assert_evidence(record: &RollbackRecord, dir: &Path) {
+    assert_eq!(record.files.len(), 4, "{:?}", record.files);
     let stamp = spark_evidence::utc_stamp(record.decided_at_ms);
+    assert_eq!(names(dir), vec![format!("rollback_{stamp}")]);
+    assert_eq!(record.bundle, dir.join(format!("rollback_{stamp}")));
     let mut expected = vec![
         format!("metrics_after_rollback_{stamp}.txt"),
         format!("metrics_before_rollback_{stamp}.txt"),
         format!("rollback_{stamp}.json"),
         format!("rollback_{stamp}.txt"),
+        spark_evidence::MANIFEST.to_owned(),
     ];
     expected.sort();
-    assert_eq!(names, expected);
+    assert_eq!(names(&record.bundle), expected);
+    let manifest = record.manifest.as_ref().expect("the bundle is sealed");
+    assert_eq!(manifest.path, record.bundle.join(spark_evidence::MANIFEST));
+    let report = spark_evidence::verify(&record.bundle, None).unwrap();
+    assert!(report.is_intact(), "{report}");
+    assert_eq!(report.files(), 4);
     for file in &record.files {
         let bytes = std::fs::read(&file.path).unwrap();
         assert_eq!(sha256_hex(&bytes), file.sha256, "{}", file.name);
@@ -353,12 +366,43 @@ async fn two_rollbacks_in_one_second_keep_both_records_and_an_empty_reason_is_re
     let second = execute(&plan, &request, &env, &evidence).await.unwrap();
     assert_eq!(first.file("rollback_").unwrap().name, "rollback_20261126T170000Z.txt");
     assert_eq!(second.file("rollback_").unwrap().name, "rollback_20261126T170000Z_2.txt");
-    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 8);
+    assert_eq!(names(work.path()), ["rollback_20261126T170000Z", "rollback_20261126T170000Z_2"]);
+    for record in [&first, &second] {
+        assert_eq!(std::fs::read_dir(&record.bundle).unwrap().count(), 5);
+        assert!(spark_evidence::verify(&record.bundle, None).unwrap().is_intact());
+    }
     assert_eq!(first.notification.outcome, NotifyOutcome::NotConfigured);
     assert_eq!(first.timing.decision_to_first_action_ms, None);
 
     let err = execute(&plan, &RollbackRequest::new(" ", "5%", 0), &env, &evidence).await.unwrap_err();
     assert_eq!(err.to_string(), "rollback: the reason is empty");
+}
+
+#[tokio::test]
+async fn a_signed_rollback_bundle_verifies_with_its_key_and_names_a_changed_record() {
+    let work = tempfile::tempdir().unwrap();
+    let evidence = EvidenceDir::create(work.path()).unwrap();
+    let key = spark_evidence::keys::generate().unwrap();
+    let env = RollbackEnv::new(Arc::new(SystemClock)).unwrap().env(|_| None).sign_key(key.clone());
+    let request = RollbackRequest::new("rehearsal", "5%", 1_795_712_400_000).dry_run(true);
+    let record = execute(&Plan::default(), &request, &env, &evidence).await.unwrap();
+    assert!(record.signed);
+
+    let report = spark_evidence::verify(&record.bundle, Some(&key.verifying_key())).unwrap();
+    assert!(report.is_intact() && report.is_signed() && report.signature_checked(), "{report}");
+    let other = spark_evidence::keys::generate().unwrap().verifying_key();
+    let report = spark_evidence::verify(&record.bundle, Some(&other)).unwrap();
+    assert!(!report.is_intact(), "another key verified the bundle");
+
+    // One flipped byte in the JSON record: verify names that file.
+    let json = &record.file("rollback_20261126T170000Z.json").unwrap().path;
+    let mut bytes = std::fs::read(json).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(json, bytes).unwrap();
+    let report = spark_evidence::verify(&record.bundle, Some(&key.verifying_key())).unwrap();
+    let problems: Vec<String> = report.problems().iter().map(ToString::to_string).collect();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("rollback_20261126T170000Z.json"), "{problems:?}");
 }
 
 #[tokio::test]
