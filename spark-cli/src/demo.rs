@@ -24,6 +24,11 @@ pub(crate) struct DemoArgs {
     /// The database [default: a fresh SQLite file in a temporary directory].
     #[arg(long)]
     database_url: Option<String>,
+    /// Where the release evidence goes: a new `UTC-STAMP` directory inside
+    /// holds the ritual's sealed bundle, the rehearsal's rollback record,
+    /// the release notes and the demo's signing key.
+    #[arg(long, default_value = "spark-demo-evidence")]
+    evidence_dir: PathBuf,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -35,6 +40,7 @@ struct Checks {
     positions_match_accepted_orders: bool,
     every_event_published: bool,
     only_authorised_clients_served: bool,
+    evidence_bundles_verify: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -55,6 +61,7 @@ struct Summary {
     outbox_lag_p99_ms: i64,
     duration_ms: u128,
     checks: Checks,
+    release: crate::demo_ritual::RitualSummary,
 }
 
 /// One request the burst sends.
@@ -240,7 +247,7 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     relays.shutdown().await.context("outbox relay")?;
-    server.abort();
+    // The service stays up for the ritual, which checks its headers.
     collector.await.ok();
     let mut lags = lags.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     lags.sort_unstable();
@@ -289,9 +296,19 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
         every_event_published: outbox.stats().await?.pending == 0
             && summary.events_published == summary.orders_accepted,
         only_authorised_clients_served: auth_ok,
+        // Set below, once the release half has run.
+        evidence_bundles_verify: false,
     };
+    // The release half: a rehearsed rollback, the ritual, release notes
+    // and verify, against this database and this binary.
+    let stamp = spark_evidence::utc_stamp(spark_db::system_clock().now_ms());
+    let release = crate::demo_ritual::run(&url, &base, &args.evidence_dir.join(stamp), out.is_json()).await;
+    server.abort();
+    summary.release = release?;
+    summary.checks.evidence_bundles_verify = summary.release.bundle_intact && summary.release.rehearsal_intact;
     let c = &summary.checks;
-    summary.ok = c.replays_identical
+    summary.ok = c.evidence_bundles_verify
+        && c.replays_identical
         && c.every_refusal_refused
         && c.one_order_per_key
         && c.one_open_position_per_account_and_instrument
@@ -302,6 +319,11 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
     std::fs::write(&args.summary, serde_json::to_vec_pretty(&summary)?)
         .with_context(|| format!("cannot write {}", args.summary.display()))?;
 
+    let r = &summary.release;
+    // On the embedded default some items cannot be measured (no Prometheus,
+    // no WAL archive, no flag file): the demo shows them, it does not accept
+    // them for anyone.
+    let reasons: String = r.reasons.iter().map(|line| format!("\n  not counted: {line}")).collect();
     let text = || {
         let mark = |b: bool| if b { "held" } else { "BROKEN" };
         format!(
@@ -310,7 +332,10 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
              · events published {} (lag p50 {} ms, p99 {} ms)\n\
              each replay identical: {}\nevery bad order and reused key refused: {}\none order per key: {}\none open position per account and instrument: {}\n\
              positions match accepted orders: {}\nevery event published: {}\n\
-             only authorised clients served: {}\nsummary written to {}",
+             only authorised clients served: {}\n\
+             ritual for release demo in {} ms: {} ({}/10){}\n\
+             evidence bundles verify: {} (ritual bundle {}, key {})\n\
+             release notes: {}\nsummary written to {}",
             summary.requests,
             started.elapsed().as_secs_f64(),
             summary.database,
@@ -332,6 +357,14 @@ pub(crate) async fn run(args: DemoArgs, out: &Output) -> CmdResult {
             mark(c.positions_match_accepted_orders),
             mark(c.every_event_published),
             mark(c.only_authorised_clients_served),
+            r.ritual_ms,
+            r.verdict,
+            r.items_passed,
+            reasons,
+            mark(c.evidence_bundles_verify),
+            r.bundle.display(),
+            r.public_key.display(),
+            r.release_notes.display(),
             args.summary.display()
         )
     };

@@ -12,6 +12,7 @@ mod canary;
 mod check;
 mod db;
 mod demo;
+mod demo_ritual;
 mod evidence;
 mod idempotency;
 mod loopback;

@@ -20,6 +20,7 @@ fn demo_holds_every_guarantee_and_writes_its_summary() {
         "positions_match_accepted_orders",
         "every_event_published",
         "only_authorised_clients_served",
+        "evidence_bundles_verify",
     ] {
         assert_eq!(written["checks"][check], true, "{check}");
     }
@@ -36,6 +37,42 @@ fn demo_holds_every_guarantee_and_writes_its_summary() {
     assert_eq!(written["requests"], 200 + 20 * 5 + 20 + 30 + 5);
     assert!(written["replays"].as_u64().unwrap() >= 20);
     assert_eq!(written["open_positions"], 15);
+    // The release half: the ritual's sealed seven files plus the manifest,
+    // a NO-GO on the embedded default that says which items it could not
+    // measure (no WAL archive, no baseline from a Prometheus), and release
+    // notes, all under the evidence directory.
+    let release = &written["release"];
+    let bundle = dir.path().join(release["bundle"].as_str().unwrap());
+    assert!(bundle.starts_with(dir.path().join("spark-demo-evidence")), "{}", bundle.display());
+    let mut files: Vec<String> =
+        std::fs::read_dir(&bundle).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "baseline_metrics_demo.txt",
+            "blind_spots_scan_demo.txt",
+            "build_provenance_demo.json",
+            "canary_plan_demo.txt",
+            "go_nogo_signed_demo.txt",
+            "manifest.json",
+            "release_tag.txt",
+            "sbom_demo.json",
+        ]
+    );
+    assert_eq!(release["verdict"], "NO-GO", "{release}");
+    let reasons = release["reasons"].to_string();
+    assert!(reasons.contains("backup") && reasons.contains("baseline"), "{reasons}");
+    for measured in ["sign-offs", "rollback-rehearsed", "migrations", "supply-chain"] {
+        assert!(!reasons.contains(measured), "{measured} did not count on the embedded default: {reasons}");
+    }
+    let public_key = dir.path().join(release["public_key"].as_str().unwrap());
+    let verify =
+        spark_with(&["evidence", "verify", bundle.to_str().unwrap(), "--key", public_key.to_str().unwrap()], None, &[]);
+    assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
+    let notes = std::fs::read_to_string(dir.path().join(release["release_notes"].as_str().unwrap())).unwrap();
+    assert!(notes.starts_with("# Release demo"), "{notes}");
+    assert!(run.stdout.is_empty() || run.stdout.starts_with('{'), "progress was drawn on stdout: {}", run.stdout);
     // Measured and reported; how long it may take is for benchmarks, not
     // for an assertion on a shared machine.
     assert!(written["duration_ms"].as_u64().unwrap() > 0);

@@ -8,6 +8,7 @@ mod demo;
 mod evidence;
 mod money;
 mod outbox;
+mod release;
 mod rollback;
 mod rules;
 mod supply_chain;
