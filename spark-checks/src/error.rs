@@ -45,6 +45,12 @@ pub enum ChecksError {
         /// The table's unique indexes as found.
         found: Vec<String>,
     },
+    /// Sequences that would hand out a value their column already holds.
+    #[error("sequences are behind their columns: {}", .problems.join("; "))]
+    SequencesBehind {
+        /// One line per sequence, with the `setval` that fixes it.
+        problems: Vec<String>,
+    },
     /// Embedded migrations that the database has not applied, or applied
     /// differently.
     #[error("migrations do not match this build: {}", .problems.join("; "))]

@@ -23,7 +23,9 @@
 //!   ([`contract::idempotency`]: the `Idempotency-Key` contract).
 //! - [`schema`]: assertions for a service's own test suite
 //!   (`assert_money_columns_exact`, `assert_partial_unique_index`,
-//!   `assert_migrations_applied`).
+//!   `assert_migrations_applied`, `assert_sequences_ahead`,
+//!   `index_is_valid`); `spark-chaos`'s restore drill runs them on the
+//!   restored database.
 //! - [`sbom`] and [`provenance`]: a CycloneDX 1.5 SBOM of a Cargo workspace
 //!   and an in-toto/SLSA provenance statement for a built artifact, which
 //!   the `supply-chain` check verifies.

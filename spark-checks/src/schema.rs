@@ -19,7 +19,7 @@
 use spark_db::Database;
 use sqlx::migrate::Migrator;
 
-use crate::checks::{Exactness, compare, exactness, money_columns, read_applied};
+use crate::checks::{Exactness, compare, exactness, money_columns, read_applied, sequence_rows};
 use crate::error::ChecksError;
 
 pub use crate::config::DEFAULT_MONEY_PATTERN;
@@ -139,6 +139,53 @@ pub async fn assert_migrations_applied(pool: &impl SchemaPool, migrator: &Migrat
         .filter(|m| !m.contains("does not embed"))
         .collect();
     if problems.is_empty() { Ok(()) } else { Err(ChecksError::Migrations { problems }) }
+}
+
+/// Every sequence owned by a column would hand out a value above the
+/// largest its column holds — what a point-in-time restore or a data copy
+/// without `setval` breaks, and the next insert then collides. Returns how
+/// many sequences were checked; SQLite has none (0).
+///
+/// # Errors
+///
+/// [`ChecksError::SequencesBehind`] naming each sequence, the value it would
+/// hand out, the column's largest value and the `setval` that fixes it;
+/// [`ChecksError::Database`].
+pub async fn assert_sequences_ahead(pool: &impl SchemaPool) -> Result<usize, ChecksError> {
+    let Database::Postgres(pool) = pool.database() else { return Ok(0) };
+    let rows = sequence_rows(&pool).await.map_err(ChecksError::Database)?;
+    let mut problems = Vec::new();
+    for row in &rows {
+        let max = row.column_max(&pool).await.map_err(ChecksError::Database)?;
+        problems.extend(row.behind(max));
+    }
+    if problems.is_empty() { Ok(rows.len()) } else { Err(ChecksError::SequencesBehind { problems }) }
+}
+
+/// Whether the index `name` exists and is valid (`pg_index.indisvalid`: a
+/// `CREATE INDEX CONCURRENTLY` that failed leaves an invalid index that
+/// enforces nothing). SQLite has no invalid indexes: there it only exists.
+///
+/// # Errors
+///
+/// [`ChecksError::Database`].
+pub async fn index_is_valid(pool: &impl SchemaPool, name: &str) -> Result<bool, ChecksError> {
+    let valid: Option<bool> = match pool.database() {
+        Database::Postgres(pool) => {
+            sqlx::query_scalar("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)")
+                .bind(name)
+                .fetch_optional(&pool)
+                .await
+        }
+        Database::Sqlite(pool) => {
+            sqlx::query_scalar("SELECT 1 = 1 FROM sqlite_master WHERE type = 'index' AND name = ?1")
+                .bind(name)
+                .fetch_optional(&pool)
+                .await
+        }
+    }
+    .map_err(ChecksError::Database)?;
+    Ok(valid.unwrap_or(false))
 }
 
 /// (name, columns in order, predicate) of each unique index on `table`.

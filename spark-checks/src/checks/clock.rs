@@ -139,10 +139,84 @@ LEFT JOIN pg_sequences ps ON ps.schemaname = sn.nspname AND ps.sequencename = se
 WHERE sn.nspname NOT IN ('pg_catalog', 'information_schema')
 ORDER BY 1";
 
+/// One sequence owned by a column, as [`SEQUENCES`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SequenceRow {
+    /// `schema.sequence`.
+    pub(crate) name: String,
+    pub(crate) schema: String,
+    pub(crate) table: String,
+    pub(crate) column: String,
+    pub(crate) column_type: String,
+    pub(crate) seq_max: i64,
+    pub(crate) increment: i64,
+    pub(crate) start: i64,
+    /// `None` before the first `nextval()`.
+    pub(crate) last: Option<i64>,
+}
+
+impl SequenceRow {
+    /// `schema.table.column`.
+    pub(crate) fn qualified(&self) -> String {
+        format!("{}.{}.{}", self.schema, self.table, self.column)
+    }
+
+    /// The next value `nextval()` hands out: `last_value + increment` once
+    /// called, else the start value.
+    pub(crate) fn next(&self) -> i64 {
+        self.last.map_or(self.start, |l| l.saturating_add(self.increment))
+    }
+
+    /// The largest value the column holds, `None` when the table is empty.
+    pub(crate) async fn column_max(&self, pool: &sqlx::PgPool) -> Result<Option<i64>, sqlx::Error> {
+        let sql = format!(
+            "SELECT max({})::text FROM {}.{}",
+            quote_ident(&self.column),
+            quote_ident(&self.schema),
+            quote_ident(&self.table)
+        );
+        let max: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(pool).await?;
+        Ok(max.and_then(|s| s.parse().ok()))
+    }
+
+    /// The failure when the next value collides with a value the column
+    /// already holds (a sequence behind its column, as after a restore).
+    pub(crate) fn behind(&self, column_max: Option<i64>) -> Option<String> {
+        let (next, max) = (self.next(), column_max?);
+        (self.increment > 0 && next <= max).then(|| {
+            let (name, column, schema, table) = (&self.name, &self.column, &self.schema, &self.table);
+            format!(
+                "sequence {name} would hand out {next} but {} already holds {max}: the next insert \
+                 collides (after a restore?); fix with SELECT setval('{name}', (SELECT max({column}) FROM {schema}.{table}))",
+                self.qualified()
+            )
+        })
+    }
+}
+
+/// Every sequence owned by a column, outside the system schemas.
+pub(crate) async fn sequence_rows(pool: &sqlx::PgPool) -> Result<Vec<SequenceRow>, sqlx::Error> {
+    let rows = sqlx::query(SEQUENCES).fetch_all(pool).await?;
+    Ok(rows
+        .iter()
+        .map(|row| SequenceRow {
+            name: row.get("sequence_name"),
+            schema: row.get("table_schema"),
+            table: row.get("table_name"),
+            column: row.get("column_name"),
+            column_type: row.get("column_type"),
+            seq_max: row.get("seq_max"),
+            increment: row.get("increment"),
+            start: row.get("start_value"),
+            last: row.get("last_value"),
+        })
+        .collect())
+}
+
 /// Checks every column-owned sequence; returns how many were measured.
 async fn sequences(o: &mut Outcome, ctx: &Context, pool: &sqlx::PgPool) -> usize {
     let cfg = &ctx.config().clock;
-    let rows = match sqlx::query(SEQUENCES).fetch_all(pool).await {
+    let rows = match sequence_rows(pool).await {
         Ok(rows) => rows,
         Err(e) => {
             sql_error(o, "reading sequences", &e);
@@ -152,15 +226,8 @@ async fn sequences(o: &mut Outcome, ctx: &Context, pool: &sqlx::PgPool) -> usize
     let mut listed = Vec::new();
     let mut worst_used: f64 = 0.0;
     for row in &rows {
-        let name: String = row.get("sequence_name");
-        let (schema, table, column): (String, String, String) =
-            (row.get("table_schema"), row.get("table_name"), row.get("column_name"));
-        let column_type: String = row.get("column_type");
-        let seq_max: i64 = row.get("seq_max");
-        let increment: i64 = row.get("increment");
-        let start: i64 = row.get("start_value");
-        let last: Option<i64> = row.get("last_value");
-        if increment <= 0 {
+        let SequenceRow { name, column_type, seq_max, increment, last, .. } = row;
+        if *increment <= 0 {
             listed.push(serde_json::json!({"sequence": name, "skipped": "descending"}));
             continue;
         }
@@ -169,34 +236,20 @@ async fn sequences(o: &mut Outcome, ctx: &Context, pool: &sqlx::PgPool) -> usize
             "integer" => i64::from(i32::MAX),
             _ => i64::MAX,
         };
-        let capacity = column_max.min(seq_max);
+        let capacity = column_max.min(*seq_max);
         #[allow(clippy::cast_precision_loss, reason = "a share of a range, as a percentage")]
         let used = last.unwrap_or(0).max(0) as f64 / capacity as f64 * 100.0;
         worst_used = worst_used.max(used);
-        let qualified = format!("{schema}.{table}.{column}");
-        // The next value nextval() hands out: last_value + increment once
-        // called, else the start value.
-        let next = last.map_or(start, |l| l.saturating_add(increment));
-        let max_sql =
-            format!("SELECT max({})::text FROM {}.{}", quote_ident(&column), quote_ident(&schema), quote_ident(&table));
-        let column_max_value: Option<i64> =
-            match sqlx::query_scalar::<_, Option<String>>(sqlx::AssertSqlSafe(max_sql)).fetch_one(pool).await {
-                Ok(v) => v.and_then(|s| s.parse().ok()),
-                Err(e) => {
-                    sql_error(o, &format!("reading max({qualified})"), &e);
-                    None
-                }
-            };
-        if let Some(max) = column_max_value
-            && next <= max
-        {
-            o.found(
-                Status::Fail,
-                format!(
-                    "sequence {name} would hand out {next} but {qualified} already holds {max}: the next insert \
-                     collides (after a restore?); fix with SELECT setval('{name}', (SELECT max({column}) FROM {schema}.{table}))"
-                ),
-            );
+        let qualified = row.qualified();
+        let column_max_value = match row.column_max(pool).await {
+            Ok(v) => v,
+            Err(e) => {
+                sql_error(o, &format!("reading max({qualified})"), &e);
+                None
+            }
+        };
+        if let Some(failure) = row.behind(column_max_value) {
+            o.found(Status::Fail, failure);
         }
         let threshold = Threshold {
             warn: Some(f64::from(cfg.sequence_warn_percent)),

@@ -23,6 +23,7 @@ mod supply_chain;
 
 pub use self::backup::BackupCheck;
 pub use self::clock::ClockCheck;
+pub(crate) use self::clock::sequence_rows;
 pub use self::decimal::DecimalCheck;
 pub(crate) use self::decimal::{Exactness, exactness, money_columns};
 pub use self::flags::FlagsCheck;

@@ -3,6 +3,7 @@
 
 use spark_checks::schema::{
     DEFAULT_MONEY_PATTERN, assert_migrations_applied, assert_money_columns_exact, assert_partial_unique_index,
+    assert_sequences_ahead, index_is_valid,
 };
 use spark_db::Database;
 
@@ -71,4 +72,39 @@ async fn the_assertions_take_a_raw_pool_too() {
         .unwrap();
     assert_money_columns_exact(&pg.pool, DEFAULT_MONEY_PATTERN).await.unwrap();
     assert_migrations_applied(&pg.pool, &spark_positions::postgres::migrator()).await.unwrap();
+}
+
+/// A sequence set behind its column (what a restore without `setval` leaves)
+/// is named with the fix; an index left invalid by a failed concurrent build
+/// is not valid.
+#[tokio::test]
+async fn a_sequence_behind_its_column_and_an_invalid_index_are_caught() {
+    let Some(pg) = spark_testkit::postgres().await else { return };
+    let db = pg.database();
+    exec(&db, "CREATE TABLE ledger (id BIGSERIAL PRIMARY KEY, note TEXT NOT NULL)").await;
+    exec(&db, "INSERT INTO ledger (note) SELECT 'n' || g FROM generate_series(1, 5) g").await;
+    assert_eq!(assert_sequences_ahead(&db).await.unwrap(), 1);
+    exec(&db, "SELECT setval('ledger_id_seq', 3)").await;
+    let e = assert_sequences_ahead(&db).await.unwrap_err().to_string();
+    assert!(e.contains("sequence public.ledger_id_seq would hand out 4 but public.ledger.id already holds 5"), "{e}");
+    assert!(e.contains("SELECT setval('public.ledger_id_seq', (SELECT max(id) FROM public.ledger))"), "{e}");
+
+    // The fix the message names makes the next insert work again.
+    exec(&db, "SELECT setval('public.ledger_id_seq', (SELECT max(id) FROM public.ledger))").await;
+    assert_eq!(assert_sequences_ahead(&db).await.unwrap(), 1);
+
+    exec(&db, "CREATE UNIQUE INDEX ledger_note ON ledger (note)").await;
+    assert!(index_is_valid(&db, "ledger_note").await.unwrap());
+    assert!(!index_is_valid(&db, "no_such_index").await.unwrap());
+    // A concurrent unique build over duplicates fails and leaves the index
+    // behind, invalid.
+    exec(&db, "INSERT INTO ledger (note) VALUES ('dup'), ('dup2')").await;
+    exec(&db, "DROP INDEX ledger_note").await;
+    exec(&db, "UPDATE ledger SET note = 'dup' WHERE note = 'dup2'").await;
+    let failed = sqlx::raw_sql("CREATE UNIQUE INDEX CONCURRENTLY ledger_note ON ledger (note)").execute(&pg.pool).await;
+    assert!(failed.is_err(), "the unique build over duplicates succeeded");
+    assert!(!index_is_valid(&db, "ledger_note").await.unwrap(), "a failed concurrent build left a valid index");
+
+    let lite = spark_testkit::sqlite().await;
+    assert_eq!(assert_sequences_ahead(&lite.database()).await.unwrap(), 0);
 }

@@ -1,0 +1,49 @@
+//! Chaos for a Spark deployment: experiments that break it on purpose and
+//! verify its invariants, and the point-in-time restore drill.
+//!
+//! Today this crate holds the restore drill; the fault experiments (`spark
+//! chaos`) are issue 16's remaining part.
+//!
+//! - [`base_backup`] takes a plain-format base backup with `pg_basebackup`.
+//! - [`restore_drill`] restores a base backup plus its WAL archive to a
+//!   timestamp in a scratch PostgreSQL on 127.0.0.1, verifies it with
+//!   `spark_checks::schema` (every migration applied, every sequence ahead
+//!   of its column, money columns exact, the one-open-position index valid),
+//!   checks the archive for gaps, counts the rows, measures the time to a
+//!   usable database (RTO) and the newest recovered commit against the
+//!   target (RPO), and stops and removes the scratch server. A broken
+//!   restore is a [`DrillReport`] with `held: false`, written as evidence
+//!   with [`DrillReport::write`].
+//!
+//! Guarantees: the backup and the archive are only read (the scratch
+//! server's `archive_mode` is off); the scratch server listens on loopback
+//! only, trusts only loopback and its private socket, and is stopped before
+//! the drill returns.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), spark_chaos::ChaosError> {
+//! use spark_chaos::{DrillOptions, PgBin, restore_drill};
+//!
+//! let target = chrono::DateTime::parse_from_rfc3339("2026-12-07T11:40:03Z").unwrap().to_utc();
+//! let mut options = DrillOptions::new("/backups/base", "/backups/wal", target);
+//! options.database = "orders".to_owned();
+//! let report = restore_drill(&PgBin::find()?, &options, &spark_db::system_clock()).await?;
+//! println!("RTO {:?} ms, RPO {:?} ms, held: {}", report.rto_ms, report.rpo_ms, report.held);
+//! # Ok(()) }
+//! ```
+//!
+//! # Features
+//! None. The drill needs the PostgreSQL server programs (`pg_ctl`,
+//! `pg_controldata`; `pg_basebackup` for backups) of the backup's major
+//! version; when run as root it runs the server as the `postgres` user.
+
+mod error;
+mod pg;
+mod restore;
+
+pub use crate::error::ChaosError;
+pub use crate::pg::PgBin;
+pub use crate::restore::{
+    BackupOptions, BackupReport, DRILL_FORMAT, DrillItem, DrillOptions, DrillReport, WalArchive, base_backup,
+    restore_drill,
+};

@@ -1,0 +1,3 @@
+//! spark-chaos against real PostgreSQL servers of the test's own.
+
+mod restore;
