@@ -22,8 +22,9 @@ pub(crate) struct SignArgs {
     /// spark.toml in the working directory, when present].
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The directory the evidence goes to [default: `evidence/RELEASE`]; it
-    /// must not hold a bundle already.
+    /// The directory the evidence goes to, new or empty [default:
+    /// `evidence/RELEASE` for the ritual, `evidence/go-nogo_RELEASE_UTC-STAMP`
+    /// for go-nogo on its own].
     #[arg(long)]
     evidence_dir: Option<PathBuf>,
     /// A sign-off, `ROLE=NAME` (repeatable): every role in `[release]
@@ -78,12 +79,20 @@ pub(crate) struct ReleaseNotesArgs {
     out: Option<PathBuf>,
 }
 
-pub(crate) fn options(release: String, sign: SignArgs) -> anyhow::Result<RitualOptions> {
+pub(crate) fn options(release: String, sign: SignArgs, ritual: bool) -> anyhow::Result<RitualOptions> {
     let settings = match &sign.config {
         Some(path) => Settings::load(path, true)?,
         None => Settings::load(DEFAULT_CONFIG.as_ref(), false)?,
     };
-    let dir = sign.evidence_dir.unwrap_or_else(|| PathBuf::from("evidence").join(&release));
+    let dir = sign.evidence_dir.unwrap_or_else(|| {
+        let name = if ritual {
+            release.clone()
+        } else {
+            // Beside the ritual's bundle, never in it; one per decision.
+            format!("go-nogo_{release}_{}", spark_evidence::utc_stamp(spark_db::system_clock().now_ms()))
+        };
+        PathBuf::from("evidence").join(name)
+    });
     let mut options = RitualOptions::new(release, settings, dir);
     options.signers = sign.signers;
     options.acceptances = sign.acceptances;
@@ -98,7 +107,7 @@ pub(crate) fn verdict(report: &RitualReport, out: &Output) -> CmdResult {
 }
 
 pub(crate) async fn run_go_nogo(args: GoNoGoArgs, out: &Output) -> CmdResult {
-    let options = options(args.release, args.sign)?;
+    let options = options(args.release, args.sign, false)?;
     let bar = StepBar::new(4, out.is_json());
     let report = spark_release::run_go_nogo(options, &bar).await;
     bar.finish();
@@ -106,7 +115,7 @@ pub(crate) async fn run_go_nogo(args: GoNoGoArgs, out: &Output) -> CmdResult {
 }
 
 pub(crate) async fn run_ritual(args: RitualArgs, out: &Output) -> CmdResult {
-    let mut options = options(args.release, args.sign)?;
+    let mut options = options(args.release, args.sign, true)?;
     if let Some(path) = &args.sign_key {
         options.sign_key = Some(spark_evidence::keys::load_signing_key(path)?);
     }

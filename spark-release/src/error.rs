@@ -19,7 +19,9 @@ pub enum ReleaseError {
         message: String,
     },
     /// A release name that cannot name a file.
-    #[error("release {0:?} cannot name a file: use letters, digits, dots, dashes and underscores")]
+    #[error(
+        "release {0:?} cannot name a file: use letters, digits, dots, dashes and underscores, starting and ending with a letter or digit"
+    )]
     ReleaseName(String),
     /// A `--sign` or `--accept-warning` that is malformed or names an
     /// unknown role, item or signer.
@@ -51,6 +53,18 @@ pub enum ReleaseError {
         "{0} already holds a sealed bundle (manifest.json): evidence is never overwritten, so choose another --evidence-dir"
     )]
     BundleExists(PathBuf),
+    /// The evidence directory holds files already: they would be sealed
+    /// into the bundle as if the ritual had written them.
+    #[error(
+        "{} is not empty ({present}): the ritual writes into a new or empty directory, so its bundle holds only what it measured; choose another --evidence-dir",
+        dir.display()
+    )]
+    DirNotEmpty {
+        /// The directory.
+        dir: PathBuf,
+        /// The first few names in it.
+        present: String,
+    },
 }
 
 impl From<spark_evidence::EvidenceError> for ReleaseError {
@@ -64,6 +78,10 @@ pub(crate) fn check_release_name(release: &str) -> Result<(), ReleaseError> {
     let ok = !release.is_empty()
         && release.len() <= 100
         && release.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
+        // `v1.` would name `sbom_v1..json`, which the evidence directory
+        // refuses half-way through; `.` would be the directory itself.
+        && release.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && release.ends_with(|c: char| c.is_ascii_alphanumeric())
         && !release.contains("..");
     if ok { Ok(()) } else { Err(ReleaseError::ReleaseName(release.to_owned())) }
 }

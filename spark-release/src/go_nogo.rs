@@ -251,6 +251,11 @@ pub struct Measurements {
     pub scan_evidence: Option<EvidenceRef>,
     /// The SBOM and provenance files.
     pub supply_chain_evidence: Vec<EvidenceRef>,
+    /// Why the ritual could not write both the SBOM and the provenance of
+    /// the artifact, when it could not: the supply-chain item then fails
+    /// (a skipped check of files that were never written is not a warning
+    /// anyone may accept). `None` outside a ritual.
+    pub supply_chain_not_written: Option<String>,
     /// The rollback rehearsal.
     pub rehearsal: Rehearsal,
     /// The limit on its age, hours.
@@ -421,6 +426,13 @@ pub fn validate_sign_offs(
         if signed.iter().any(|x| x.role == *role) {
             return Err(ReleaseError::SignOff(format!("role {role:?} is signed twice")));
         }
+        // Four eyes: each role is a different person.
+        if let Some(other) = signed.iter().find(|x| x.name.trim().eq_ignore_ascii_case(s.name.trim())) {
+            return Err(ReleaseError::SignOff(format!(
+                "{} signs as {role} and as {} already: each required role needs its own person",
+                s.name, other.role
+            )));
+        }
         signed.push(SignOff { role: role.clone(), name: s.name.clone() });
     }
     for a in acceptances {
@@ -491,7 +503,10 @@ pub fn decide(
     };
     baseline.evidence.extend(m.baseline_evidence.clone());
     items.push(baseline);
-    let mut supply = from_check(ItemId::SupplyChain, m.scan.check("supply-chain"), "supply-chain");
+    let mut supply = match &m.supply_chain_not_written {
+        Some(why) => Item::new(ItemId::SupplyChain, ItemStatus::Fail, why.clone()),
+        None => from_check(ItemId::SupplyChain, m.scan.check("supply-chain"), "supply-chain"),
+    };
     supply.evidence.extend(m.supply_chain_evidence.iter().cloned());
     items.push(supply);
     let mut flags = from_check(ItemId::Flags, m.scan.check("flags"), "flags");
@@ -564,12 +579,21 @@ fn rehearsal_item(r: &Rehearsal, max_age_hours: u64) -> Item {
                     ItemStatus::Fail,
                     format!("the newest dry-run rollback is dated {:.1} h in the future: check the clocks", -age_hours),
                 )
+            } else if !*sealed {
+                // Anyone can write a JSON file: only a sealed bundle shows
+                // that the record is what spark rollback wrote.
+                Item::new(
+                    ItemId::RollbackRehearsed,
+                    ItemStatus::Warn,
+                    format!(
+                        "dry-run rollback {age_hours:.1} h ago, but its record is not sealed (a record of an older spark?): rehearse again with spark rollback --dry-run"
+                    ),
+                )
             } else {
-                let seal = if *sealed { ", its bundle intact" } else { ", not sealed" };
                 Item::new(
                     ItemId::RollbackRehearsed,
                     ItemStatus::Pass,
-                    format!("dry-run rollback {age_hours:.1} h ago (limit {max_age_hours} h){seal}"),
+                    format!("dry-run rollback {age_hours:.1} h ago (limit {max_age_hours} h), its bundle intact"),
                 )
             };
             item.evidence.push(evidence.clone());

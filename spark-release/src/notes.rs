@@ -107,9 +107,9 @@ pub fn release_notes(
         go_nogo = text.lines().find_map(|l| l.strip_prefix("verdict:").map(|v| v.trim().to_owned()));
     }
     // A directory may hold other releases' rollbacks: with a trail, only
-    // those decided from a day before the run (its rehearsal) to an hour
-    // after it belong to this release.
-    let window = trail.as_ref().and_then(|t| Some((t.first_ms? - REHEARSAL_BEFORE_MS, t.last_ms? + AFTER_RUN_MS)));
+    // real rollbacks decided during the run (or up to an hour after it), and
+    // rehearsals (dry runs) from a day before it, belong to this release.
+    let window = trail.as_ref().and_then(|t| Some((t.first_ms?, t.last_ms? + AFTER_RUN_MS)));
     let mut rollbacks = Vec::new();
     for path in files.iter().filter(|p| {
         p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("rollback_") && n.ends_with(".json"))
@@ -121,20 +121,20 @@ pub fn release_notes(
             continue;
         }
         let decided = record["decided_at_ms"].as_i64().unwrap_or(0);
-        if window.is_some_and(|(from, to)| decided < from || decided > to) {
+        let lead = if record["dry_run"] == true { REHEARSAL_BEFORE_MS } else { 0 };
+        if window.is_some_and(|(from, to)| decided < from.saturating_sub(lead) || decided > to) {
             continue;
         }
         let sha256 = spark_evidence::sha256_hex(&bytes);
         evidence.push((relative(evidence_dir, path), sha256.clone()));
-        // The text record beside the JSON is the one a person reads.
-        let text = path.with_extension("txt");
         rollbacks.push(RollbackEvent {
             trigger: record["trigger"].as_str().unwrap_or("manual").to_owned(),
             decided_at: record["decided_at"].as_str().unwrap_or_default().to_owned(),
             stage: record["stage"].as_str().unwrap_or_default().to_owned(),
             recovery_ms: record["timing"]["decision_to_completion_ms"].as_i64().unwrap_or(0),
             dry_run: record["dry_run"] == true,
-            evidence: relative(evidence_dir, if text.is_file() { &text } else { path }),
+            // The file the digest is of (its `.txt` twin sits beside it).
+            evidence: relative(evidence_dir, path),
             sha256,
         });
     }

@@ -4,9 +4,15 @@ use std::path::{Path, PathBuf};
 
 use crate::go_nogo::{EvidenceRef, Rehearsal};
 
+/// How far in the future a record may be dated and still be the newest: a
+/// minute of clock difference between the machine that rehearsed and this
+/// one.
+const FUTURE_TOLERANCE_MS: i64 = 60_000;
+
 /// Looks for `rollback_*.json` records in `dir` and in its subdirectories
 /// one level deep (each rollback's sealed bundle, `rollback_<stamp>/`),
-/// and returns the newest dry run by decision time. A bundle with a
+/// and returns the newest dry run by decision time (one dated more than a
+/// minute in the future only when there is no other). A bundle with a
 /// manifest is verified (without a key: the digests, not the signature).
 /// Records that are not `spark-rollback-record/v1` JSON are ignored: a
 /// directory may hold other evidence.
@@ -20,7 +26,10 @@ pub fn find_rehearsal(dir: &Path, now_ms: i64) -> Rehearsal {
             continue;
         }
         let Some(at) = record["decided_at_ms"].as_i64() else { continue };
-        if best.as_ref().is_none_or(|(t, _, _)| at > *t) {
+        // A record dated in the future (a skewed clock, or a forgery) never
+        // hides the real newest one: it is chosen only when nothing else is.
+        let rank = |t: i64| (t <= now_ms.saturating_add(FUTURE_TOLERANCE_MS), t);
+        if best.as_ref().is_none_or(|(t, _, _)| rank(at) > rank(*t)) {
             best = Some((at, path, bytes));
         }
     }
@@ -38,7 +47,7 @@ pub fn find_rehearsal(dir: &Path, now_ms: i64) -> Rehearsal {
         Vec::new()
     };
     #[allow(clippy::cast_precision_loss, reason = "an age in milliseconds is far below 2^52")]
-    let age_hours = (now_ms - at) as f64 / 3_600_000.0;
+    let age_hours = now_ms.saturating_sub(at) as f64 / 3_600_000.0;
     Rehearsal::Found {
         evidence: EvidenceRef { file: path.display().to_string(), sha256: spark_evidence::sha256_hex(&bytes) },
         age_hours,

@@ -238,16 +238,35 @@ impl<'a> Timer<'a> {
     }
 
     fn end(self, status: StepStatus, detail: impl Into<String>, file: Option<&EvidenceFile>) -> StepOutcome {
+        let took = self.start.elapsed();
+        self.end_after(took, status, detail, file)
+    }
+
+    /// Ends a step that ran beside another, with its own duration.
+    fn end_after(
+        self,
+        took: std::time::Duration,
+        status: StepStatus,
+        detail: impl Into<String>,
+        file: Option<&EvidenceFile>,
+    ) -> StepOutcome {
         let outcome = StepOutcome {
             step: self.step,
             status,
             detail: detail.into(),
             file: file.map(EvidenceRef::from),
-            millis: u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX),
+            millis: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
         };
         self.progress.finished(&outcome);
         outcome
     }
+}
+
+/// Awaits `future` and says how long it took.
+async fn timed<F: std::future::Future>(future: F) -> (F::Output, std::time::Duration) {
+    let start = Instant::now();
+    let value = future.await;
+    (value, start.elapsed())
 }
 
 /// The directory a workspace manifest is in (`.` for a bare file name).
@@ -304,13 +323,20 @@ async fn run(options: RitualOptions, progress: &dyn Progress, mode: Mode) -> Res
     if options.evidence_dir.join(spark_evidence::MANIFEST).exists() {
         return Err(ReleaseError::BundleExists(options.evidence_dir.clone()));
     }
-    let dir = EvidenceDir::create(&options.evidence_dir)?;
-    let written: &[String] = if mode == Mode::Ritual { &names } else { &names[3..] };
-    if let Some(existing) = written.iter().find(|n| dir.contains(n)) {
-        return Err(ReleaseError::Evidence(spark_evidence::EvidenceError::Exists {
-            path: options.evidence_dir.join(existing),
-        }));
+    // Everything in the directory is sealed (ritual) or read as this
+    // release's (go-nogo): it must start empty, so that nothing but what was
+    // measured here is in it, and nothing is half-written on a clash.
+    if let Ok(entries) = std::fs::read_dir(&options.evidence_dir) {
+        let mut present: Vec<String> =
+            entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        if !present.is_empty() {
+            present.sort();
+            let shown =
+                if present.len() > 3 { format!("{}, …", present[..3].join(", ")) } else { present.join(", ") };
+            return Err(ReleaseError::DirNotEmpty { dir: options.evidence_dir.clone(), present: shown });
+        }
     }
+    let dir = EvidenceDir::create(&options.evidence_dir)?;
     let [tag_name, sbom_name, provenance_name, go_name, scan_name, baseline_name, plan_name] = &names;
     let clock = &options.clock;
     let mut steps = Vec::new();
@@ -320,6 +346,7 @@ async fn run(options: RitualOptions, progress: &dyn Progress, mode: Mode) -> Res
 
     let mut sbom_file = None;
     let mut provenance_file = None;
+    let mut supply_chain_not_written = None;
     let mut supply_chain_evidence = Vec::new();
     if mode == Mode::GoNoGo {
         // The files spark.toml names, as they are: the scan verifies them.
@@ -446,6 +473,17 @@ async fn run(options: RitualOptions, progress: &dyn Progress, mode: Mode) -> Res
         };
         files.extend(provenance_file.clone());
         supply_chain_evidence = sbom_file.iter().chain(provenance_file.iter()).map(EvidenceRef::from).collect();
+        if sbom_file.is_none() || provenance_file.is_none() {
+            let why: Vec<String> = steps
+                .iter()
+                .filter(|s| matches!(s.step, Step::Sbom | Step::Provenance) && s.status != StepStatus::Done)
+                .map(|s| format!("{}: {}", s.step.name(), s.detail))
+                .collect();
+            supply_chain_not_written = Some(format!(
+                "the ritual could not write the SBOM and provenance of the artifact ({})",
+                why.join("; ")
+            ));
+        }
     }
 
     // 4 and 5. The scan, and beside it the baseline snapshot.
@@ -464,17 +502,18 @@ async fn run(options: RitualOptions, progress: &dyn Progress, mode: Mode) -> Res
             config.supply_chain.lockfile = manifest_dir(workspace).join(&config.supply_chain.lockfile);
         }
     }
-    let checks = match spark_checks::select(spark_checks::checks::all(), &config.check.only) {
-        Ok(c) => c,
-        Err(e) => return Err(ReleaseError::Config(e)),
-    };
+    // Every check, whatever `[check] only` says: GO rests on the whole scan,
+    // and a check left out would be a blind spot counted as passed.
+    let checks = spark_checks::checks::all();
     let ctx = Arc::new(Context::new(config).with_migrations(&options.migrations).with_clock(options.clock.clone()));
     let scan_timer = Timer::start(progress, Step::Scan);
     let baseline_timer = Timer::start(progress, Step::Baseline);
     let now = clock.now_ms();
-    let (report, baseline) = tokio::join!(spark_checks::scan(&ctx, checks), baseline(settings, &plan_for_queries, now));
+    // Each step's own duration, not the slower one's.
+    let ((report, scan_took), (baseline, baseline_took)) =
+        tokio::join!(timed(spark_checks::scan(&ctx, checks)), timed(baseline(settings, &plan_for_queries, now)));
     let scan_file = dir.write(scan_name, report.evidence_text().as_bytes())?;
-    steps.push(scan_timer.end(scan_status(&report), scan_detail(&report), Some(&scan_file)));
+    steps.push(scan_timer.end_after(scan_took, scan_status(&report), scan_detail(&report), Some(&scan_file)));
     let (baseline_state, baseline_text) = baseline;
     let baseline_file = dir.write(baseline_name, baseline_text.as_bytes())?;
     let (status, detail) = match &baseline_state {
@@ -485,7 +524,7 @@ async fn run(options: RitualOptions, progress: &dyn Progress, mode: Mode) -> Res
         Baseline::NotConfigured => (StepStatus::Skipped, "no Prometheus configured".to_owned()),
         Baseline::Failed(e) => (StepStatus::Failed, e.clone()),
     };
-    steps.push(baseline_timer.end(status, detail, Some(&baseline_file)));
+    steps.push(baseline_timer.end_after(baseline_took, status, detail, Some(&baseline_file)));
     files.push(scan_file.clone());
     files.push(baseline_file.clone());
 
@@ -524,6 +563,7 @@ async fn run(options: RitualOptions, progress: &dyn Progress, mode: Mode) -> Res
         plan_evidence: Some(EvidenceRef::from(&plan_file)),
         baseline: baseline_state,
         baseline_evidence: Some(EvidenceRef::from(&baseline_file)),
+        supply_chain_not_written,
     };
     let verdict = decide(release, &measurements, roles, &options.signers, &options.acceptances, decided_at)?;
     let file = dir.write(go_name, verdict.to_text().as_bytes())?;

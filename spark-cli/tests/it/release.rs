@@ -214,10 +214,27 @@ async fn a_full_ritual_is_go_its_bundle_verifies_and_a_float_money_column_makes_
     assert!(run.stdout.contains("NO-GO (9/10)"), "{}", run.stdout);
     let why = run.stdout.lines().find(|l| l.contains("NO-GO: scan:")).unwrap_or_else(|| panic!("{}", run.stdout));
     assert!(why.contains("decimal") && why.contains("legacy_fills.price"), "{why}");
+    // Progress is drawn only on a terminal: a log gets no carriage returns.
+    assert!(!run.stderr.contains('\r') && !run.stdout.contains('\r'), "{:?}", run.stderr);
     // The NO-GO is evidence too, sealed like a GO.
     let verify =
         spark_off_runtime(dir.path(), &["evidence", "verify", "evidence/v1.4.1", "--key", "release.key.pub"]).await;
     assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
+
+    // GO/NO-GO on its own, after the ritual: its own directory beside the
+    // bundle, and exit 1 for the same NO-GO.
+    let mut args = vec!["go-nogo", "--release", "v1.4.1"];
+    args.extend(SIGNERS);
+    let run = spark_off_runtime(dir.path(), &args).await;
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("legacy_fills.price"), "{}", run.stdout);
+    let own: Vec<String> = std::fs::read_dir(dir.path().join("evidence"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("go-nogo_v1.4.1_"))
+        .collect();
+    assert_eq!(own.len(), 1, "{own:?}");
+    assert!(dir.path().join("evidence").join(&own[0]).join("go_nogo_signed_v1.4.1.json").is_file());
     server.abort();
 }
 
@@ -229,7 +246,10 @@ fn sign_off_typos_and_bad_release_names_exit_2_with_one_line() {
         &["go-nogo", "--release", "v1", "--sign", "CTO"],
         &["go-nogo", "--release", "v1", "--sign", "CTO=Ayşe", "--accept-warning", "backup=Mallory"],
         &["go-nogo", "--release", "v1", "--accept-warning", "bakup=Ayşe"],
+        &["go-nogo", "--release", "v1", "--sign", "CTO=Ayşe", "--sign", "product owner=Ayşe"],
         &["ritual", "../v1"],
+        &["ritual", "v1."],
+        &["go-nogo", "--release", "."],
         &["release-notes", "v1", "--evidence-dir", "nowhere"],
     ] {
         let run = crate::spark_with(args, Some(dir.path()), &[]);

@@ -3,7 +3,8 @@
 
 use spark_checks::Status;
 use spark_release::{
-    Acceptance, Baseline, EvidenceRef, ItemId, ItemStatus, Measurements, Rehearsal, ReleaseError, decide,
+    Acceptance, Baseline, EvidenceRef, ItemId, ItemStatus, Measurements, Rehearsal, ReleaseError, SignOff, decide,
+    find_rehearsal,
 };
 
 use crate::{all_signers, report, roles};
@@ -26,6 +27,7 @@ async fn measurements(statuses: &[(&'static str, Status)]) -> Measurements {
         plan_evidence: None,
         baseline: Baseline::Taken { empty_signals: Vec::new() },
         baseline_evidence: None,
+        supply_chain_not_written: None,
     }
 }
 
@@ -144,4 +146,76 @@ async fn an_invalid_plan_and_a_failed_baseline_fail() {
     let v = decide("v1", &m, &roles(), &all_signers(), &[], NOW).unwrap();
     let item = v.items.iter().find(|i| i.id == ItemId::Baseline).unwrap();
     assert_eq!(item.status, ItemStatus::Warn, "not measured is a warning, never a pass");
+}
+
+#[tokio::test]
+async fn one_person_for_two_roles_is_an_error_and_bad_release_names_are_refused() {
+    let m = measurements(&[]).await;
+    let signers: Vec<SignOff> =
+        ["DevOps lead=Deniz", "CTO=deniz ", "product owner=Can"].iter().map(|s| s.parse().unwrap()).collect();
+    let e = decide("v1", &m, &roles(), &signers, &[], NOW).unwrap_err();
+    assert!(e.to_string().contains("signs as CTO and as DevOps lead already"), "{e}");
+    for name in ["v1.", ".", ".v1", "-", "v1..2", ""] {
+        let e = decide(name, &m, &roles(), &all_signers(), &[], NOW).unwrap_err();
+        assert!(matches!(e, ReleaseError::ReleaseName(_)), "{name:?}: {e}");
+    }
+    assert!(decide("v1.4.0-rc.1+b7", &m, &roles(), &all_signers(), &[], NOW).is_ok());
+}
+
+#[tokio::test]
+async fn an_unsealed_rehearsal_warns_and_unwritten_supply_chain_files_fail() {
+    let mut m = measurements(&[]).await;
+    m.rehearsal = Rehearsal::Found {
+        evidence: EvidenceRef { file: "rollback_x.json".into(), sha256: "cd".repeat(32) },
+        age_hours: 1.0,
+        bundle_problems: Vec::new(),
+        sealed: false,
+    };
+    let v = decide("v1", &m, &roles(), &all_signers(), &[], NOW).unwrap();
+    let item = v.items.iter().find(|i| i.id == ItemId::RollbackRehearsed).unwrap();
+    assert_eq!(item.status, ItemStatus::Warn, "{item:?}");
+    assert!(item.summary.contains("not sealed"), "{item:?}");
+
+    let mut m = measurements(&[("supply-chain", Status::Skip)]).await;
+    m.supply_chain_not_written = Some("the ritual could not write the SBOM and provenance (sbom: failed)".into());
+    let v = decide("v1", &m, &roles(), &all_signers(), &[accept("supply-chain=Can"), accept("scan=Can")], NOW).unwrap();
+    let item = v.items.iter().find(|i| i.id == ItemId::SupplyChain).unwrap();
+    assert_eq!(item.status, ItemStatus::Fail, "a supply chain never written is no warning to accept: {item:?}");
+    assert!(!v.is_go());
+}
+
+/// Writes a dry-run record as `rollback_<name>/rollback_<name>.json`,
+/// sealed or not.
+fn rehearsal_record(dir: &std::path::Path, name: &str, decided_at_ms: i64, seal: bool) {
+    let bundle = dir.join(format!("rollback_{name}"));
+    std::fs::create_dir_all(&bundle).unwrap();
+    let record = serde_json::json!({
+        "format": spark_rollback::RECORD_FORMAT, "dry_run": true, "decided_at_ms": decided_at_ms,
+    });
+    std::fs::write(bundle.join(format!("rollback_{name}.json")), record.to_string()).unwrap();
+    if seal {
+        spark_evidence::seal(&bundle, None, decided_at_ms).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_record_dated_in_the_future_does_not_hide_the_newest_real_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    rehearsal_record(tmp.path(), "real", NOW - 2 * 3_600_000, true);
+    rehearsal_record(tmp.path(), "forged", i64::MAX, true);
+    rehearsal_record(tmp.path(), "ancient", i64::MIN, false);
+    let Rehearsal::Found { evidence, age_hours, sealed, bundle_problems } = find_rehearsal(tmp.path(), NOW) else {
+        panic!("no rehearsal found");
+    };
+    assert!(evidence.file.ends_with("rollback_real.json"), "{evidence:?}");
+    assert!((age_hours - 2.0).abs() < 1e-9 && sealed && bundle_problems.is_empty());
+
+    // Only a future one: it is found, and GO/NO-GO fails it.
+    let only_future = tempfile::tempdir().unwrap();
+    rehearsal_record(only_future.path(), "forged", NOW + 3_600_000, true);
+    let mut m = measurements(&[]).await;
+    m.rehearsal = find_rehearsal(only_future.path(), NOW);
+    let v = decide("v1", &m, &roles(), &all_signers(), &[], NOW).unwrap();
+    let item = v.items.iter().find(|i| i.id == ItemId::RollbackRehearsed).unwrap();
+    assert!(item.summary.contains("in the future"), "{item:?}");
 }

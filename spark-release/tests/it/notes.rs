@@ -60,10 +60,13 @@ async fn notes_carry_the_stage_table_the_gate_values_the_rollback_and_the_risks(
     let evidence = spark_evidence::EvidenceDir::create(tmp.path()).unwrap();
     let request = RollbackRequest::new("api_p95 above 0.25 s", "25%", decided).trigger("api_p95");
     let record = spark_rollback::execute(&Plan::default(), &request, &env, &evidence).await.unwrap();
-    // Another release's rollback, three days earlier, is not this one's.
-    let old = decided - 3 * 24 * 3_600_000;
-    clock.set(old);
-    let request = RollbackRequest::new("an older release", "50%", old).trigger("error_rate");
+    // Another release's real rollback, twelve hours before this run, is
+    // not this one's; this release's rehearsal at the same time is.
+    let earlier = decided - 12 * 3_600_000;
+    clock.set(earlier);
+    let request = RollbackRequest::new("an older release", "50%", earlier).trigger("error_rate");
+    spark_rollback::execute(&Plan::default(), &request, &env, &evidence).await.unwrap();
+    let request = RollbackRequest::new("rehearsal", "5%", earlier).trigger("ws_staleness").dry_run(true);
     spark_rollback::execute(&Plan::default(), &request, &env, &evidence).await.unwrap();
     let risks = parse_risks(RISKS, "risks.toml".as_ref()).unwrap();
     let notes = release_notes("v1.4.0", tmp.path(), risks, "2026-12-07T12:00:00Z").unwrap();
@@ -74,13 +77,18 @@ async fn notes_carry_the_stage_table_the_gate_values_the_rollback_and_the_risks(
     assert!(md.contains("| 2 | 25% | 2m 00s | rolled back (api_p95) | 4/6 |"), "{md}");
     assert!(md.contains("| 5% | 0.11 (≤ 0.25) | 0.001 (≤ 0.005) |"), "{md}");
     assert!(md.contains("| 25% | 0.61 ✗ (≤ 0.25) |"), "{md}");
-    assert!(md.contains("– |\n") || md.contains("– |"), "a missing value is a dash, never a zero: {md}");
-    let text_record = record.file("rollback_").unwrap();
-    let rel = text_record.path.strip_prefix(tmp.path()).unwrap_or(&text_record.path).display().to_string();
+    let five = md.lines().find(|l| l.starts_with("| 5% | 0.11")).unwrap();
+    assert!(five.ends_with("| 0 (≤ 0.01) | – |"), "a missing value is a dash, never a zero: {five}");
+    // The row names the file its digest is of: the JSON record.
+    let json_record = record.files.iter().find(|f| f.name.ends_with(".json")).unwrap();
+    let rel = json_record.path.strip_prefix(tmp.path()).unwrap_or(&json_record.path).display().to_string();
+    assert!(md.contains(&format!("`{rel}` sha256:{}", json_record.sha256)), "{md}");
     let row = md.lines().find(|l| l.starts_with("| api_p95 |")).unwrap_or_else(|| panic!("no rollback row: {md}"));
     assert!(row.contains("| 25% |") && row.contains("| rollback |") && row.contains(&format!("`{rel}`")), "{row}");
     assert!(md.contains("- Canary: rolled back at 25% by api_p95, 2 stages."), "{md}");
     assert!(!md.lines().any(|l| l.starts_with("| error_rate |")), "another release's rollback is left out: {md}");
+    let rehearsal = md.lines().find(|l| l.starts_with("| ws_staleness |")).unwrap_or_else(|| panic!("{md}"));
+    assert!(rehearsal.contains("| 5% |") && rehearsal.contains("rehearsal"), "{rehearsal}");
     assert!(row.contains("| 0.00 s |"), "recovery measured on the record's clock: {row}");
     assert!(md.contains("pgBouncer 1.18 \\| transaction mode"), "a pipe in a cell is escaped: {md}");
     assert!(md.contains("| 2027-01-15 |") && md.contains("| 2026-12-20 |"), "{md}");

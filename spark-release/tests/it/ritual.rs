@@ -178,3 +178,38 @@ async fn go_nogo_on_its_own_writes_its_json_and_finds_no_rehearsal_in_an_empty_d
     assert!(!dir.join("manifest.json").exists(), "GO/NO-GO on its own seals nothing");
     assert_eq!(report.steps.len(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_narrowed_scan_a_cluttered_directory_and_a_missing_artifact_never_pass() {
+    let (tmp, mut settings) = setup().await;
+    // `[check] only` narrows `spark check`, never GO/NO-GO: every check runs.
+    settings.checks.check.only = vec!["migrations".to_owned()];
+    let dir = tmp.path().join("narrowed");
+    let report = spark_release::run_go_nogo(options(settings.clone(), &dir), &NoProgress).await.unwrap();
+    let scan = std::fs::read_to_string(dir.join("blind_spots_scan_v1.4.0.txt")).unwrap();
+    for id in ["clock", "decimal", "pgbouncer", "headers", "supply-chain"] {
+        assert!(scan.contains(id), "the ritual's scan left out {id}: {scan}");
+    }
+    assert!(report.go_nogo.items[0].summary.contains("checks"), "{:?}", report.go_nogo.items[0]);
+
+    // A directory holding anything is refused before anything is written.
+    let cluttered = tmp.path().join("cluttered");
+    std::fs::create_dir_all(&cluttered).unwrap();
+    std::fs::write(cluttered.join("canary_run_v1.4.0.jsonl"), "{}\n").unwrap();
+    let e = spark_release::run_ritual(options(settings.clone(), &cluttered), &NoProgress).await.unwrap_err();
+    assert!(matches!(&e, ReleaseError::DirNotEmpty { .. }), "{e}");
+    assert!(e.to_string().contains("canary_run_v1.4.0.jsonl"), "{e}");
+    assert_eq!(std::fs::read_dir(&cluttered).unwrap().count(), 1, "the refused ritual wrote into the directory");
+
+    // No artifact: the SBOM is written, the provenance cannot be, and the
+    // supply-chain item fails even when a signer would accept it.
+    let bare = tmp.path().join("no-artifact");
+    let mut o = options(settings, &bare);
+    o.artifact = None;
+    o.acceptances = vec!["supply-chain=Can".parse().unwrap()];
+    let report = spark_release::run_ritual(o, &NoProgress).await.unwrap();
+    let item = report.go_nogo.items.iter().find(|i| i.id == ItemId::SupplyChain).unwrap();
+    assert_eq!(item.status, ItemStatus::Fail, "{item:?}");
+    assert!(item.summary.contains("provenance"), "{item:?}");
+    assert!(!report.go_nogo.is_go());
+}
