@@ -358,6 +358,25 @@ pub async fn restore_drill(
     };
 
     let server = Server { bin: bin.clone(), data: data.clone(), log: log.clone() };
+    // A target before the backup started cannot be reached from it: the
+    // server would stop at the first commit after the backup and promote,
+    // a restore to the wrong time that looks like success.
+    if let Some(backup_start) = backup_started(&data)
+        && options.target_time < backup_start
+    {
+        report.items.push(DrillItem {
+            name: "recovered",
+            held: false,
+            value: format!(
+                "the target {} is before this base backup started ({}): no restore from it can reach the target; use an older base backup",
+                report.target_time,
+                backup_start.to_rfc3339_opts(SecondsFormat::Secs, true)
+            ),
+        });
+        report.duration_ms = elapsed_ms(started);
+        drop(scratch);
+        return Ok(report);
+    }
     let start = server.start(options.recovery_timeout).await;
     let url = format!("postgres://{}@127.0.0.1:{port}/{}", options.user, options.database);
     let promoted = match start {
@@ -727,6 +746,15 @@ fn scan_archive(archive: &Path, data: &Path, segment_bytes: u64) -> Result<WalAr
     })
 }
 
+/// When the backup started, from `backup_label` (`START TIME: 2026-12-07
+/// 11:49:30 UTC`); `None` when it is not there or not in UTC.
+fn backup_started(data: &Path) -> Option<DateTime<Utc>> {
+    let label = std::fs::read_to_string(data.join("backup_label")).ok()?;
+    let text = label.lines().find_map(|l| l.strip_prefix("START TIME:"))?.trim();
+    let text = text.strip_suffix(" UTC").or_else(|| text.strip_suffix(" GMT"))?;
+    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S").ok().map(|t| t.and_utc())
+}
+
 /// The backup's WAL segment size from `pg_controldata`, else 16 MiB.
 fn segment_bytes(bin: &PgBin, data: &Path) -> u64 {
     let Ok(mut command) = bin.server("pg_controldata") else { return DEFAULT_SEGMENT_BYTES };
@@ -881,5 +909,19 @@ mod tests {
             Some("FATAL:  recovery ended before configured recovery target was reached")
         );
         assert_eq!(fatal_line("LOG: fine"), None);
+    }
+
+    #[test]
+    fn the_backup_start_is_read_from_backup_label_in_utc_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join("backup_label"),
+            "START WAL LOCATION: 0/3000028 (file 000000010000000000000003)\nSTART TIME: 2026-12-07 11:49:30 UTC\n",
+        )
+        .unwrap();
+        let t = backup_started(tmp.path()).unwrap();
+        assert_eq!(t.to_rfc3339_opts(SecondsFormat::Secs, true), "2026-12-07T11:49:30Z");
+        std::fs::write(tmp.path().join("backup_label"), "START TIME: 2026-12-07 12:49:30 CET\n").unwrap();
+        assert_eq!(backup_started(tmp.path()), None, "a zone abbreviation is not guessed");
     }
 }

@@ -22,6 +22,7 @@ mod output;
 mod positions;
 mod progress;
 mod release;
+mod restore;
 mod rollback;
 mod rules;
 mod supply_chain;
@@ -118,6 +119,10 @@ enum Command {
     /// gate values, rollbacks, remaining risks.
     #[command(name = "release-notes")]
     ReleaseNotes(release::ReleaseNotesArgs),
+    /// Base backups and the point-in-time restore drill (exit 0 the restore
+    /// held, 1 it did not, 2 bad input).
+    #[command(subcommand)]
+    Restore(restore::RestoreCommand),
 }
 
 /// Library warnings and errors (a relay's sink check, a dropped LISTEN) go
@@ -162,6 +167,7 @@ fn main() -> ExitCode {
         Command::GoNoGo(args) => block_on(release::run_go_nogo(args, &out)),
         Command::Ritual(args) => block_on(release::run_ritual(args, &out)),
         Command::ReleaseNotes(args) => release::run_release_notes(args, &out),
+        Command::Restore(cmd) => block_on(restore::run(cmd, &out)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -25,7 +25,7 @@ use crate::record::{MetricsEvidence, RollbackRecord, Timing};
 use crate::source::{MetricSource, Range};
 
 /// The database restore runbook a plan links by default.
-pub const DEFAULT_RUNBOOK: &str = "docs/runbooks/database-restore.md";
+pub const DEFAULT_RUNBOOK: &str = "docs/runbooks/db-restore.md";
 
 /// `[rollback]` in a plan: what a rollback does.
 ///

@@ -9,6 +9,7 @@ mod evidence;
 mod money;
 mod outbox;
 mod release;
+mod restore;
 mod rollback;
 mod rules;
 mod supply_chain;

@@ -145,7 +145,7 @@ fn a_rollback_runs_every_action_notifies_and_writes_the_evidence() {
     assert!(run.stdout.contains("2 actions, 1 failed"), "{}", run.stdout);
     assert!(run.stdout.contains("the secret variable HOOK_SECRET is not set"), "{}", run.stdout);
     assert!(run.stdout.contains("slack: failed ($SLACK_WEBHOOK_URL is not set; not notified)"), "{}", run.stdout);
-    assert!(run.stdout.contains("which is not rolled back: docs/runbooks/database-restore.md"), "{}", run.stdout);
+    assert!(run.stdout.contains("which is not rolled back: docs/runbooks/db-restore.md"), "{}", run.stdout);
     assert!(run.stdout.contains("decision to first action "), "{}", run.stdout);
 }
 
