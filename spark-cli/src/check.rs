@@ -173,22 +173,10 @@ async fn run_contract(args: ContractArgs, out: &Output) -> CmdResult {
         }
         // No service answering is the check failing, not bad usage.
         Err(e @ ChecksError::Unreachable { .. }) => {
-            let outcome = Outcome::unreachable(contract::ID, causes(&e));
+            let outcome = Outcome::unreachable(contract::ID, spark_db::error_chain(&e));
             out.emit(&outcome, || format!("FAIL  {}  {}", outcome.id, outcome.summary))?;
             Err(Failure::No)
         }
         Err(e) => Err(e.into()),
     }
-}
-
-/// An error and its causes on one line.
-fn causes(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -57,3 +57,26 @@ pub enum DbError {
     #[error("database query failed")]
     Query(#[source] sqlx::Error),
 }
+
+/// An error and its causes on one line, joined by `: ` (what anyhow's `{:#}`
+/// prints), for the crates that do not use anyhow. A reqwest or sqlx
+/// error's own message rarely says why ("error sending request"); its
+/// causes do (refused, timed out, a TLS failure).
+///
+/// ```
+/// let io = std::io::Error::other("connection refused");
+/// let err = spark_db::DbError::InvalidUrl { url: "postgres://db/x".into(), source: sqlx::Error::Io(io) };
+/// assert!(spark_db::error_chain(&err).starts_with("invalid database URL \"postgres://db/x\": "));
+/// assert!(spark_db::error_chain(&err).ends_with(": connection refused"), "{}", spark_db::error_chain(&err));
+/// ```
+#[must_use]
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -116,16 +116,7 @@ pub enum PublishError {
 }
 
 /// An error and its causes on one line (`{:#}` without anyhow).
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
-}
+pub(crate) use spark_db::error_chain as chain;
 
 #[cfg(test)]
 mod tests {

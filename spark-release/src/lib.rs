@@ -70,14 +70,7 @@ pub(crate) use spark_rollback::rfc3339;
 
 /// An error and its causes on one line.
 pub(crate) fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    one_line(&text)
+    one_line(&spark_db::error_chain(err))
 }
 
 /// A message on one line.

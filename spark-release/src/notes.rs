@@ -188,7 +188,9 @@ fn fill(template: &str, values: &BTreeMap<&str, String>) -> Result<String, Strin
     Ok(out)
 }
 
-fn files_one_deep(dir: &Path) -> Vec<PathBuf> {
+/// Every file in `dir` and in its direct subdirectories (each rollback's
+/// bundle is one).
+pub(crate) fn files_one_deep(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else { return out };
     for entry in entries.flatten() {

@@ -58,24 +58,12 @@ pub fn find_rehearsal(dir: &Path, now_ms: i64) -> Rehearsal {
 
 /// `rollback_*.json` in `dir` and in its direct subdirectories.
 fn candidates(dir: &Path) -> Vec<PathBuf> {
-    let is_record = |p: &Path| {
-        p.is_file()
-            && p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("rollback_") && n.ends_with(".json"))
-    };
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            if let Ok(inner) = std::fs::read_dir(&path) {
-                out.extend(inner.flatten().map(|e| e.path()).filter(|p| is_record(p)));
-            }
-        } else if is_record(&path) {
-            out.push(path);
-        }
-    }
+    let mut out: Vec<PathBuf> = crate::notes::files_one_deep(dir)
+        .into_iter()
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("rollback_") && n.ends_with(".json"))
+        })
+        .collect();
     out.sort();
     out
 }

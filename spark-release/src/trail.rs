@@ -44,6 +44,19 @@ pub struct StageRecord {
 }
 
 impl StageRecord {
+    /// A stage that started at `at` and has not ended.
+    fn running(weight: String, at: Option<i64>) -> StageRecord {
+        StageRecord {
+            weight,
+            started_ms: at.unwrap_or(0),
+            ended_ms: None,
+            status: "running".to_owned(),
+            trigger: None,
+            evaluations: 0,
+            gates: Vec::new(),
+        }
+    }
+
     /// Gates passed at the last evaluation, of six.
     #[must_use]
     pub fn gates_passed(&self) -> usize {
@@ -124,15 +137,7 @@ pub fn read_trail(path: &Path) -> Result<Trail, ReleaseError> {
                 if let Some(last) = stages.last_mut() {
                     last.ended_ms = last.ended_ms.or(at);
                 }
-                stages.push(StageRecord {
-                    weight: String::new(),
-                    started_ms: at.unwrap_or(0),
-                    ended_ms: None,
-                    status: "running".to_owned(),
-                    trigger: None,
-                    evaluations: 0,
-                    gates: Vec::new(),
-                });
+                stages.push(StageRecord::running(String::new(), at));
             }
             "weight" => {
                 let weight =
@@ -149,15 +154,7 @@ pub fn read_trail(path: &Path) -> Result<Trail, ReleaseError> {
                         if let Some(last) = stages.last_mut() {
                             last.ended_ms = last.ended_ms.or(at);
                         }
-                        stages.push(StageRecord {
-                            weight: weight.to_owned(),
-                            started_ms: at.unwrap_or(0),
-                            ended_ms: None,
-                            status: "running".to_owned(),
-                            trigger: None,
-                            evaluations: 0,
-                            gates: Vec::new(),
-                        });
+                        stages.push(StageRecord::running(weight.to_owned(), at));
                     }
                 }
                 if line["status"] == "failed"

@@ -84,13 +84,4 @@ pub(crate) fn snapshot_error(field: impl Into<String>, message: impl Into<String
 /// An error and its causes on one line: reqwest's own message ("error
 /// sending request") does not say whether the connection was refused, timed
 /// out or failed its TLS handshake; the causes do.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
+pub(crate) use spark_db::error_chain as chain;

@@ -70,6 +70,26 @@ impl PgCluster {
         Some(server::blocking(move || PgCluster::start_blocking(bin, &settings)).await)
     }
 
+    /// A server that archives its WAL into [`PgCluster::dir`]
+    /// (`wal_level = replica`, `archive_mode = on`, an `archive_command`
+    /// copying each segment there), with `settings` as in
+    /// [`PgCluster::start`]; `None` after a skip line when PostgreSQL is not
+    /// installed.
+    ///
+    /// # Panics
+    ///
+    /// As [`PgCluster::start`] and [`PgCluster::restart`].
+    pub async fn start_archiving(settings: &[(&str, &str)]) -> Option<PgCluster> {
+        let mut all = vec![("wal_level", "replica"), ("archive_mode", "on")];
+        all.extend_from_slice(settings);
+        let mut pg = PgCluster::start(&all).await?;
+        // The directory exists only once the cluster does; the restart makes
+        // the archive_command part of the server's configuration file.
+        let command = format!("cp %p {}/%f", pg.dir().display());
+        pg.restart(&[("archive_command", &command)]).await;
+        Some(pg)
+    }
+
     /// Appends `settings` to `postgresql.conf` and restarts the server, for
     /// settings that only take effect at server start. The port stays the
     /// same, but existing connections are closed.

@@ -54,11 +54,7 @@ struct Scene {
 }
 
 async fn scene() -> Option<Scene> {
-    let archive = "cp %p {dir}/%f";
-    let pg = PgCluster::start(&[("wal_level", "replica"), ("archive_mode", "on"), ("max_wal_senders", "4")]).await?;
-    let mut pg = pg;
-    let command = archive.replace("{dir}", &pg.dir().display().to_string());
-    pg.restart(&[("archive_command", &command)]).await;
+    let pg = PgCluster::start_archiving(&[("max_wal_senders", "4")]).await?;
     let db = Database::connect(&pg.url(), 2).await.unwrap();
     db.migrate(&[spark_positions::MIGRATIONS, spark_outbox::MIGRATIONS]).await.unwrap();
     exec(&db, "CREATE TABLE marks (id BIGSERIAL PRIMARY KEY, phase TEXT NOT NULL)").await;

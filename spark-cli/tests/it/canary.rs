@@ -190,6 +190,13 @@ pub(crate) fn both_roles(canary: f64, baseline: f64) -> String {
     )
 }
 
+/// A real Prometheus that scrapes nothing: the tests' queries are constant
+/// vectors, answered at once. `None` after a skip line when it is not
+/// installed.
+pub(crate) async fn query_only_prometheus() -> Option<spark_testkit::prometheus::Prometheus> {
+    spark_testkit::prometheus::Prometheus::start("global: {scrape_interval: 1m}\n", "groups: []\n").await
+}
+
 /// Runs `spark` in `dir` on a blocking thread, off the runtime that hosts
 /// the test's Prometheus handle.
 pub(crate) async fn spark_off_runtime(dir: &std::path::Path, args: &[&str]) -> crate::Run {
@@ -209,11 +216,7 @@ pub(crate) async fn spark_off_runtime(dir: &std::path::Path, args: &[&str]) -> c
 /// empty and is reported as missing, never as zero.
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_snapshot_from_a_real_prometheus_replays() {
-    let Some(prom) =
-        spark_testkit::prometheus::Prometheus::start("global: {scrape_interval: 1m}\n", "groups: []\n").await
-    else {
-        return;
-    };
+    let Some(prom) = crate::canary::query_only_prometheus().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let plan = format!(
         "[queries]\nhttp_requests_per_second = {}\napi_latency_p95_seconds = {}\n",
@@ -283,11 +286,7 @@ async fn metrics_snapshot_from_a_real_prometheus_replays() {
 /// trail records every weight before and after it is set.
 #[tokio::test(flavor = "multi_thread")]
 async fn canary_run_sets_each_weight_and_completes() {
-    let Some(prom) =
-        spark_testkit::prometheus::Prometheus::start("global: {scrape_interval: 1m}\n", "groups: []\n").await
-    else {
-        return;
-    };
+    let Some(prom) = crate::canary::query_only_prometheus().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("weights.log");
     let plan = format!(
@@ -353,11 +352,7 @@ async fn canary_run_sets_each_weight_and_completes() {
 /// after recording the weight it had set.
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_interrupts_a_run_and_the_trail_says_so() {
-    let Some(prom) =
-        spark_testkit::prometheus::Prometheus::start("global: {scrape_interval: 1m}\n", "groups: []\n").await
-    else {
-        return;
-    };
+    let Some(prom) = crate::canary::query_only_prometheus().await else { return };
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("plan.toml"),
@@ -394,11 +389,7 @@ async fn ctrl_c_interrupts_a_run_and_the_trail_says_so() {
 /// long the decision took to reach the first action.
 #[tokio::test(flavor = "multi_thread")]
 async fn canary_run_rolls_back_and_runs_the_rollback() {
-    let Some(prom) =
-        spark_testkit::prometheus::Prometheus::start("global: {scrape_interval: 1m}\n", "groups: []\n").await
-    else {
-        return;
-    };
+    let Some(prom) = crate::canary::query_only_prometheus().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let ran = dir.path().join("rollback.env");
     let plan = format!(

@@ -18,25 +18,8 @@ fn workspace() -> PathBuf {
 /// A private cluster archiving WAL into its own directory, with the order
 /// service's schema, one WAL segment already archived.
 async fn archiving_cluster() -> Option<(PgCluster, sqlx::PgPool)> {
-    let pg = PgCluster::start(&[("archive_mode", "on"), ("wal_level", "replica")]).await?;
+    let pg = PgCluster::start_archiving(&[]).await?;
     let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
-    // The cluster's own directory: the server's user can write there.
-    let command = format!("cp %p {}/%f", pg.dir().display());
-    let alter = format!("ALTER SYSTEM SET archive_command = '{command}'");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(alter)).execute(&pool).await.unwrap();
-    sqlx::raw_sql("SELECT pg_reload_conf()").execute(&pool).await.unwrap();
-    let start = Instant::now();
-    loop {
-        let now: String = sqlx::query_scalar("SELECT setting FROM pg_settings WHERE name = 'archive_command'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        if now == command {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "archive_command not reloaded: {now:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let db = order_service::Database::connect(&pg.url(), 4).await.unwrap();
     order_service::migrate(&db).await.unwrap();
     sqlx::raw_sql("SELECT pg_switch_wal()").execute(&pool).await.unwrap();
@@ -62,6 +45,11 @@ fn order_service_versions() -> String {
 }
 
 const SIGNERS: [&str; 6] = ["--sign", "DevOps lead=Deniz", "--sign", "CTO=Ayşe", "--sign", "product owner=Can"];
+
+/// What this machine cannot measure (no pgBouncer, no flag file; the
+/// baseline has no WebSocket or CSP signal), accepted by name.
+const ACCEPTED: [&str; 6] =
+    ["--accept-warning", "scan=Deniz", "--accept-warning", "baseline=Ayşe", "--accept-warning", "flags=Can"];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_ritual_is_go_its_bundle_verifies_and_a_float_money_column_makes_it_no_go() {
@@ -160,14 +148,7 @@ async fn a_full_ritual_is_go_its_bundle_verifies_and_a_float_money_column_makes_
     // What this machine cannot measure: no pgBouncer, no pages for the
     // headers check, no flag file; the baseline has no WebSocket or CSP
     // signal. Accepted by name; everything else must pass.
-    args.extend([
-        "--accept-warning",
-        "scan=Deniz",
-        "--accept-warning",
-        "baseline=Ayşe",
-        "--accept-warning",
-        "flags=Can",
-    ]);
+    args.extend(ACCEPTED);
     let started = Instant::now();
     let run = spark_off_runtime(dir.path(), &args).await;
     let took = started.elapsed();
@@ -201,14 +182,7 @@ async fn a_full_ritual_is_go_its_bundle_verifies_and_a_float_money_column_makes_
         .unwrap();
     let mut args = vec!["ritual", "v1.4.1", "--sign-key", "release.key"];
     args.extend(SIGNERS);
-    args.extend([
-        "--accept-warning",
-        "scan=Deniz",
-        "--accept-warning",
-        "baseline=Ayşe",
-        "--accept-warning",
-        "flags=Can",
-    ]);
+    args.extend(ACCEPTED);
     let run = spark_off_runtime(dir.path(), &args).await;
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("NO-GO (9/10)"), "{}", run.stdout);
@@ -265,11 +239,7 @@ fn sign_off_typos_and_bad_release_names_exit_2_with_one_line() {
 /// rollback; the release notes show both stages and the rollback.
 #[tokio::test(flavor = "multi_thread")]
 async fn release_notes_from_a_recorded_canary_run_with_one_rollback() {
-    let Some(prom) =
-        spark_testkit::prometheus::Prometheus::start("global: {scrape_interval: 1m}\n", "groups: []\n").await
-    else {
-        return;
-    };
+    let Some(prom) = crate::canary::query_only_prometheus().await else { return };
     let dir = tempfile::tempdir().unwrap();
     // The canary's p95 is 0.1 s until `turn`, then 0.6 s (above the default plan's 0.2).
     let turn = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 6;

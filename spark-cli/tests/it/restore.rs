@@ -14,9 +14,8 @@ async fn one(pool: &sqlx::PgPool, sql: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn backup_then_drill_restores_to_the_target_and_writes_the_report() {
-    let Some(mut pg) = PgCluster::start(&[("wal_level", "replica"), ("archive_mode", "on")]).await else { return };
+    let Some(pg) = PgCluster::start_archiving(&[]).await else { return };
     let archive = pg.dir().to_owned();
-    pg.restart(&[("archive_command", &format!("cp %p {}/%f", archive.display()))]).await;
     let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
 
