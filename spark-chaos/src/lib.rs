@@ -6,7 +6,8 @@
 //!
 //! - [`base_backup`] takes a plain-format base backup with `pg_basebackup`.
 //! - [`restore_drill`] restores a base backup plus its WAL archive to a
-//!   timestamp in a scratch PostgreSQL on 127.0.0.1, verifies it with
+//!   timestamp in a scratch PostgreSQL reachable only through a unix
+//!   socket in a private directory, verifies it with
 //!   `spark_checks::schema` (every migration applied, every sequence ahead
 //!   of its column, money columns exact, the one-open-position index valid),
 //!   checks the archive for gaps, counts the rows, measures the time to a
@@ -16,9 +17,16 @@
 //!   with [`DrillReport::write`].
 //!
 //! Guarantees: the backup and the archive are only read (the scratch
-//! server's `archive_mode` is off); the scratch server listens on loopback
-//! only, trusts only loopback and its private socket, and is stopped before
-//! the drill returns.
+//! server's `archive_mode` is off and its `archive_command`,
+//! `archive_cleanup_command`, `recovery_end_command` and `primary_conninfo`
+//! are cleared, whatever the copied configuration said; the archive path is
+//! refused unless it is safe in a shell); the scratch server has no TCP
+//! listener and trusts only its socket in the scratch directory (0700);
+//! its programs must be of the backup's major version; it is stopped before
+//! the drill returns, and stopped at once when the drill is dropped
+//! half-way (a panic, a cancelled future). A promoted server counts as
+//! recovered only when its log says where recovery stopped and the target
+//! is not before the backup's start.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), spark_chaos::ChaosError> {

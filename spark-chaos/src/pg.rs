@@ -57,6 +57,46 @@ impl PgBin {
             })
     }
 
+    /// The programs of the PostgreSQL major version a data directory (or a
+    /// base backup) was made by, from its `PG_VERSION`:
+    /// `/usr/lib/postgresql/<major>/bin` when it is there, else as
+    /// [`PgBin::find`].
+    ///
+    /// # Errors
+    /// [`ChaosError::Io`] when `PG_VERSION` cannot be read,
+    /// [`ChaosError::MissingProgram`] as [`PgBin::find`].
+    pub fn for_data_dir(data: &Path) -> Result<PgBin, ChaosError> {
+        let path = data.join("PG_VERSION");
+        let major = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let dir = Path::new(DEBIAN_LIB).join(major.trim()).join("bin");
+        if major.trim().chars().all(|c| c.is_ascii_digit()) && dir.join("pg_ctl").is_file() {
+            return Ok(PgBin { dir });
+        }
+        PgBin::find()
+    }
+
+    /// The major version of these programs (`15`), from `pg_ctl --version`.
+    ///
+    /// # Errors
+    /// [`ChaosError::MissingProgram`], [`ChaosError::Program`].
+    pub fn major_version(&self) -> Result<String, ChaosError> {
+        let mut command = self.client("pg_ctl")?;
+        command.arg("--version");
+        let output = run(command, "pg_ctl --version")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        // "pg_ctl (PostgreSQL) 15.19 (Debian 15.19-0+deb12u1)"
+        text.split(") ")
+            .nth(1)
+            .and_then(|v| v.split(['.', ' ']).next())
+            .filter(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit()))
+            .map(str::to_owned)
+            .ok_or_else(|| ChaosError::Program {
+                program: "pg_ctl --version".to_owned(),
+                status: "0".to_owned(),
+                output: format!("no version in {:?}", text.trim()),
+            })
+    }
+
     /// The directory.
     #[must_use]
     pub fn dir(&self) -> &Path {

@@ -20,8 +20,8 @@ use crate::pg::{self, PgBin};
 /// The `format` of a drill report.
 pub const DRILL_FORMAT: &str = "spark-restore-drill/v1";
 
-/// The WAL segment size when `pg_controldata` cannot tell (PostgreSQL's
-/// default, 16 MiB).
+/// PostgreSQL's default WAL segment size, 16 MiB.
+#[cfg(test)]
 const DEFAULT_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// At most this many tables are counted: a drill measures, it does not
@@ -77,15 +77,13 @@ pub async fn base_backup(
     let started_ms = clock.now_ms();
     let started = Instant::now();
     let mut command = bin.client("pg_basebackup")?;
-    command.arg("-d").arg(&options.database_url).arg("-D").arg(&out).args([
-        "-F",
-        "p",
-        "-X",
-        "stream",
-        "-c",
-        "fast",
-        "--no-password",
-    ]);
+    // The password goes in the environment, not on the command line where
+    // `ps` shows it to every local user.
+    let (url, password) = split_password(&options.database_url);
+    if let Some(password) = password {
+        command.env("PGPASSWORD", password);
+    }
+    command.arg("-d").arg(&url).arg("-D").arg(&out).args(["-F", "p", "-X", "stream", "-c", "fast", "--no-password"]);
     let result = blocking(move || pg::run(command, "pg_basebackup")).await;
     if let Err(ChaosError::Program { program, status, output }) = result {
         let output = Redactor::default().redact(&output);
@@ -188,7 +186,7 @@ pub struct DrillReport {
     pub base_backup: PathBuf,
     /// The archive.
     pub wal_archive: PathBuf,
-    /// The scratch server's port.
+    /// The scratch server's port (its unix socket's name; no TCP).
     pub port: u16,
     /// Recovery time: from the start of the drill (copy included) to the
     /// first query on the promoted database, milliseconds.
@@ -230,7 +228,7 @@ impl DrillReport {
         let _ = writeln!(t, "started at:   {}", self.started_at);
         let _ = writeln!(t, "base backup:  {}", self.base_backup.display());
         let _ = writeln!(t, "WAL archive:  {}", self.wal_archive.display());
-        let _ = writeln!(t, "scratch port: 127.0.0.1:{}", self.port);
+        let _ = writeln!(t, "scratch port: {} (unix socket only)", self.port);
         let ms = |v: Option<u64>| v.map_or_else(|| "not reached".to_owned(), |v| format!("{v} ms"));
         let _ = writeln!(t, "\nRTO (start to a usable database): {}", ms(self.rto_ms));
         let _ = writeln!(
@@ -317,6 +315,17 @@ pub async fn restore_drill(
     if !options.wal_archive.is_dir() {
         return Err(ChaosError::Input(format!("the WAL archive {} is not a directory", options.wal_archive.display())));
     }
+    // A server of another major version cannot read the backup; say so
+    // before copying anything.
+    let wanted = std::fs::read_to_string(backup.join("PG_VERSION")).map_err(io(backup.join("PG_VERSION")))?;
+    let have = bin.major_version()?;
+    if wanted.trim() != have {
+        return Err(ChaosError::Input(format!(
+            "the base backup is PostgreSQL {} but the programs in {} are PostgreSQL {have}: install {0} or pass its bin directory",
+            wanted.trim(),
+            bin.dir().display()
+        )));
+    }
     let started_ms = clock.now_ms();
     let started = Instant::now();
     let port = match options.port {
@@ -335,8 +344,10 @@ pub async fn restore_drill(
     };
     prepared?;
     pg::give_to_server_user(scratch.path())?;
-    let segment_bytes = segment_bytes(bin, &data);
-    let wal = scan_archive(&options.wal_archive, &data, segment_bytes)?;
+    let wal = match segment_bytes(bin, &data) {
+        Some(bytes) => scan_archive(&options.wal_archive, &data, bytes)?,
+        None => WalArchive { segments: 0, start: None, last: None, gaps: Vec::new(), segment_bytes: 0 },
+    };
 
     let mut report = DrillReport {
         format: DRILL_FORMAT,
@@ -357,7 +368,7 @@ pub async fn restore_drill(
         log_tail: String::new(),
     };
 
-    let server = Server { bin: bin.clone(), data: data.clone(), log: log.clone() };
+    let server = Server { bin: bin.clone(), data: data.clone(), log: log.clone(), running: false };
     // A target before the backup started cannot be reached from it: the
     // server would stop at the first commit after the backup and promote,
     // a restore to the wrong time that looks like success.
@@ -377,8 +388,13 @@ pub async fn restore_drill(
         drop(scratch);
         return Ok(report);
     }
+    let mut server = server;
+    // Recovery renames backup_label to backup_label.old: read it first.
+    let label = std::fs::read_to_string(data.join("backup_label")).unwrap_or_default();
     let start = server.start(options.recovery_timeout).await;
-    let url = format!("postgres://{}@127.0.0.1:{port}/{}", options.user, options.database);
+    // Through the socket in the scratch directory only (no TCP listener).
+    let url =
+        format!("postgres://{}@localhost:{port}/{}?host={}", options.user, options.database, scratch.path().display());
     let promoted = match start {
         Ok(()) => wait_promoted(&url, &log, options.recovery_timeout).await,
         Err(e) => Err(fatal_line(&read(&log)).unwrap_or_else(|| e.to_string())),
@@ -386,7 +402,8 @@ pub async fn restore_drill(
     match promoted {
         Ok(db) => {
             report.rto_ms = Some(elapsed_ms(started));
-            report.items.push(DrillItem { name: "recovered", held: true, value: "promoted at the target".to_owned() });
+            let recovered = reached_target(&db, &read(&log), &label, options.target_time).await;
+            report.items.push(recovered);
             verify(&db, options, &mut report).await;
             db.close().await;
         }
@@ -394,7 +411,9 @@ pub async fn restore_drill(
     }
     let text = read(&log);
     rpo(&text, options.target_time, &mut report);
-    server.stop().await;
+    if let Err(why) = server.stop().await {
+        report.items.push(DrillItem { name: "stopped", held: false, value: why });
+    }
     report.log_tail = pg::tail(&read(&log), 15);
     report.held = report.items.iter().all(|i| i.held);
     report.duration_ms = elapsed_ms(started);
@@ -419,28 +438,45 @@ fn prepare(backup: &Path, data: &Path, socket: &Path, options: &DrillOptions, po
     if !conf.exists() {
         std::fs::write(&conf, "").map_err(io(&conf))?;
     }
-    // Only this drill connects, on loopback and the unix socket in the
-    // scratch directory; the source's pg_hba.conf may ask for passwords the
-    // drill does not have.
+    // Only this drill connects, through the unix socket in the scratch
+    // directory (mode 0700): no TCP listener, so no other local user can
+    // reach a trusting superuser. The source's pg_hba.conf may ask for
+    // passwords the drill does not have.
     let hba = data.join("pg_hba.conf");
-    std::fs::write(&hba, "local all all trust\nhost all all 127.0.0.1/32 trust\n").map_err(io(&hba))?;
+    std::fs::write(&hba, "local all all trust\n").map_err(io(&hba))?;
     let archive = options.wal_archive.canonicalize().map_err(io(&options.wal_archive))?;
+    let archive = archive.to_str().filter(|p| safe_in_shell(p)).ok_or_else(|| {
+        ChaosError::Input(format!(
+            "the WAL archive path {} has characters a restore_command cannot quote safely: use letters, digits and / . _ - + @ , :",
+            archive.display()
+        ))
+    })?;
     let target = options.target_time.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string();
     let settings = [
         ("port", port.to_string()),
-        ("listen_addresses", "127.0.0.1".to_owned()),
+        ("listen_addresses", String::new()),
         ("unix_socket_directories", socket.display().to_string()),
         ("hba_file", hba.display().to_string()),
         ("ssl", "off".to_owned()),
         ("logging_collector", "off".to_owned()),
         ("log_destination", "stderr".to_owned()),
         ("cluster_name", "spark-restore-drill".to_owned()),
-        // The restored server must never write into the archive it reads.
+        // The restored server must never write into, or delete from, the
+        // archive it reads, nor follow the source's primary: whatever the
+        // copied configuration says.
         ("archive_mode", "off".to_owned()),
-        ("restore_command", format!("cp \"{}/%f\" \"%p\"", archive.display())),
+        ("archive_command", String::new()),
+        ("archive_cleanup_command", String::new()),
+        ("recovery_end_command", String::new()),
+        ("primary_conninfo", String::new()),
+        ("primary_slot_name", String::new()),
+        ("restore_command", format!("cp {archive}/%f %p")),
         ("recovery_target_time", target),
         ("recovery_target_action", "promote".to_owned()),
-        ("hot_standby", "on".to_owned()),
+        // No queries before promotion: and with hot standby off, recovery
+        // never pauses because a copied empty postgresql.conf has lower
+        // limits than the primary's.
+        ("hot_standby", "off".to_owned()),
     ];
     let mut text = String::from("\n# spark restore drill\n");
     for (name, value) in settings {
@@ -454,17 +490,29 @@ fn prepare(backup: &Path, data: &Path, socket: &Path, options: &DrillOptions, po
     std::fs::write(&signal, "").map_err(io(&signal))
 }
 
-/// The scratch server.
+/// The scratch server. Dropped while running (a panic, a cancelled
+/// future), it is stopped at once, before its directory is removed.
 struct Server {
     bin: PgBin,
     data: PathBuf,
     log: PathBuf,
+    running: bool,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = self.pg_ctl_stop("immediate");
+        }
+    }
 }
 
 impl Server {
     /// `pg_ctl start`, waiting until it accepts connections (during
     /// recovery, once consistent) or `timeout`.
-    async fn start(&self, timeout: Duration) -> Result<(), ChaosError> {
+    async fn start(&mut self, timeout: Duration) -> Result<(), ChaosError> {
+        // From here a failed or cancelled start may have left a postmaster.
+        self.running = true;
         let mut command = self.bin.server("pg_ctl")?;
         command.arg("start").arg("-D").arg(&self.data).arg("-l").arg(&self.log).args([
             "-w",
@@ -475,12 +523,33 @@ impl Server {
         blocking(move || pg::run(command, "pg_ctl start")).await.map(drop)
     }
 
-    /// Stops it, fast; a server that is not running is fine.
-    async fn stop(&self) {
-        let Ok(mut command) = self.bin.server("pg_ctl") else { return };
-        command.arg("stop").arg("-D").arg(&self.data).args(["-m", "fast", "-w", "-s"]);
+    /// Stops it, fast, then immediately if that fails; says why when even
+    /// that fails (the server may still be running).
+    async fn stop(&mut self) -> Result<(), String> {
+        let (bin, data, log) = (self.bin.clone(), self.data.clone(), self.log.clone());
+        let copy = Server { bin, data, log, running: false };
+        let result = blocking(move || copy.pg_ctl_stop("fast").or_else(|_| copy.pg_ctl_stop("immediate"))).await;
+        self.running = result.is_err();
+        result
+    }
+
+    /// `pg_ctl stop -m MODE`, waiting; a server that is not running is
+    /// stopped.
+    fn pg_ctl_stop(&self, mode: &str) -> Result<(), String> {
+        if !self.data.join("postmaster.pid").exists() {
+            return Ok(());
+        }
+        let mut command = self.bin.server("pg_ctl").map_err(|e| e.to_string())?;
+        command.arg("stop").arg("-D").arg(&self.data).args(["-m", mode, "-w", "-t", "30", "-s"]);
         command.stdout(Stdio::null()).stderr(Stdio::null());
-        let _ = blocking(move || command.status()).await;
+        match command.status() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!(
+                "pg_ctl stop -m {mode} failed ({s}); the scratch server in {} may still run",
+                self.data.display()
+            )),
+            Err(e) => Err(format!("cannot run pg_ctl stop: {e}")),
+        }
     }
 }
 
@@ -516,6 +585,43 @@ async fn wait_promoted(url: &str, log: &Path, timeout: Duration) -> Result<Datab
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Whether the promoted server stopped at the target: the log must say
+/// where recovery stopped (a server that ran out of WAL and promoted
+/// anyway did not restore to the target), and the target must not be
+/// before the backup started (then PostgreSQL stops at the first commit
+/// after the backup, the wrong time). The backup's START TIME is read by
+/// the server itself, which knows the time zone names it wrote; `label` is
+/// `backup_label` as read before the start (recovery renames it).
+async fn reached_target(db: &Database, log: &str, label: &str, target: DateTime<Utc>) -> DrillItem {
+    let item = |held, value: String| DrillItem { name: "recovered", held, value };
+    let Some(stop) = log.lines().find(|l| l.contains("recovery stopping")).map(strip_prefix) else {
+        return item(
+            false,
+            "promoted, but the server never logged where recovery stopped: not at the target".to_owned(),
+        );
+    };
+    let start_text = label.lines().find_map(|l| l.strip_prefix("START TIME:")).map(str::trim);
+    if let (Some(text), Database::Postgres(pool)) = (start_text, db) {
+        let start: Result<i64, _> = sqlx::query_scalar("SELECT (extract(epoch FROM $1::timestamptz) * 1000)::bigint")
+            .bind(text)
+            .fetch_one(pool)
+            .await;
+        match start {
+            Ok(ms) if target.timestamp_millis() < ms => {
+                return item(
+                    false,
+                    format!(
+                        "the target is before this base backup started ({text}): the server stopped at the first commit after the backup instead; use an older base backup"
+                    ),
+                );
+            }
+            Ok(_) => {}
+            Err(e) => return item(false, format!("cannot read the backup's START TIME {text:?}: {e}")),
+        }
+    }
+    item(true, format!("promoted at the target ({stop})"))
 }
 
 /// The checks on the promoted database.
@@ -645,12 +751,34 @@ fn strip_prefix(line: &str) -> &str {
     line.find("LOG:").or_else(|| line.find("FATAL:")).map_or(line, |i| line[i..].trim())
 }
 
-/// The first FATAL or PANIC line of the log, when the server died.
+/// The first FATAL or PANIC line of the log that says why the server died
+/// (not the ones refusing the drill's own early connections).
 fn fatal_line(log: &str) -> Option<String> {
-    log.lines().find(|l| l.contains("FATAL:") || l.contains("PANIC:")).map(|l| strip_prefix(l).to_owned())
+    log.lines()
+        .filter(|l| l.contains("FATAL:") || l.contains("PANIC:"))
+        .find(|l| !l.contains("the database system is starting up") && !l.contains("not yet accepting connections"))
+        .map(|l| strip_prefix(l).to_owned())
 }
 
 fn wal_item(wal: &WalArchive) -> DrillItem {
+    if wal.segment_bytes == 0 {
+        return DrillItem {
+            name: "wal-archive",
+            held: false,
+            value: "pg_controldata did not give the WAL segment size: the archive could not be checked".to_owned(),
+        };
+    }
+    if wal.last.is_none() {
+        return DrillItem {
+            name: "wal-archive",
+            held: false,
+            value: format!(
+                "no WAL segment from {} on in the archive ({} segment files in all): no restore past the backup can work (a compressed archive or another tool's format is not read by cp)",
+                wal.start.as_deref().unwrap_or("the backup's start"),
+                wal.segments
+            ),
+        };
+    }
     if wal.gaps.is_empty() {
         DrillItem {
             name: "wal-archive",
@@ -730,7 +858,12 @@ fn scan_archive(archive: &Path, data: &Path, segment_bytes: u64) -> Result<WalAr
         .filter(|(tl, n)| *tl == timeline && *n >= first)
         .map(|(_, n)| n)
         .collect();
-    let newest = archived.iter().filter_map(|n| to_number(n)).filter(|(tl, _)| *tl == timeline).map(|(_, n)| n).max();
+    let newest = archived
+        .iter()
+        .filter_map(|n| to_number(n))
+        .filter(|(tl, n)| *tl == timeline && *n >= first)
+        .map(|(_, n)| n)
+        .max();
     let gaps = match newest {
         Some(last) => {
             (first..=last).filter(|n| !have.contains(n)).map(|n| segment_name(timeline, n, per_log)).collect()
@@ -746,6 +879,43 @@ fn scan_archive(archive: &Path, data: &Path, segment_bytes: u64) -> Result<WalAr
     })
 }
 
+/// `scheme://user:password@host/…` without its password, and the password
+/// (percent-decoded, as libpq reads it).
+fn split_password(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else { return (url.to_owned(), None) };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else { return (url.to_owned(), None) };
+    let Some((user, password)) = userinfo.split_once(':') else { return (url.to_owned(), None) };
+    (format!("{scheme}://{user}@{host}{tail}"), Some(percent_decode(password)))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(&h), Some(&l)) = (bytes.get(i + 1), bytes.get(i + 2))
+            && let (Some(h), Some(l)) = (hex(h), hex(l))
+        {
+            out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `path` can go into a shell command unquoted: `restore_command`
+/// runs under `sh -c`, and `%` is PostgreSQL's own escape.
+fn safe_in_shell(path: &str) -> bool {
+    !path.is_empty() && path.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+@,:".contains(c))
+}
+
 /// When the backup started, from `backup_label` (`START TIME: 2026-12-07
 /// 11:49:30 UTC`); `None` when it is not there or not in UTC.
 fn backup_started(data: &Path) -> Option<DateTime<Utc>> {
@@ -755,16 +925,18 @@ fn backup_started(data: &Path) -> Option<DateTime<Utc>> {
     chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S").ok().map(|t| t.and_utc())
 }
 
-/// The backup's WAL segment size from `pg_controldata`, else 16 MiB.
-fn segment_bytes(bin: &PgBin, data: &Path) -> u64 {
-    let Ok(mut command) = bin.server("pg_controldata") else { return DEFAULT_SEGMENT_BYTES };
-    command.arg("-D").arg(data);
-    let Ok(output) = pg::run(command, "pg_controldata") else { return DEFAULT_SEGMENT_BYTES };
+/// The backup's WAL segment size from `pg_controldata` (in the C locale,
+/// so the label is not translated); `None` when it cannot tell: guessing
+/// would invent gaps or hide real ones.
+fn segment_bytes(bin: &PgBin, data: &Path) -> Option<u64> {
+    let mut command = bin.server("pg_controldata").ok()?;
+    command.env("LC_ALL", "C").arg("-D").arg(data);
+    let output = pg::run(command, "pg_controldata").ok()?;
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("Bytes per WAL segment:"))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(DEFAULT_SEGMENT_BYTES)
+        .filter(|b: &u64| b.is_power_of_two())
 }
 
 /// Copies `from` into a new directory `to`, recursively (files and
@@ -912,6 +1084,48 @@ mod tests {
     }
 
     #[test]
+    fn a_url_password_leaves_the_command_line_and_paths_are_shell_safe() {
+        assert_eq!(
+            split_password("postgres://backup:p%40ss%3Aw@db:5432/orders?sslmode=require"),
+            ("postgres://backup@db:5432/orders?sslmode=require".to_owned(), Some("p@ss:w".to_owned()))
+        );
+        assert_eq!(split_password("postgres://backup@db/x"), ("postgres://backup@db/x".to_owned(), None));
+        assert_eq!(split_password("host=db user=x"), ("host=db user=x".to_owned(), None));
+        assert!(safe_in_shell("/var/lib/postgresql/wal-archive_1"));
+        for bad in ["/tmp/$(reboot)", "/tmp/a b", "/tmp/`x`", "/tmp/a\"b", "/tmp/100%", ""] {
+            assert!(!safe_in_shell(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn segment_numbers_follow_the_segment_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (archive, data) = (tmp.path().join("archive"), tmp.path().join("data"));
+        std::fs::create_dir_all(data.join("pg_wal")).unwrap();
+        std::fs::create_dir(&archive).unwrap();
+        // 1 GiB segments: four per log id, so 0/3 is followed by 1/0.
+        std::fs::write(data.join("backup_label"), "START WAL LOCATION: 0/C0000028 (file 000000010000000000000003)\n")
+            .unwrap();
+        for name in ["000000010000000000000003", "000000010000000100000000", "000000010000000100000001"] {
+            std::fs::write(archive.join(name), "").unwrap();
+        }
+        let wal = scan_archive(&archive, &data, 1 << 30).unwrap();
+        assert!(wal.gaps.is_empty(), "{wal:?}");
+        // 1 MiB segments: 4096 per log id, so 0/3 to 1/0 has a gap.
+        let wal = scan_archive(&archive, &data, 1 << 20).unwrap();
+        assert_eq!(wal.gaps.len(), 4096 - 4, "{:?}", wal.gaps.first());
+        // Nothing archived after the start: not continuous, not held.
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        std::fs::write(empty.join("000000010000000000000001"), "").unwrap();
+        std::fs::write(empty.join("00000002.history"), "").unwrap();
+        let wal = scan_archive(&empty, &data, 1 << 30).unwrap();
+        assert!(wal.last.is_none() && !wal_item(&wal).held, "{wal:?}");
+        let unknown = WalArchive { segments: 3, start: None, last: None, gaps: Vec::new(), segment_bytes: 0 };
+        assert!(wal_item(&unknown).value.contains("segment size"));
+    }
+
+    #[test]
     fn the_backup_start_is_read_from_backup_label_in_utc_only() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -922,6 +1136,10 @@ mod tests {
         let t = backup_started(tmp.path()).unwrap();
         assert_eq!(t.to_rfc3339_opts(SecondsFormat::Secs, true), "2026-12-07T11:49:30Z");
         std::fs::write(tmp.path().join("backup_label"), "START TIME: 2026-12-07 12:49:30 CET\n").unwrap();
-        assert_eq!(backup_started(tmp.path()), None, "a zone abbreviation is not guessed");
+        assert_eq!(
+            backup_started(tmp.path()),
+            None,
+            "a zone abbreviation is not guessed here (the scratch server reads it)"
+        );
     }
 }

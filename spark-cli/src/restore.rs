@@ -19,7 +19,7 @@ pub(crate) enum RestoreCommand {
     /// checkpoint) into a new or empty directory.
     Backup(BackupArgs),
     /// Restore a base backup and its WAL archive to a point in time in a
-    /// scratch PostgreSQL on 127.0.0.1, verify it, measure RTO and RPO, and
+    /// private scratch PostgreSQL, verify it, measure RTO and RPO, and
     /// write restore_drill_UTC-STAMP.txt and .json (exit 0 the restore
     /// held, 1 it did not, 2 bad input).
     Drill(DrillArgs),
@@ -28,7 +28,7 @@ pub(crate) enum RestoreCommand {
 #[derive(Debug, Args)]
 pub(crate) struct BackupArgs {
     /// The server to back up (the user needs REPLICATION or superuser).
-    #[arg(long, env = "SPARK_DATABASE_URL")]
+    #[arg(long, env = "SPARK_DATABASE_URL", hide_env_values = true)]
     database_url: String,
     /// A new or empty directory for the backup.
     #[arg(long)]
@@ -50,7 +50,8 @@ pub(crate) struct DrillArgs {
     /// The point in time to restore to, RFC 3339 (2026-12-07T11:40:03Z).
     #[arg(long, value_parser = parse_time)]
     target_time: chrono::DateTime<chrono::Utc>,
-    /// The scratch server's loopback port [default: a free one].
+    /// The scratch server's port, which names its unix socket [default: a
+    /// free one].
     #[arg(long)]
     port: Option<u16>,
     /// The database to verify and count.
@@ -62,8 +63,8 @@ pub(crate) struct DrillArgs {
     /// Where the drill's report goes.
     #[arg(long, default_value = "evidence")]
     evidence_dir: PathBuf,
-    /// The directory of the PostgreSQL programs [default: the newest
-    /// /usr/lib/postgresql/VERSION/bin, else PATH].
+    /// The directory of the PostgreSQL programs [default: those of the
+    /// backup's PG_VERSION in /usr/lib/postgresql, else PATH].
     #[arg(long)]
     pg_bin: Option<PathBuf>,
 }
@@ -102,7 +103,12 @@ pub(crate) async fn run(cmd: RestoreCommand, out: &Output) -> CmdResult {
             options.migrations = SPARK_MIGRATIONS.to_vec();
             // Fail on a bad evidence directory before the drill runs.
             let evidence = EvidenceDir::create(&args.evidence_dir)?;
-            let report = spark_chaos::restore_drill(&bin(args.pg_bin)?, &options, &clock).await?;
+            let bin = match args.pg_bin {
+                Some(dir) => PgBin::at(dir),
+                None if options.base_backup.join("PG_VERSION").is_file() => PgBin::for_data_dir(&options.base_backup)?,
+                None => PgBin::find()?,
+            };
+            let report = spark_chaos::restore_drill(&bin, &options, &clock).await?;
             let files = report.write(&evidence).context("writing the drill's report")?;
             let json = serde_json::json!({"report": report, "files": files});
             let text = || {

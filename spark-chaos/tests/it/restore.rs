@@ -35,10 +35,33 @@ async fn archive_current_wal(db: &Database) {
     }
 }
 
+/// Every file below `dir` with its SHA-256, to prove a drill changed
+/// nothing.
+fn listing(dir: &Path) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(listing(&path));
+        } else {
+            files.push((path.display().to_string(), spark_evidence::sha256_hex(&std::fs::read(&path).unwrap())));
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Whether a scratch server of a drill is still running.
+fn scratch_server_running() -> bool {
+    std::process::Command::new("pgrep").args(["-f", "postgres: spark-restore-drill"]).status().unwrap().success()
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap().flatten() {
-        if entry.file_type().unwrap().is_file() {
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
             std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
         }
     }
@@ -93,9 +116,17 @@ async fn a_drill_restores_to_the_target_time_and_a_gap_in_the_archive_fails_it()
     let bin = PgBin::find().unwrap();
     let clock = spark_db::system_clock();
 
+    let archive_before = listing(scene.pg.dir());
+    let backup_before = listing(&scene.backup.path().join("base"));
     let report = restore_drill(&bin, &options(&scene, scene.pg.dir()), &clock).await.unwrap();
     eprintln!("{}", report.to_text());
     assert!(report.held, "{}", report.to_text());
+    // Only read: the archive and the backup are as they were, and the
+    // scratch server is gone.
+    assert_eq!(listing(scene.pg.dir()), archive_before);
+    assert_eq!(listing(&scene.backup.path().join("base")), backup_before);
+    assert!(!scratch_server_running(), "the drill left its scratch server running");
+    assert!(report.item("recovered").unwrap().value.contains("recovery stopping before commit"), "{report:?}");
     // The rows before the target and not the ones after it.
     assert_eq!(report.row_counts.get("public.marks"), Some(&3), "{:?}", report.row_counts);
     let rto = report.rto_ms.unwrap();
@@ -136,11 +167,36 @@ async fn a_drill_restores_to_the_target_time_and_a_gap_in_the_archive_fails_it()
     let report = restore_drill(&bin, &options(&scene, broken.path()), &clock).await.unwrap();
     eprintln!("{}", report.to_text());
     assert!(!report.held);
+    assert!(!scratch_server_running(), "a failed drill left its scratch server running");
     let wal = report.item("wal-archive").unwrap();
     assert!(!wal.held && wal.value.contains(&segments[0]), "{wal:?}");
     let recovered = report.item("recovered").unwrap();
     assert!(!recovered.held, "recovery passed a gap: {recovered:?}");
     assert!(report.rto_ms.is_none());
+
+    // A backup whose START TIME is in another zone (the server's
+    // log_timezone), and a target an hour before it: the server would stop
+    // at the first commit after the backup; the drill must not call that
+    // recovered.
+    let cet = tempfile::tempdir().unwrap();
+    copy_dir(&scene.backup.path().join("base"), cet.path());
+    let label = std::fs::read_to_string(cet.path().join("backup_label")).unwrap();
+    let line = label.lines().find(|l| l.starts_with("START TIME:")).unwrap();
+    let utc = chrono::NaiveDateTime::parse_from_str(
+        line["START TIME: ".len()..].trim_end_matches(" UTC"),
+        "%Y-%m-%d %H:%M:%S",
+    )
+    .unwrap()
+    .and_utc();
+    let in_cet = (utc + chrono::Duration::hours(1)).format("START TIME: %Y-%m-%d %H:%M:%S CET").to_string();
+    std::fs::write(cet.path().join("backup_label"), label.replace(line, &in_cet)).unwrap();
+    let mut early = options(&scene, scene.pg.dir());
+    early.base_backup = cet.path().to_owned();
+    early.target_time = utc - chrono::Duration::hours(1);
+    let report = restore_drill(&bin, &early, &clock).await.unwrap();
+    let recovered = report.item("recovered").unwrap();
+    assert!(!recovered.held && recovered.value.contains("before this base backup started"), "{}", report.to_text());
+    assert!(!report.held);
 }
 
 #[tokio::test]
@@ -160,6 +216,14 @@ async fn not_a_backup_and_a_missing_archive_are_input_errors() {
     let e =
         restore_drill(&bin, &DrillOptions::new(tmp.path(), tmp.path().join("nope"), target), &clock).await.unwrap_err();
     assert!(e.to_string().contains("is not a directory"), "{e}");
+    std::fs::write(tmp.path().join("PG_VERSION"), "9\n").unwrap();
+    let e = restore_drill(&bin, &DrillOptions::new(tmp.path(), tmp.path(), target), &clock).await.unwrap_err();
+    assert!(e.to_string().starts_with("the base backup is PostgreSQL 9 but the programs in"), "{e}");
+    let shell = tmp.path().join("a b");
+    std::fs::create_dir(&shell).unwrap();
+    std::fs::write(tmp.path().join("PG_VERSION"), format!("{}\n", bin.major_version().unwrap())).unwrap();
+    let e = restore_drill(&bin, &DrillOptions::new(tmp.path(), &shell, target), &clock).await.unwrap_err();
+    assert!(e.to_string().contains("cannot quote safely"), "{e}");
     std::fs::write(tmp.path().join("x"), "").unwrap();
     let options =
         BackupOptions { database_url: "postgres://postgres@127.0.0.1:9/x".to_owned(), out: tmp.path().to_owned() };
