@@ -1,8 +1,12 @@
 //! Chaos for a Spark deployment: experiments that break it on purpose and
 //! verify its invariants, and the point-in-time restore drill.
 //!
-//! Today this crate holds the restore drill; the fault experiments (`spark
-//! chaos`) are issue 16's remaining part.
+//! Built so far: the restore drill and the first of the six fault
+//! experiments, `relay-crash` ([`run_relay_crash`]: the outbox relay
+//! SIGKILLed again and again while it drains, judged on `lost`,
+//! `per-aggregate-order`, `one-effect-per-event`, `fault-injected` and
+//! `drained`, as an [`ExperimentReport`]). Scenarios are data
+//! ([`RelayCrash::from_toml`], the built-in `scenarios/relay-crash.toml`).
 //!
 //! - [`base_backup`] takes a plain-format base backup with `pg_basebackup`.
 //! - [`restore_drill`] restores a base backup plus its WAL archive to a
@@ -46,11 +50,15 @@
 //! version; when run as root it runs the server as the `postgres` user.
 
 mod error;
+mod experiment;
 mod pg;
+mod relay_crash;
 mod restore;
 
 pub use crate::error::ChaosError;
+pub use crate::experiment::{ExperimentReport, Invariant};
 pub use crate::pg::PgBin;
+pub use crate::relay_crash::{RELAY_CRASH_TOML, RelayCrash, RelayTarget, run_relay_crash};
 pub use crate::restore::{
     BackupOptions, BackupReport, DRILL_FORMAT, DrillItem, DrillOptions, DrillReport, WalArchive, base_backup,
     restore_drill,

@@ -9,6 +9,7 @@ mod bench;
 mod bench_http;
 mod bench_outbox;
 mod canary;
+mod chaos;
 mod check;
 mod db;
 mod demo;
@@ -123,6 +124,10 @@ enum Command {
     /// held, 1 it did not, 2 bad input).
     #[command(subcommand)]
     Restore(restore::RestoreCommand),
+    /// Fault experiments against a deployment on loopback, with invariants
+    /// measured (exit 0 the hypothesis held, 1 it did not, 2 bad input).
+    #[command(subcommand)]
+    Chaos(chaos::ChaosCommand),
 }
 
 /// Library warnings and errors (a relay's sink check, a dropped LISTEN) go
@@ -168,6 +173,7 @@ fn main() -> ExitCode {
         Command::Ritual(args) => block_on(release::run_ritual(args, &out)),
         Command::ReleaseNotes(args) => release::run_release_notes(args, &out),
         Command::Restore(cmd) => block_on(restore::run(cmd, &out)),
+        Command::Chaos(cmd) => block_on(chaos::run(cmd, &out)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! The real `spark` binary: output and exit codes.
 
 mod canary;
+mod chaos;
 mod check;
 mod contract;
 mod db;

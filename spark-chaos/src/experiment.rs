@@ -1,0 +1,101 @@
+//! What every fault experiment produces: a hypothesis, the measurements,
+//! the invariants with their measured values, a verdict, as evidence.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use chrono::{DateTime, SecondsFormat};
+use serde::Serialize;
+use spark_evidence::{EvidenceDir, EvidenceFile, utc_stamp};
+
+use crate::error::ChaosError;
+
+/// An invariant of an experiment and what was measured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Invariant {
+    /// Its name, such as `lost`.
+    pub name: &'static str,
+    /// Whether it held.
+    pub held: bool,
+    /// What was measured.
+    pub value: String,
+}
+
+impl Invariant {
+    /// An invariant that held when `held`.
+    #[must_use]
+    pub fn new(name: &'static str, held: bool, value: impl Into<String>) -> Invariant {
+        Invariant { name, held, value: value.into() }
+    }
+}
+
+/// One experiment's outcome: the shape of each entry of `spark chaos run
+/// --json`'s `experiments`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExperimentReport {
+    /// The scenario, such as `relay-crash`.
+    pub scenario: String,
+    /// What it set out to show.
+    pub hypothesis: String,
+    /// Whether every invariant held.
+    pub held: bool,
+    /// The invariants.
+    pub invariants: Vec<Invariant>,
+    /// Measurements by phase (`before`, `during`, `after`), each a map of
+    /// names to values.
+    pub measurements: BTreeMap<&'static str, BTreeMap<&'static str, serde_json::Value>>,
+    /// When it started, RFC 3339.
+    pub started_at: String,
+    /// How long it took, milliseconds.
+    pub duration_ms: u64,
+}
+
+impl ExperimentReport {
+    /// The invariant `name`.
+    #[must_use]
+    pub fn invariant(&self, name: &str) -> Option<&Invariant> {
+        self.invariants.iter().find(|i| i.name == name)
+    }
+
+    /// The report as the text of `chaos_<scenario>_<stamp>.txt`.
+    #[must_use]
+    pub fn to_text(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(t, "Spark chaos experiment: {}", self.scenario);
+        let _ = writeln!(t, "verdict:    {}", if self.held { "HELD" } else { "FAILED" });
+        let _ = writeln!(t, "hypothesis: {}", self.hypothesis);
+        let _ = writeln!(t, "started at: {}", self.started_at);
+        let _ = writeln!(t, "duration:   {} ms", self.duration_ms);
+        let _ = writeln!(t, "\nInvariants");
+        for i in &self.invariants {
+            let _ = writeln!(t, "  {:<22} {}  {}", i.name, if i.held { "held" } else { "BROKEN" }, i.value);
+        }
+        for (phase, values) in &self.measurements {
+            let _ = writeln!(t, "\nMeasurements {phase}");
+            for (name, value) in values {
+                let _ = writeln!(t, "  {name}: {value}");
+            }
+        }
+        t
+    }
+
+    /// Writes `chaos_<scenario>_<stamp>.txt` and `.json` (the stamp is the
+    /// start) into `dir`.
+    ///
+    /// # Errors
+    /// [`ChaosError::Evidence`] when a file cannot be written (or exists).
+    pub fn write(&self, dir: &EvidenceDir) -> Result<Vec<EvidenceFile>, ChaosError> {
+        let ms = DateTime::parse_from_rfc3339(&self.started_at).map_or(0, |t| t.timestamp_millis());
+        let name = format!("chaos_{}_{}", self.scenario, utc_stamp(ms));
+        let text = dir.write(&format!("{name}.txt"), self.to_text().as_bytes())?;
+        let json = serde_json::to_string_pretty(self).unwrap_or_default() + "\n";
+        let json = dir.write(&format!("{name}.json"), json.as_bytes())?;
+        Ok(vec![text, json])
+    }
+}
+
+/// Milliseconds since the epoch as RFC 3339.
+pub(crate) fn rfc3339(ms: i64) -> String {
+    DateTime::from_timestamp_millis(ms)
+        .map_or_else(|| ms.to_string(), |t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
