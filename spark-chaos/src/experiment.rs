@@ -85,13 +85,25 @@ impl ExperimentReport {
     /// # Errors
     /// [`ChaosError::Evidence`] when a file cannot be written (or exists).
     pub fn write(&self, dir: &EvidenceDir) -> Result<Vec<EvidenceFile>, ChaosError> {
-        let ms = DateTime::parse_from_rfc3339(&self.started_at).map_or(0, |t| t.timestamp_millis());
-        let name = format!("chaos_{}_{}", self.scenario, utc_stamp(ms));
-        let text = dir.write(&format!("{name}.txt"), self.to_text().as_bytes())?;
-        let json = serde_json::to_string_pretty(self).unwrap_or_default() + "\n";
-        let json = dir.write(&format!("{name}.json"), json.as_bytes())?;
-        Ok(vec![text, json])
+        write_pair(dir, &format!("chaos_{}", self.scenario), &self.started_at, &self.to_text(), self)
     }
+}
+
+/// Writes `<prefix>_<stamp>.txt` holding `text` and `<prefix>_<stamp>.json`
+/// holding `value`, the stamp being `started_at` (RFC 3339) in UTC.
+pub(crate) fn write_pair(
+    dir: &EvidenceDir,
+    prefix: &str,
+    started_at: &str,
+    text: &str,
+    value: &impl Serialize,
+) -> Result<Vec<EvidenceFile>, ChaosError> {
+    let ms = DateTime::parse_from_rfc3339(started_at).map_or(0, |t| t.timestamp_millis());
+    let name = format!("{prefix}_{}", utc_stamp(ms));
+    let text = dir.write(&format!("{name}.txt"), text.as_bytes())?;
+    let json = serde_json::to_string_pretty(value).unwrap_or_default() + "\n";
+    let json = dir.write(&format!("{name}.json"), json.as_bytes())?;
+    Ok(vec![text, json])
 }
 
 /// Milliseconds since the epoch as RFC 3339.

@@ -12,7 +12,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use spark_checks::schema;
 use spark_db::{Database, Migrations, SharedClock};
-use spark_evidence::{EvidenceDir, EvidenceFile, Redactor, utc_stamp};
+use spark_evidence::{EvidenceDir, EvidenceFile, Redactor};
 
 use crate::error::{ChaosError, io};
 use crate::pg::{self, PgBin};
@@ -273,12 +273,7 @@ impl DrillReport {
     /// # Errors
     /// [`ChaosError::Evidence`] when a file cannot be written (or exists).
     pub fn write(&self, dir: &EvidenceDir) -> Result<Vec<EvidenceFile>, ChaosError> {
-        let ms = DateTime::parse_from_rfc3339(&self.started_at).map_or(0, |t| t.timestamp_millis());
-        let stamp = utc_stamp(ms);
-        let text = dir.write(&format!("restore_drill_{stamp}.txt"), self.to_text().as_bytes())?;
-        let json = serde_json::to_string_pretty(self).unwrap_or_default() + "\n";
-        let json = dir.write(&format!("restore_drill_{stamp}.json"), json.as_bytes())?;
-        Ok(vec![text, json])
+        crate::experiment::write_pair(dir, "restore_drill", &self.started_at, &self.to_text(), self)
     }
 }
 

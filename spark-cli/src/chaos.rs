@@ -86,7 +86,14 @@ pub(crate) async fn run(cmd: ChaosCommand, out: &Output) -> CmdResult {
     };
     let evidence = EvidenceDir::create(&args.evidence_dir)?;
     let target = RelayTarget { database_url: deployment.database.url, relay_command: deployment.relay.command };
-    let report = spark_chaos::run_relay_crash(&scenario, &target, &spark_db::system_clock()).await?;
+    let clock = spark_db::system_clock();
+    // Ctrl-C drops the experiment, which kills its relays and its sink.
+    let report = tokio::select! {
+        report = spark_chaos::run_relay_crash(&scenario, &target, &clock) => report?,
+        _ = tokio::signal::ctrl_c() => {
+            return Err(anyhow::anyhow!("interrupted: the relays were killed and nothing was judged").into());
+        }
+    };
     let files = report.write(&evidence)?;
     let json = serde_json::json!({"experiments": [&report], "files": files});
     let text = || {

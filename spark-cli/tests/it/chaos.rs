@@ -26,15 +26,24 @@ async fn relay_crash_holds_against_the_real_relay() {
     let invariants = report["invariants"].as_array().unwrap();
     let names: Vec<&str> = invariants.iter().map(|i| i["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["lost", "per-aggregate-order", "one-effect-per-event", "fault-injected", "drained"]);
-    assert_eq!(invariants[3]["value"], "10 SIGKILLs", "{report:#}");
+    assert!(invariants[3]["value"].as_str().unwrap().starts_with("10 of 10 relays died of SIGKILL; "), "{report:#}");
     let after = &report["measurements"]["after"];
-    assert!(after["deliveries"].as_u64().unwrap() >= 2000, "{after}");
+    // The fault met a relay at work: events were applied while it was
+    // being killed.
+    assert!(report["measurements"]["during"]["events_applied"].as_u64().unwrap() > 0, "{report:#}");
     eprintln!(
         "relay-crash: {} ms, {} duplicates absorbed, drain {} ms ({} events/s)",
         report["duration_ms"], after["duplicates"], after["drain_ms"], after["drain_events_per_second"]
     );
     let files = json["files"].as_array().unwrap();
     assert!(files[0]["name"].as_str().unwrap().starts_with("chaos_relay-crash_"), "{files:?}");
+
+    // It leaves the outbox empty, so it runs again on the same database.
+    let small =
+        spark_chaos::RELAY_CRASH_TOML.replace("events = 2000", "events = 100").replace("rounds = 10", "rounds = 2");
+    std::fs::write(dir.path().join("small.toml"), small).unwrap();
+    let again = spark_off_runtime(dir.path(), &["chaos", "run", "--scenario-file", "small.toml"]).await;
+    assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -53,18 +62,24 @@ async fn a_relay_that_publishes_nowhere_breaks_the_hypothesis() {
     let run = spark_off_runtime(dir.path(), &["chaos", "run", "--scenario-file", "small.toml"]).await;
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("verdict:    FAILED"), "{}", run.stdout);
-    assert!(run.stdout.contains("lost                   BROKEN  50 of 50 events never delivered"), "{}", run.stdout);
+    assert!(run.stdout.contains("lost                   BROKEN  50 of 50 events never applied"), "{}", run.stdout);
 }
 
 #[test]
 fn bad_input_exits_2_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     deployment(dir.path(), "postgres://postgres@db.example:5432/x", "{sink_url}");
+    std::fs::write(
+        dir.path().join("elsewhere.toml"),
+        "[database]\nurl = \"postgres://postgres@127.0.0.1:5432/x\"\n[relay]\ncommand = [\"spark\", \"--url\", \"https://hooks.example.com/x\"]\n",
+    )
+    .unwrap();
     for (args, expected) in [
         (&["chaos", "run", "--scenario", "db-restart"][..], "is not built yet; the scenarios are relay-crash"),
         (&["chaos", "run"], "name a --scenario"),
         (&["chaos", "run", "--scenario", "relay-crash"], "fault experiments run against loopback only"),
         (&["chaos", "run", "--scenario", "relay-crash", "--config", "missing.toml"], "cannot read the deployment"),
+        (&["chaos", "run", "--scenario", "relay-crash", "--config", "elsewhere.toml"], "loopback only"),
     ] {
         let run = crate::spark_with(args, Some(dir.path()), &[]);
         assert_eq!(run.code, 2, "{args:?}: {}{}", run.stdout, run.stderr);
