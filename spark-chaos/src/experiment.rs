@@ -90,7 +90,9 @@ impl ExperimentReport {
 }
 
 /// Writes `<prefix>_<stamp>.txt` holding `text` and `<prefix>_<stamp>.json`
-/// holding `value`, the stamp being `started_at` (RFC 3339) in UTC.
+/// holding `value`, the stamp being `started_at` (RFC 3339) in UTC; a
+/// second report started in the same second gets `<stamp>_2` (and so on):
+/// evidence is never overwritten, and never lost to a name clash.
 pub(crate) fn write_pair(
     dir: &EvidenceDir,
     prefix: &str,
@@ -99,15 +101,45 @@ pub(crate) fn write_pair(
     value: &impl Serialize,
 ) -> Result<Vec<EvidenceFile>, ChaosError> {
     let ms = DateTime::parse_from_rfc3339(started_at).map_or(0, |t| t.timestamp_millis());
-    let name = format!("{prefix}_{}", utc_stamp(ms));
-    let text = dir.write(&format!("{name}.txt"), text.as_bytes())?;
+    let base = format!("{prefix}_{}", utc_stamp(ms));
     let json = serde_json::to_string_pretty(value).unwrap_or_default() + "\n";
-    let json = dir.write(&format!("{name}.json"), json.as_bytes())?;
-    Ok(vec![text, json])
+    let mut last = None;
+    for n in 1..=1000 {
+        let name = if n == 1 { base.clone() } else { format!("{base}_{n}") };
+        if dir.contains(&format!("{name}.json")) {
+            continue;
+        }
+        // `write` creates the file atomically or fails on an existing one:
+        // of two writers racing for a name, one gets it, the other moves on.
+        match dir.write(&format!("{name}.txt"), text.as_bytes()) {
+            Ok(text) => return Ok(vec![text, dir.write(&format!("{name}.json"), json.as_bytes())?]),
+            Err(e @ spark_evidence::EvidenceError::Exists { .. }) => last = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last.map_or_else(|| ChaosError::Input(format!("no free name for {base}")), ChaosError::from))
 }
 
 /// Milliseconds since the epoch as RFC 3339.
 pub(crate) fn rfc3339(ms: i64) -> String {
     DateTime::from_timestamp_millis(ms)
         .map_or_else(|| ms.to_string(), |t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_reports_started_in_one_second_are_both_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = EvidenceDir::create(tmp.path()).unwrap();
+        let first = write_pair(&dir, "chaos_x", "2026-12-07T12:00:00.100Z", "one", &1).unwrap();
+        let second = write_pair(&dir, "chaos_x", "2026-12-07T12:00:00.900Z", "two", &2).unwrap();
+        assert_eq!(first[0].name, "chaos_x_20261207T120000Z.txt");
+        assert_eq!(second[0].name, "chaos_x_20261207T120000Z_2.txt");
+        assert_eq!(second[1].name, "chaos_x_20261207T120000Z_2.json");
+        assert_eq!(std::fs::read_to_string(&first[0].path).unwrap(), "one");
+        assert_eq!(std::fs::read_to_string(&second[0].path).unwrap(), "two");
+    }
 }

@@ -84,6 +84,8 @@ async fn backup_then_drill_restores_to_the_target_and_writes_the_report() {
         "{}",
         run.stdout
     );
+    // Both drills' reports are kept, even when they started in one second.
+    assert_eq!(std::fs::read_dir(dir.path().join("evidence")).unwrap().count(), 4);
 }
 
 #[test]
