@@ -149,7 +149,12 @@ async fn a_drill_restores_to_the_target_time_and_a_gap_in_the_archive_fails_it()
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&files[1].path).unwrap()).unwrap();
     assert_eq!(json["held"], true);
     assert_eq!(json["row_counts"]["public.marks"], 3);
-    assert!(report.write(&dir).is_err(), "a drill report was overwritten");
+    // Written again (a second report in the same second): kept beside the
+    // first, which is not overwritten.
+    let first = std::fs::read(&files[0].path).unwrap();
+    let again = report.write(&dir).unwrap();
+    assert_eq!(again[0].name, files[0].name.replace(".txt", "_2.txt"));
+    assert_eq!(std::fs::read(&files[0].path).unwrap(), first);
 
     // A gap: the archive without the segment that holds the 'before' rows.
     let broken = tempfile::tempdir().unwrap();
