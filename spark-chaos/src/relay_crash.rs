@@ -319,12 +319,12 @@ fn loopback_only(args: &[String]) -> Result<(), String> {
         let Some((_, rest)) = arg.split_once("://") else { continue };
         let authority = rest.split(['/', '?']).next().unwrap_or_default();
         let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-        let host = if host.starts_with('[') {
-            host.split(']').next().unwrap_or_default().trim_start_matches('[')
-        } else {
-            host.split(':').next().unwrap_or_default()
+        // `[::1]:5432` or `host:port`, without the port.
+        let host = match host.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or_default(),
+            None => host.split(':').next().unwrap_or_default(),
         };
-        if !matches!(host, "127.0.0.1" | "localhost" | "::1") {
+        if !spark_db::is_loopback_host(host) {
             return Err(format!("the relay command names {arg:?}: fault experiments run against loopback only"));
         }
     }
@@ -357,7 +357,8 @@ pub async fn run_relay_crash(
         .database_url
         .parse()
         .map_err(|e| ChaosError::Input(format!("the database URL is not a PostgreSQL URL: {e}")))?;
-    if !matches!(options.get_host(), "127.0.0.1" | "localhost" | "::1") && !options.get_host().starts_with('/') {
+    // A unix socket (a path) is this machine too.
+    if !spark_db::is_loopback_host(options.get_host()) && !options.get_host().starts_with('/') {
         return Err(ChaosError::Input(format!(
             "the database is on {}: fault experiments run against loopback only",
             options.get_host()

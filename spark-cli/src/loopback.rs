@@ -13,12 +13,7 @@ pub(crate) fn loopback_url(text: &str, why: &str) -> anyhow::Result<reqwest::Url
     // (The URL parser has already written IP hosts in their canonical
     // form, and IPv6 ones in brackets.)
     let host = url.host_str().unwrap_or_default();
-    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    let loopback = match bare.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => bare.eq_ignore_ascii_case("localhost"),
-    };
-    if !loopback {
+    if !spark_db::is_loopback_host(host) {
         anyhow::bail!("--url must be a loopback address ({why}), got {host}");
     }
     Ok(url)

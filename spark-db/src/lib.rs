@@ -34,4 +34,4 @@ pub use crate::clock::{Clock, ManualClock, SharedClock, SystemClock, duration_ms
 pub use crate::database::Database;
 pub use crate::database::{Backend, Migrations};
 pub use crate::error::{DbError, error_chain};
-pub use crate::url::redact_url;
+pub use crate::url::{is_loopback_host, redact_url};

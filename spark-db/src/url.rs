@@ -1,4 +1,4 @@
-//! Database URLs in messages.
+//! URLs in messages, and the one loopback rule.
 
 /// The URL with its password replaced by `***`, for messages and logs.
 ///
@@ -37,6 +37,29 @@ pub fn redact_url(url: &str) -> String {
         out.push_str(&params.join("&"));
     }
     out
+}
+
+/// Whether `host` (a URL's host, IPv6 with or without brackets) is this
+/// machine: a loopback IP address or `localhost`. The one rule for
+/// everything that may only send requests or faults to this machine (load
+/// generators, contract batteries, fault experiments). Decided on the
+/// parsed address, not its text: `127.0.0.1.example.com` resolves anywhere.
+///
+/// ```
+/// for host in ["127.0.0.1", "127.9.9.9", "::1", "[::1]", "LOCALHOST"] {
+///     assert!(spark_db::is_loopback_host(host), "{host}");
+/// }
+/// for host in ["127.0.0.1.example.com", "10.0.0.1", "[::2]", "example.com", ""] {
+///     assert!(!spark_db::is_loopback_host(host), "{host}");
+/// }
+/// ```
+#[must_use]
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    }
 }
 
 #[cfg(test)]
