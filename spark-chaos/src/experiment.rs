@@ -120,6 +120,11 @@ pub(crate) fn write_pair(
     Err(last.map_or_else(|| ChaosError::Input(format!("no free name for {base}")), ChaosError::from))
 }
 
+/// Milliseconds since `since`, saturating.
+pub(crate) fn elapsed_ms(since: std::time::Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Milliseconds since the epoch as RFC 3339.
 pub(crate) fn rfc3339(ms: i64) -> String {
     DateTime::from_timestamp_millis(ms)

@@ -17,7 +17,7 @@ use spark_outbox::{Inbox, OutboxEvent};
 use sqlx::PgPool;
 
 use crate::error::{ChaosError, io};
-use crate::experiment::{ExperimentReport, Invariant, rfc3339};
+use crate::experiment::{ExperimentReport, Invariant, elapsed_ms, rfc3339};
 
 /// The built-in scenario, as shipped in `scenarios/relay-crash.toml`.
 pub const RELAY_CRASH_TOML: &str = include_str!("../scenarios/relay-crash.toml");
@@ -531,10 +531,6 @@ pub async fn run_relay_crash(
         started_at: rfc3339(started_ms),
         duration_ms: elapsed_ms(started),
     })
-}
-
-fn elapsed_ms(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use spark_db::{Database, Migrations, SharedClock};
 use spark_evidence::{EvidenceDir, EvidenceFile, Redactor};
 
 use crate::error::{ChaosError, io};
+use crate::experiment::{elapsed_ms, rfc3339};
 use crate::pg::{self, PgBin};
 
 /// The `format` of a drill report.
@@ -497,7 +498,7 @@ struct Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if self.running {
-            let _ = self.pg_ctl_stop("immediate");
+            let _ = pg_ctl_stop(&self.bin, &self.data, "immediate");
         }
     }
 }
@@ -521,30 +522,29 @@ impl Server {
     /// Stops it, fast, then immediately if that fails; says why when even
     /// that fails (the server may still be running).
     async fn stop(&mut self) -> Result<(), String> {
-        let (bin, data, log) = (self.bin.clone(), self.data.clone(), self.log.clone());
-        let copy = Server { bin, data, log, running: false };
-        let result = blocking(move || copy.pg_ctl_stop("fast").or_else(|_| copy.pg_ctl_stop("immediate"))).await;
+        let (bin, data) = (self.bin.clone(), self.data.clone());
+        let result =
+            blocking(move || pg_ctl_stop(&bin, &data, "fast").or_else(|_| pg_ctl_stop(&bin, &data, "immediate"))).await;
         self.running = result.is_err();
         result
     }
+}
 
-    /// `pg_ctl stop -m MODE`, waiting; a server that is not running is
-    /// stopped.
-    fn pg_ctl_stop(&self, mode: &str) -> Result<(), String> {
-        if !self.data.join("postmaster.pid").exists() {
-            return Ok(());
+/// `pg_ctl stop -m MODE` on `data`, waiting; a server that is not running
+/// is stopped.
+fn pg_ctl_stop(bin: &PgBin, data: &Path, mode: &str) -> Result<(), String> {
+    if !data.join("postmaster.pid").exists() {
+        return Ok(());
+    }
+    let mut command = bin.server("pg_ctl").map_err(|e| e.to_string())?;
+    command.arg("stop").arg("-D").arg(data).args(["-m", mode, "-w", "-t", "30", "-s"]);
+    command.stdout(Stdio::null()).stderr(Stdio::null());
+    match command.status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => {
+            Err(format!("pg_ctl stop -m {mode} failed ({s}); the scratch server in {} may still run", data.display()))
         }
-        let mut command = self.bin.server("pg_ctl").map_err(|e| e.to_string())?;
-        command.arg("stop").arg("-D").arg(&self.data).args(["-m", mode, "-w", "-t", "30", "-s"]);
-        command.stdout(Stdio::null()).stderr(Stdio::null());
-        match command.status() {
-            Ok(s) if s.success() => Ok(()),
-            Ok(s) => Err(format!(
-                "pg_ctl stop -m {mode} failed ({s}); the scratch server in {} may still run",
-                self.data.display()
-            )),
-            Err(e) => Err(format!("cannot run pg_ctl stop: {e}")),
-        }
+        Err(e) => Err(format!("cannot run pg_ctl stop: {e}")),
     }
 }
 
@@ -976,15 +976,6 @@ fn disk_bytes(dir: &Path) -> u64 {
 
 fn read(path: &Path) -> String {
     String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
-}
-
-fn elapsed_ms(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
-fn rfc3339(ms: i64) -> String {
-    DateTime::from_timestamp_millis(ms)
-        .map_or_else(|| ms.to_string(), |t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
 /// Runs blocking work (processes, file copies) off the async threads.
