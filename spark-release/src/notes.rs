@@ -111,9 +111,7 @@ pub fn release_notes(
     // rehearsals (dry runs) from a day before it, belong to this release.
     let window = trail.as_ref().and_then(|t| Some((t.first_ms?, t.last_ms? + AFTER_RUN_MS)));
     let mut rollbacks = Vec::new();
-    for path in files.iter().filter(|p| {
-        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("rollback_") && n.ends_with(".json"))
-    }) {
+    for path in files.iter().filter(|p| is_rollback_record(p)) {
         let bytes = std::fs::read(path).map_err(|source| ReleaseError::Read { path: path.clone(), source })?;
         let record: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| ReleaseError::Invalid { path: path.clone(), message: format!("not JSON: {e}") })?;
@@ -186,6 +184,11 @@ fn fill(template: &str, values: &BTreeMap<&str, String>) -> Result<String, Strin
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Whether `path` is named as a rollback record (`rollback_*.json`).
+pub(crate) fn is_rollback_record(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("rollback_") && n.ends_with(".json"))
 }
 
 /// Every file in `dir` and in its direct subdirectories (each rollback's

@@ -58,12 +58,8 @@ pub fn find_rehearsal(dir: &Path, now_ms: i64) -> Rehearsal {
 
 /// `rollback_*.json` in `dir` and in its direct subdirectories.
 fn candidates(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = crate::notes::files_one_deep(dir)
-        .into_iter()
-        .filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("rollback_") && n.ends_with(".json"))
-        })
-        .collect();
+    let mut out: Vec<PathBuf> =
+        crate::notes::files_one_deep(dir).into_iter().filter(|p| crate::notes::is_rollback_record(p)).collect();
     out.sort();
     out
 }
