@@ -115,7 +115,8 @@ impl Database {
     /// `max_connections` (SQLite: at most 8; it has one writer anyway).
     ///
     /// SQLite files are created when missing, in WAL mode with a 10 s busy
-    /// timeout; a PostgreSQL pool waits at most 10 s for a free connection,
+    /// timeout; a PostgreSQL pool waits at most 10 s for a free connection
+    /// ([`Database::connect_with_timeout`] sets another bound),
     /// and pings a connection it hands out only if it sat idle for a second
     /// or more (sqlx pings each one as it is returned anyway).
     ///
@@ -125,6 +126,23 @@ impl Database {
     /// database that cannot be reached. Messages carry the URL with its
     /// password redacted.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Database, DbError> {
+        Database::connect_with_timeout(url, max_connections, std::time::Duration::from_secs(10)).await
+    }
+
+    /// As [`Database::connect`], with a PostgreSQL pool that waits at most
+    /// `acquire_timeout` for a free connection. A service answering requests
+    /// sheds load with it: when the pool (or a pgBouncer in front of the
+    /// database) is exhausted, a request fails after `acquire_timeout` with
+    /// [`sqlx::Error::PoolTimedOut`] (a 503) instead of queueing for long.
+    ///
+    /// # Errors
+    ///
+    /// As [`Database::connect`].
+    pub async fn connect_with_timeout(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: std::time::Duration,
+    ) -> Result<Database, DbError> {
         let max_connections = max_connections.max(1);
         match Backend::of_url(url)? {
             #[cfg(feature = "postgres")]
@@ -133,7 +151,7 @@ impl Database {
                     .map_err(|source| DbError::InvalidUrl { url: redact_url(url), source })?;
                 let pool = sqlx::postgres::PgPoolOptions::new()
                     .max_connections(max_connections)
-                    .acquire_timeout(std::time::Duration::from_secs(10))
+                    .acquire_timeout(acquire_timeout)
                     // sqlx pings every connection as it goes back to the
                     // pool, and by default again as it comes out: a round
                     // trip on every request's path. Only a connection that

@@ -80,3 +80,53 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// Whether `err` says the database could not be reached or ended the
+/// session — a connection that failed, broke or timed out waiting in the
+/// pool, a server shutting down, restarting or out of connections, a
+/// pooler that cannot log in — so the same request may succeed later
+/// (HTTP 503 with `Retry-After`, not a 500). A statement the database
+/// refused (a constraint, a syntax error) is not.
+///
+/// ```
+/// assert!(spark_db::is_unavailable(&sqlx::Error::PoolTimedOut));
+/// assert!(spark_db::is_unavailable(&sqlx::Error::Io(std::io::Error::other("connection reset"))));
+/// assert!(!spark_db::is_unavailable(&sqlx::Error::RowNotFound));
+/// ```
+#[must_use]
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_unavailable_sqlstate(&code)),
+        _ => false,
+    }
+}
+
+/// SQLSTATEs of an unreachable or departing server: class 08 (connection
+/// exception; pgBouncer's "server login has been failing" is 08P01),
+/// 57P01–57P03 (admin shutdown, crash shutdown, cannot connect now), 53300
+/// (too many connections) and 25P03 (idle-in-transaction timeout: the
+/// session is gone).
+fn is_unavailable_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "25P03")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_unavailable_sqlstate;
+
+    #[test]
+    fn connection_and_shutdown_states_are_unavailable_and_statement_errors_are_not() {
+        for code in ["08006", "08P01", "57P01", "57P03", "53300", "25P03"] {
+            assert!(is_unavailable_sqlstate(code), "{code}");
+        }
+        for code in ["23505", "42601", "40001", "22003"] {
+            assert!(!is_unavailable_sqlstate(code), "{code}");
+        }
+    }
+}

@@ -33,5 +33,5 @@ pub use crate::clock::{Clock, ManualClock, SharedClock, SystemClock, duration_ms
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use crate::database::Database;
 pub use crate::database::{Backend, Migrations};
-pub use crate::error::{DbError, error_chain};
+pub use crate::error::{DbError, error_chain, is_unavailable};
 pub use crate::url::{is_loopback_host, redact_url};

@@ -42,6 +42,11 @@ struct Args {
     /// Instruments TOML ([instruments.SYMBOL] tables); default: five BIST equities.
     #[arg(long)]
     instruments: Option<std::path::PathBuf>,
+    /// The longest a request waits for a database connection before it is
+    /// answered 503 with Retry-After: load is shed, not queued, when the
+    /// pool or pgBouncer's is exhausted.
+    #[arg(long, env = "ORDER_SERVICE_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    db_acquire_timeout_ms: u64,
     /// Run the outbox relay in-process with this sink.
     #[arg(long, value_enum, default_value = "none")]
     relay: RelaySink,
@@ -87,7 +92,12 @@ async fn run() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse::<tracing_subscriber::filter::LevelFilter>().ok())
         .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
-    let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        // Colours on a terminal only: logs sent to a file stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
     let instruments = match &args.instruments {
         Some(path) => Instruments::from_toml(
             &std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
@@ -107,7 +117,8 @@ async fn run() -> anyhow::Result<()> {
              or --dev-auth header (trusts X-Client-Id; development only)"
         ),
     };
-    let db = Database::connect(&args.database_url, 16).await?;
+    let db = Database::connect_with_timeout(&args.database_url, 16, Duration::from_millis(args.db_acquire_timeout_ms))
+        .await?;
     order_service::migrate(&db).await?;
     let state = AppState::new(db.clone(), instruments, auth);
     let publisher: Option<std::sync::Arc<dyn spark_outbox::Publisher>> = match args.relay {

@@ -322,7 +322,7 @@ async fn write_order<DB: OrderBackend>(conn: &mut DB::Connection, client: &str, 
         price: &p.order.price,
         created_at_ms: p.created_at_ms,
     };
-    let (quantity, price) = DB::insert_order(conn, &row).await.map_err(|e| Problem::internal(&e))?;
+    let (quantity, price) = DB::insert_order(conn, &row).await.map_err(|e| Problem::database(&e))?;
     // The response already stored says what was validated; a column that
     // rounded or converted the value (a narrower NUMERIC, a REAL) would make
     // the row say something else. That is a bug of the release, not of the
@@ -334,7 +334,10 @@ async fn write_order<DB: OrderBackend>(conn: &mut DB::Connection, client: &str, 
             p.order.order_id, p.order.quantity, p.order.price
         )));
     }
-    spark_outbox::enqueue(conn, &p.event).await.map_err(|e| Problem::internal(&e))?;
+    spark_outbox::enqueue(conn, &p.event).await.map_err(|e| match &e {
+        spark_outbox::OutboxError::Database(db) => Problem::database(db),
+        _ => Problem::internal(&e),
+    })?;
     Ok(())
 }
 

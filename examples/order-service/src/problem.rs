@@ -60,6 +60,14 @@ impl Problem {
         )
     }
 
+    /// 503 when `err` says the database is unreachable or going away
+    /// ([`spark_db::is_unavailable`]: a restart, a broken connection, a
+    /// pool timeout), 500 for anything else it refused.
+    #[must_use]
+    pub fn database(err: &sqlx::Error) -> Problem {
+        if spark_db::is_unavailable(err) { Problem::unavailable(err) } else { Problem::internal(err) }
+    }
+
     /// 503 when the database is unreachable.
     pub fn unavailable(err: &dyn std::fmt::Display) -> Problem {
         tracing::error!(error = %err, "database unavailable");
