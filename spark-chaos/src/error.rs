@@ -39,6 +39,16 @@ pub enum ChaosError {
         /// The end of what it printed.
         output: String,
     },
+    /// The fault proxy failed: a listener could not be bound, or its HTTP
+    /// API (this crate's or a real Toxiproxy's) answered with an error or
+    /// could not be reached.
+    #[error("fault proxy: {what}")]
+    Proxy {
+        /// The HTTP status the API answered with, when it answered.
+        status: Option<u16>,
+        /// What failed, with the API's own message.
+        what: String,
+    },
     /// Writing the evidence failed.
     #[error("evidence: {0}")]
     Evidence(#[from] spark_evidence::EvidenceError),

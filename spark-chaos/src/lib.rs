@@ -49,17 +49,40 @@
 //! `pg_controldata`; `pg_basebackup` for backups) of the backup's major
 //! version; when run as root it runs the server as the `postgres` user.
 
+mod db_latency;
+mod db_restart;
+mod delivery;
+mod deployment;
 mod error;
 mod experiment;
+mod http;
+mod load;
 mod pg;
+mod pool_exhaustion;
+mod proxy;
 mod relay_crash;
 mod restore;
+mod scenario;
+mod sink_outage;
+mod stack;
 
+pub use crate::db_latency::DbLatency;
+pub use crate::db_restart::DbRestart;
+pub use crate::deployment::{
+    DatabaseSection, Deployment, PgbouncerSection, PrometheusSection, ProxySection, RelaySection, ServiceSection,
+};
 pub use crate::error::ChaosError;
 pub use crate::experiment::{ExperimentReport, Invariant};
 pub use crate::pg::PgBin;
+pub use crate::pool_exhaustion::PoolExhaustion;
+pub use crate::proxy::{
+    ConnectionCounts, FaultProxy, ProxyClient, ProxyInfo, Toxic, ToxicInfo, ToxicKind, ToxicStream,
+};
 pub use crate::relay_crash::{RELAY_CRASH_TOML, RelayCrash, RelayTarget, run_relay_crash};
 pub use crate::restore::{
     BackupOptions, BackupReport, DRILL_FORMAT, DrillItem, DrillOptions, DrillReport, WalArchive, base_backup,
     restore_drill,
 };
+pub use crate::scenario::{SCENARIOS, Scenario, run};
+pub use crate::sink_outage::SinkOutage;
+pub use crate::stack::{CHAOS_TOML, PID_FILE, Stack, StackOptions, down, up_detached};

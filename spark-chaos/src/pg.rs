@@ -175,3 +175,27 @@ pub(crate) fn free_port() -> Result<u16, ChaosError> {
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(io("127.0.0.1:0"))?;
     Ok(listener.local_addr().map_err(io("127.0.0.1:0"))?.port())
 }
+
+/// `pg_ctl stop -m MODE` on `data`, waiting; a server that is not running
+/// is stopped.
+pub(crate) fn pg_ctl_stop(bin: &PgBin, data: &Path, mode: &str) -> Result<(), String> {
+    if !data.join("postmaster.pid").exists() {
+        return Ok(());
+    }
+    let mut command = bin.server("pg_ctl").map_err(|e| e.to_string())?;
+    command.arg("stop").arg("-D").arg(data).args(["-m", mode, "-w", "-t", "30", "-s"]);
+    command.stdout(Stdio::null()).stderr(Stdio::null());
+    match command.status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("pg_ctl stop -m {mode} failed ({s}); the server in {} may still run", data.display())),
+        Err(e) => Err(format!("cannot run pg_ctl stop: {e}")),
+    }
+}
+
+/// Runs blocking work (processes, file copies) off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}

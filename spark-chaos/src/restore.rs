@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -85,7 +84,7 @@ pub async fn base_backup(
         command.env("PGPASSWORD", password);
     }
     command.arg("-d").arg(&url).arg("-D").arg(&out).args(["-F", "p", "-X", "stream", "-c", "fast", "--no-password"]);
-    let result = blocking(move || pg::run(command, "pg_basebackup")).await;
+    let result = pg::blocking(move || pg::run(command, "pg_basebackup")).await;
     if let Err(ChaosError::Program { program, status, output }) = result {
         let output = Redactor::default().redact(&output);
         return Err(ChaosError::Program { program, status, output });
@@ -336,7 +335,7 @@ pub async fn restore_drill(
     let prepared = {
         let (backup, data, options) = (backup.clone(), data.clone(), options.clone());
         let socket = scratch.path().to_owned();
-        blocking(move || prepare(&backup, &data, &socket, &options, port)).await
+        pg::blocking(move || prepare(&backup, &data, &socket, &options, port)).await
     };
     prepared?;
     pg::give_to_server_user(scratch.path())?;
@@ -498,7 +497,7 @@ struct Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if self.running {
-            let _ = pg_ctl_stop(&self.bin, &self.data, "immediate");
+            let _ = pg::pg_ctl_stop(&self.bin, &self.data, "immediate");
         }
     }
 }
@@ -516,35 +515,19 @@ impl Server {
             &timeout.as_secs().max(1).to_string(),
             "-s",
         ]);
-        blocking(move || pg::run(command, "pg_ctl start")).await.map(drop)
+        pg::blocking(move || pg::run(command, "pg_ctl start")).await.map(drop)
     }
 
     /// Stops it, fast, then immediately if that fails; says why when even
     /// that fails (the server may still be running).
     async fn stop(&mut self) -> Result<(), String> {
         let (bin, data) = (self.bin.clone(), self.data.clone());
-        let result =
-            blocking(move || pg_ctl_stop(&bin, &data, "fast").or_else(|_| pg_ctl_stop(&bin, &data, "immediate"))).await;
+        let result = pg::blocking(move || {
+            pg::pg_ctl_stop(&bin, &data, "fast").or_else(|_| pg::pg_ctl_stop(&bin, &data, "immediate"))
+        })
+        .await;
         self.running = result.is_err();
         result
-    }
-}
-
-/// `pg_ctl stop -m MODE` on `data`, waiting; a server that is not running
-/// is stopped.
-fn pg_ctl_stop(bin: &PgBin, data: &Path, mode: &str) -> Result<(), String> {
-    if !data.join("postmaster.pid").exists() {
-        return Ok(());
-    }
-    let mut command = bin.server("pg_ctl").map_err(|e| e.to_string())?;
-    command.arg("stop").arg("-D").arg(data).args(["-m", mode, "-w", "-t", "30", "-s"]);
-    command.stdout(Stdio::null()).stderr(Stdio::null());
-    match command.status() {
-        Ok(s) if s.success() => Ok(()),
-        Ok(s) => {
-            Err(format!("pg_ctl stop -m {mode} failed ({s}); the scratch server in {} may still run", data.display()))
-        }
-        Err(e) => Err(format!("cannot run pg_ctl stop: {e}")),
     }
 }
 
@@ -976,14 +959,6 @@ fn disk_bytes(dir: &Path) -> u64 {
 
 fn read(path: &Path) -> String {
     String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
-}
-
-/// Runs blocking work (processes, file copies) off the async threads.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(value) => value,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
 }
 
 #[cfg(test)]

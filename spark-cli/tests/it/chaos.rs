@@ -1,6 +1,7 @@
-//! `spark chaos run --scenario relay-crash` against a fresh PostgreSQL
-//! database and the real `spark outbox relay`, SIGKILLed: the hypothesis
-//! holds; a relay that publishes nowhere breaks it; bad input exits 2.
+//! `spark chaos up`, `run --all` and `down` end to end on loopback; `spark
+//! chaos run --scenario relay-crash` against a fresh PostgreSQL database and
+//! the real `spark outbox relay`, SIGKILLed: the hypothesis holds; a relay
+//! that publishes nowhere breaks it; bad input exits 2.
 
 use crate::canary::spark_off_runtime;
 
@@ -17,7 +18,11 @@ async fn relay_crash_holds_against_the_real_relay() {
     let Some(pg) = spark_testkit::postgres().await else { return };
     let dir = tempfile::tempdir().unwrap();
     deployment(dir.path(), &pg.url, "{sink_url}");
-    let run = spark_off_runtime(dir.path(), &["chaos", "run", "--scenario", "relay-crash", "--json"]).await;
+    let run = spark_off_runtime(
+        dir.path(),
+        &["chaos", "run", "--scenario", "relay-crash", "--config", "chaos.toml", "--json"],
+    )
+    .await;
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     let json = run.json();
     let report = &json["experiments"][0];
@@ -42,7 +47,9 @@ async fn relay_crash_holds_against_the_real_relay() {
     let small =
         spark_chaos::RELAY_CRASH_TOML.replace("events = 2000", "events = 100").replace("rounds = 10", "rounds = 2");
     std::fs::write(dir.path().join("small.toml"), small).unwrap();
-    let again = spark_off_runtime(dir.path(), &["chaos", "run", "--scenario-file", "small.toml"]).await;
+    let again =
+        spark_off_runtime(dir.path(), &["chaos", "run", "--scenario-file", "small.toml", "--config", "chaos.toml"])
+            .await;
     assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
 }
 
@@ -59,7 +66,9 @@ async fn a_relay_that_publishes_nowhere_breaks_the_hypothesis() {
         .replace("kill_every = \"500ms\"", "kill_every = \"200ms\"")
         .replace("drain_timeout = \"60s\"", "drain_timeout = \"2s\"");
     std::fs::write(dir.path().join("small.toml"), scenario).unwrap();
-    let run = spark_off_runtime(dir.path(), &["chaos", "run", "--scenario-file", "small.toml"]).await;
+    let run =
+        spark_off_runtime(dir.path(), &["chaos", "run", "--scenario-file", "small.toml", "--config", "chaos.toml"])
+            .await;
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("verdict:    FAILED"), "{}", run.stdout);
     assert!(run.stdout.contains("lost                   BROKEN  50 of 50 events never applied"), "{}", run.stdout);
@@ -70,15 +79,22 @@ fn bad_input_exits_2_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     deployment(dir.path(), "postgres://postgres@db.example:5432/x", "{sink_url}");
     std::fs::write(
+        dir.path().join("local.toml"),
+        "[database]\nurl = \"postgres://postgres@127.0.0.1:5432/x\"\n[relay]\ncommand = [\"spark\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
         dir.path().join("elsewhere.toml"),
         "[database]\nurl = \"postgres://postgres@127.0.0.1:5432/x\"\n[relay]\ncommand = [\"spark\", \"--url\", \"https://hooks.example.com/x\"]\n",
     )
     .unwrap();
     for (args, expected) in [
-        (&["chaos", "run", "--scenario", "db-restart"][..], "is not built yet; the scenarios are relay-crash"),
-        (&["chaos", "run"], "name a --scenario"),
-        (&["chaos", "run", "--scenario", "relay-crash"], "fault experiments run against loopback only"),
-        (&["chaos", "run", "--scenario", "relay-crash", "--config", "missing.toml"], "cannot read the deployment"),
+        (&["chaos", "run", "--scenario", "meteor", "--config", "chaos.toml"][..], "no built-in scenario \"meteor\""),
+        (&["chaos", "run", "--config", "chaos.toml"], "name a --scenario"),
+        (&["chaos", "run", "--scenario", "relay-crash", "--config", "chaos.toml"], "loopback only"),
+        (&["chaos", "run", "--scenario", "db-restart", "--config", "local.toml"], "db-restart needs [service] url"),
+        (&["chaos", "down", "--dir", "nowhere"], "holds no running chaos deployment"),
+        (&["chaos", "run", "--scenario", "relay-crash", "--config", "missing.toml"], "missing.toml: No such file"),
         (&["chaos", "run", "--scenario", "relay-crash", "--config", "elsewhere.toml"], "loopback only"),
     ] {
         let run = crate::spark_with(args, Some(dir.path()), &[]);
@@ -86,4 +102,72 @@ fn bad_input_exits_2_with_one_line() {
         assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.stderr);
         assert!(run.stderr.contains(expected), "{args:?}: {}", run.stderr);
     }
+}
+
+/// Stops the deployment however the test ends.
+struct Down(std::path::PathBuf);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = crate::spark_with(&["chaos", "down", "--dir", &self.0.display().to_string()], None, &[]);
+    }
+}
+
+/// The whole suite on the deployment `spark chaos up` starts: every
+/// hypothesis holds, each experiment writes its evidence, and `down` stops
+/// every process. Bounded: each experiment bounds itself in time and count.
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_up_run_all_down() {
+    if !spark_testkit::binary_available("pgbouncer", "chaos up")
+        || !spark_testkit::binary_available("prometheus", "chaos up")
+        || spark_testkit::cluster::PgCluster::start(&[]).await.is_none()
+    {
+        return;
+    }
+    let order_service = std::path::Path::new(env!("CARGO_BIN_EXE_spark")).with_file_name("order-service");
+    if !order_service.is_file() {
+        assert!(
+            !spark_testkit::services_required(),
+            "{} is missing: `cargo test --workspace` builds it",
+            order_service.display()
+        );
+        eprintln!("skipped: chaos up tests need {} (cargo build -p order-service)", order_service.display());
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("stack");
+    let _down = Down(dir.clone());
+    let started = std::time::Instant::now();
+    let up = spark_off_runtime(tmp.path(), &["chaos", "up", "--dir", "stack"]).await;
+    assert_eq!(up.code, 0, "{}{}", up.stdout, up.stderr);
+    let up_s = started.elapsed().as_secs_f64();
+    assert!(up.stdout.contains("next: spark chaos run --all"), "{}", up.stdout);
+    let config = std::fs::read_to_string(dir.join("chaos.toml")).unwrap();
+    for section in ["[database]", "[relay]", "[service]", "[pgbouncer]", "[proxy]", "[prometheus]"] {
+        assert!(config.contains(section), "{section} missing from {config}");
+    }
+
+    let run = spark_off_runtime(tmp.path(), &["chaos", "run", "--all", "--config", "stack/chaos.toml", "--json"]).await;
+    let json = run.json();
+    let experiments = json["experiments"].as_array().unwrap();
+    let names: Vec<&str> = experiments.iter().map(|e| e["scenario"].as_str().unwrap()).collect();
+    assert_eq!(names, spark_chaos::SCENARIOS.map(|(n, _)| n));
+    for e in experiments {
+        eprintln!("{}: held {} in {} ms", e["scenario"], e["held"], e["duration_ms"]);
+        for i in e["invariants"].as_array().unwrap() {
+            eprintln!("  {} {} {}", i["name"], i["held"], i["value"]);
+        }
+        eprintln!("  measurements {}", e["measurements"]);
+    }
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(experiments.iter().all(|e| e["held"] == true));
+    assert_eq!(json["files"].as_array().unwrap().len(), 2 * experiments.len());
+    eprintln!("chaos up {up_s:.1} s; the suite {:.1} s", started.elapsed().as_secs_f64() - up_s);
+
+    let down = spark_off_runtime(tmp.path(), &["chaos", "down", "--dir", "stack"]).await;
+    assert_eq!(down.code, 0, "{}{}", down.stdout, down.stderr);
+    assert!(!dir.join("pg/data/postmaster.pid").exists(), "PostgreSQL still runs");
+    assert!(!dir.join("chaos.toml").exists());
+    let again = spark_off_runtime(tmp.path(), &["chaos", "down", "--dir", "stack"]).await;
+    assert_eq!(again.code, 2, "a second down says there is nothing to stop: {}", again.stderr);
 }

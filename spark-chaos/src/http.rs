@@ -1,0 +1,17 @@
+//! The one HTTP client constructor of the crate (the service's load, the
+//! proxy's API, readiness probes), on the workspace's reqwest with rustls.
+
+use std::time::Duration;
+
+use crate::error::ChaosError;
+
+/// A client with `timeout` per request; plain HTTP to loopback needs no
+/// TLS, but reqwest's rustls build wants a crypto provider installed.
+pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, ChaosError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(2)))
+        .build()
+        .map_err(|e| ChaosError::Input(format!("cannot build an HTTP client: {e}")))
+}

@@ -1,0 +1,590 @@
+//! `spark chaos up`: a complete deployment on loopback to break — a private
+//! PostgreSQL cluster with WAL archiving, the fault proxy in front of it,
+//! pgBouncer in front of the proxy, the order service behind pgBouncer,
+//! and a Prometheus scraping the service when one is installed — and the
+//! `chaos.toml` describing it.
+//!
+//! The relay and the webhook sink are not part of the standing deployment:
+//! each experiment starts its own from `[relay] command` and its own
+//! recording sink, because a relay left running would take the events an
+//! experiment counts.
+//!
+//! pgBouncer runs a *session* pool: Debian 12's pgBouncer 1.18 does not
+//! track protocol-level prepared statements, and sqlx prepares every
+//! parameterised statement, so a transaction pool mixes clients'
+//! statements (measured; `spark check`'s pgbouncer check fails such a URL).
+//! With pgBouncer >= 1.21 and `max_prepared_statements` a transaction pool
+//! works; `chaos.toml` can describe one.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::deployment::{
+    DatabaseSection, Deployment, PgbouncerSection, PrometheusSection, ProxySection, RelaySection, ServiceSection,
+};
+use crate::error::{ChaosError, io};
+use crate::pg::{self, PgBin};
+use crate::proxy::{FaultProxy, ProxyClient};
+
+/// Where Debian installs pgBouncer and Prometheus.
+const PGBOUNCER: &str = "/usr/sbin/pgbouncer";
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+
+/// The database the service and the experiments use (and `CREATE
+/// DATABASE chaos` below).
+const DATABASE: &str = "chaos";
+
+/// pgBouncer's server connections per pool: the service's own pool (16)
+/// plus room for the experiments' probes.
+const POOL_SIZE: u32 = 20;
+
+/// The file `up` writes last, once everything answers.
+pub const CHAOS_TOML: &str = "chaos.toml";
+/// The supervisor's process id, for `down`.
+pub const PID_FILE: &str = "up.pid";
+
+/// What `spark chaos up` needs.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// The directory for the cluster, the logs and `chaos.toml`; created
+    /// when missing, and must hold no earlier deployment.
+    pub dir: PathBuf,
+    /// The `order-service` program.
+    pub order_service: PathBuf,
+    /// The `spark` program, for the relay command.
+    pub spark: PathBuf,
+    /// The PostgreSQL programs.
+    pub pg: PgBin,
+}
+
+/// A running deployment. Dropping it stops everything at once;
+/// [`Stack::down`] stops it gracefully and says what failed.
+#[derive(Debug)]
+pub struct Stack {
+    deployment: Deployment,
+    dir: PathBuf,
+    pg: PgBin,
+    children: Vec<(&'static str, std::process::Child)>,
+    proxy: Option<FaultProxy>,
+    pg_running: bool,
+}
+
+impl Stack {
+    /// Starts the deployment in `options.dir` and writes its `chaos.toml`
+    /// there, last. Everything binds to 127.0.0.1 on free ports.
+    ///
+    /// # Errors
+    /// [`ChaosError::Input`] for a directory that holds a deployment
+    /// already, or one the `postgres` user cannot reach when run as root;
+    /// [`ChaosError::MissingProgram`] without PostgreSQL or pgBouncer;
+    /// [`ChaosError::Program`] when a part does not start, with the end of
+    /// its log. What was started is stopped again.
+    pub async fn up(options: &StackOptions) -> Result<Stack, ChaosError> {
+        let dir = &options.dir;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let dir = dir.canonicalize().map_err(io(dir))?;
+        if dir.join("pg").exists() {
+            return Err(ChaosError::Input(format!(
+                "{} holds a deployment already: `spark chaos down --dir {0}` stops it; remove the directory to start afresh",
+                dir.display()
+            )));
+        }
+        reachable_by_server_user(&dir)?;
+        let mut stack = Stack {
+            deployment: Deployment {
+                database: DatabaseSection { url: String::new(), stop: vec![], start: vec![] },
+                relay: RelaySection { command: vec![] },
+                service: None,
+                pgbouncer: None,
+                proxy: None,
+                prometheus: None,
+            },
+            dir: dir.clone(),
+            pg: options.pg.clone(),
+            children: Vec::new(),
+            proxy: None,
+            pg_running: false,
+        };
+        std::fs::write(dir.join(PID_FILE), format!("{}\n", std::process::id())).map_err(io(dir.join(PID_FILE)))?;
+
+        // PostgreSQL, archiving its WAL.
+        let pg_port = stack.start_postgres().await?;
+        let direct = format!("postgres://postgres@127.0.0.1:{pg_port}/{DATABASE}");
+        stack.deployment.database.url.clone_from(&direct);
+
+        // The fault proxy in front of it.
+        let proxy = FaultProxy::start("127.0.0.1:0").await?;
+        let client = ProxyClient::new(&proxy.api_url())?;
+        let info = client.create("postgres", "127.0.0.1:0", &format!("127.0.0.1:{pg_port}")).await?;
+        let proxied_port = port_of(&info.listen)?;
+        stack.deployment.proxy = Some(ProxySection { api: proxy.api_url(), postgres: "postgres".to_owned() });
+        stack.proxy = Some(proxy);
+
+        // pgBouncer in front of the proxy.
+        let bouncer_port = stack.start_pgbouncer(proxied_port)?;
+        let pooled = format!("postgres://postgres@127.0.0.1:{bouncer_port}/{DATABASE}");
+        stack.deployment.pgbouncer = Some(PgbouncerSection {
+            url: pooled.clone(),
+            admin_url: format!("postgres://postgres@127.0.0.1:{bouncer_port}/pgbouncer"),
+            hold_url: Some(format!("postgres://postgres@127.0.0.1:{bouncer_port}/{DATABASE}_hold")),
+            pool_size: POOL_SIZE,
+        });
+
+        // The order service behind pgBouncer.
+        let service_port = pg::free_port()?;
+        let log = dir.join("order-service.log");
+        let mut service = std::process::Command::new(&options.order_service);
+        service
+            .args(["--listen", &format!("127.0.0.1:{service_port}"), "--dev-auth", "header"])
+            .args(["--database-url", &pooled, "--listen-url", &direct])
+            .env("SPARK_LOG", "warn");
+        stack.spawn("order-service", service, &log)?;
+        let service_url = format!("http://127.0.0.1:{service_port}");
+        stack.wait_http("order-service", &format!("{service_url}/healthz"), &log).await?;
+        stack.deployment.service = Some(ServiceSection {
+            url: service_url,
+            headers: [("X-Client-Id".to_owned(), "chaos".to_owned())].into(),
+            account_prefix: "chaos-".to_owned(),
+        });
+
+        // The relay command the experiments start.
+        stack.deployment.relay.command = [
+            options.spark.display().to_string().as_str(),
+            "outbox",
+            "relay",
+            "--sink",
+            "webhook",
+            "--url",
+            "{sink_url}",
+            "--database-url",
+            "{database_url}",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+
+        // Prometheus, when installed.
+        if let Some(program) = find_program(PROMETHEUS, "prometheus") {
+            stack.start_prometheus(&program, service_port).await?;
+        } else {
+            tracing::warn!("Prometheus is not installed: the experiments that read its metrics will say so");
+        }
+        // Written whole, then renamed: `up_detached` reads it as soon as it
+        // appears.
+        let (tmp, toml) = (dir.join(".chaos.toml.tmp"), dir.join(CHAOS_TOML));
+        std::fs::write(&tmp, stack.deployment.to_toml()).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &toml).map_err(io(&toml))?;
+        tracing::info!(dir = %dir.display(), "chaos deployment up");
+        Ok(stack)
+    }
+
+    /// What `chaos.toml` says.
+    #[must_use]
+    pub fn deployment(&self) -> &Deployment {
+        &self.deployment
+    }
+
+    /// The directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stops everything: the service, pgBouncer and Prometheus with SIGTERM
+    /// (SIGKILL after 10 s), the proxy, then PostgreSQL (fast). Removes
+    /// `chaos.toml` and the pid file; keeps the logs and the cluster.
+    ///
+    /// # Errors
+    /// [`ChaosError::Program`] naming each part that did not stop cleanly.
+    pub async fn down(mut self) -> Result<(), ChaosError> {
+        let mut failed = Vec::new();
+        let children = std::mem::take(&mut self.children);
+        for (name, mut child) in children.into_iter().rev() {
+            if let Err(e) = stop_child(&mut child).await {
+                failed.push(format!("{name}: {e}"));
+            }
+        }
+        if let Some(proxy) = self.proxy.take() {
+            proxy.shutdown().await;
+        }
+        let (bin, data) = (self.pg.clone(), self.dir.join("pg/data"));
+        match tokio::task::spawn_blocking(move || pg::pg_ctl_stop(&bin, &data, "fast")).await {
+            Ok(Ok(())) => self.pg_running = false,
+            Ok(Err(e)) => failed.push(e),
+            Err(e) => failed.push(e.to_string()),
+        }
+        let _ = std::fs::remove_file(self.dir.join(CHAOS_TOML));
+        let _ = std::fs::remove_file(self.dir.join(PID_FILE));
+        if failed.is_empty() {
+            return Ok(());
+        }
+        Err(ChaosError::Program {
+            program: "spark chaos down".to_owned(),
+            status: "1".to_owned(),
+            output: failed.join("; "),
+        })
+    }
+
+    /// initdb, the settings, `pg_ctl start`, the database; its port.
+    async fn start_postgres(&mut self) -> Result<u16, ChaosError> {
+        let root = self.dir.join("pg");
+        let (data, archive, sockets) = (root.join("data"), root.join("wal-archive"), root.join("sockets"));
+        for d in [&root, &archive, &sockets] {
+            std::fs::create_dir_all(d).map_err(io(d))?;
+        }
+        pg::give_to_server_user(&root)?;
+        let mut initdb = self.pg.server("initdb")?;
+        initdb.arg("-D").arg(&data).args(["--auth=trust", "--username=postgres", "--encoding=UTF8", "--locale=C"]);
+        pg::blocking(move || pg::run(initdb, "initdb")).await?;
+        let port = pg::free_port()?;
+        // The archive command never overwrites a segment: a second copy
+        // would hide a gap the restore drill must find.
+        let settings = format!(
+            "\n# spark chaos up\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
+             wal_level = replica\narchive_mode = on\narchive_command = 'test ! -f {1}/%f && cp %p {1}/%f'\n\
+             max_connections = 200\n",
+            sockets.display(),
+            archive.display()
+        );
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).map_err(io(&conf))?;
+        text.push_str(&settings);
+        std::fs::write(&conf, text).map_err(io(&conf))?;
+        let log = root.join("server.log");
+        let start = self.pg_ctl_argv("start", &data, &log);
+        let stop = self.pg_ctl_argv("stop", &data, &log);
+        self.pg_running = true;
+        run_argv(&start, "pg_ctl start").await?;
+        self.deployment.database.start = start;
+        self.deployment.database.stop = stop;
+        let admin = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        let pool =
+            sqlx::PgPool::connect(&admin).await.map_err(|e| ChaosError::Input(format!("the new cluster: {e}")))?;
+        sqlx::raw_sql("CREATE DATABASE chaos")
+            .execute(&pool)
+            .await
+            .map_err(|e| ChaosError::Input(format!("CREATE DATABASE {DATABASE}: {e}")))?;
+        pool.close().await;
+        Ok(port)
+    }
+
+    /// The argv of `pg_ctl start|stop` for this cluster, as the server user.
+    fn pg_ctl_argv(&self, action: &str, data: &Path, log: &Path) -> Vec<String> {
+        let mut argv = Vec::new();
+        if pg::is_root() {
+            argv.extend(["runuser", "-u", pg::SERVER_USER, "--"].map(str::to_owned));
+        }
+        argv.push(self.pg.dir().join("pg_ctl").display().to_string());
+        argv.extend([action.to_owned(), "-D".to_owned(), data.display().to_string()]);
+        if action == "start" {
+            argv.extend(["-l".to_owned(), log.display().to_string()]);
+        } else {
+            argv.extend(["-m".to_owned(), "fast".to_owned()]);
+        }
+        argv.extend(["-w", "-t", "60", "-s"].map(str::to_owned));
+        argv
+    }
+
+    /// pgBouncer in session mode in front of `upstream_port`; its port.
+    fn start_pgbouncer(&mut self, upstream_port: u16) -> Result<u16, ChaosError> {
+        let program = find_program(PGBOUNCER, "pgbouncer").ok_or_else(|| ChaosError::MissingProgram {
+            program: "pgbouncer".to_owned(),
+            looked: format!("{PGBOUNCER} and PATH (Debian: apt-get install pgbouncer)"),
+        })?;
+        let root = self.dir.join("pgbouncer");
+        std::fs::create_dir_all(&root).map_err(io(&root))?;
+        let (ini, users, log) = (root.join("pgbouncer.ini"), root.join("userlist.txt"), root.join("pgbouncer.log"));
+        std::fs::write(&users, "\"postgres\" \"\"\n").map_err(io(&users))?;
+        let port = pg::free_port()?;
+        // server_login_retry 1: after a database restart pgBouncer tries
+        // again within a second, not the default 15. query_wait_timeout 2:
+        // a client waiting for a server connection is refused after 2 s
+        // instead of 120, so the service can answer 503 quickly.
+        // `chaos_hold` is a second pool on the same database and user: with
+        // max_user_connections equal to the pool size, a client holding
+        // its server connections takes them from the service's pool, which
+        // is how pool-exhaustion exhausts it. No forced `user=` on these
+        // two: a forced user gets a limit of its own, not the client's.
+        let text = format!(
+            "[databases]\n{DATABASE} = host=127.0.0.1 port={upstream_port} dbname={DATABASE}\n\
+             {DATABASE}_hold = host=127.0.0.1 port={upstream_port} dbname={DATABASE}\n\
+             * = host=127.0.0.1 port={upstream_port} user=postgres\n\n[pgbouncer]\n\
+             listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = trust\n\
+             auth_file = {}\nadmin_users = postgres\npool_mode = session\ndefault_pool_size = {POOL_SIZE}\n\
+             max_client_conn = 500\nmax_user_connections = {POOL_SIZE}\nserver_login_retry = 1\nquery_wait_timeout = 2\n\
+             ignore_startup_parameters = extra_float_digits\nlogfile = {}\n",
+            users.display(),
+            log.display()
+        );
+        std::fs::write(&ini, text).map_err(io(&ini))?;
+        pg::give_to_server_user(&root)?;
+        let mut command = std::process::Command::new(program);
+        if pg::is_root() {
+            command.args(["-u", pg::SERVER_USER]);
+        }
+        command.arg(&ini);
+        self.spawn("pgbouncer", command, &root.join("stderr.log"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(self.failed("pgbouncer", &log));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(port)
+    }
+
+    /// Prometheus scraping the service every second.
+    async fn start_prometheus(&mut self, program: &Path, service_port: u16) -> Result<(), ChaosError> {
+        let root = self.dir.join("prometheus");
+        std::fs::create_dir_all(&root).map_err(io(&root))?;
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: order-service\n    \
+             static_configs:\n      - targets: ['127.0.0.1:{service_port}']\n        labels:\n          role: canary\n"
+        );
+        std::fs::write(root.join("prometheus.yml"), config).map_err(io(root.join("prometheus.yml")))?;
+        let port = pg::free_port()?;
+        let mut command = std::process::Command::new(program);
+        command
+            .arg(format!("--config.file={}", root.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", root.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        let log = root.join("prometheus.log");
+        self.spawn("prometheus", command, &log)?;
+        let url = format!("http://127.0.0.1:{port}");
+        self.wait_http("prometheus", &format!("{url}/-/ready"), &log).await?;
+        self.deployment.prometheus = Some(PrometheusSection { url, scrape_seconds: 1 });
+        Ok(())
+    }
+
+    /// Starts `command` in a process group of its own, output to `log`.
+    fn spawn(&mut self, name: &'static str, mut command: std::process::Command, log: &Path) -> Result<(), ChaosError> {
+        use std::os::unix::process::CommandExt as _;
+        let out = std::fs::File::create(log).map_err(io(log))?;
+        let err = out.try_clone().map_err(io(log))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .map_err(io(PathBuf::from(command.get_program())))?;
+        self.children.push((name, child));
+        Ok(())
+    }
+
+    /// Waits up to 20 s for `url` to answer 200.
+    async fn wait_http(&mut self, name: &'static str, url: &str, log: &Path) -> Result<(), ChaosError> {
+        let http = crate::http::client(Duration::from_secs(2))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if http.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            let exited = self.children.iter_mut().any(|(n, c)| *n == name && !matches!(c.try_wait(), Ok(None)));
+            if exited || Instant::now() > deadline {
+                return Err(self.failed(name, log));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn failed(&self, name: &str, log: &Path) -> ChaosError {
+        ChaosError::Program {
+            program: name.to_owned(),
+            status: "did not start".to_owned(),
+            output: pg::tail(&std::fs::read_to_string(log).unwrap_or_default(), 15),
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            if matches!(child.try_wait(), Ok(None)) {
+                signal_group(child.id(), "KILL");
+                let _ = child.wait();
+            }
+        }
+        if self.pg_running {
+            let _ = pg::pg_ctl_stop(&self.pg, &self.dir.join("pg/data"), "immediate");
+        }
+    }
+}
+
+/// SIGTERM to the child's group, SIGKILL after 10 s.
+async fn stop_child(child: &mut std::process::Child) -> Result<(), String> {
+    if !matches!(child.try_wait(), Ok(None)) {
+        return Ok(());
+    }
+    signal_group(child.id(), "TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal_group(child.id(), "KILL");
+    let _ = child.wait();
+    Err("did not stop within 10 s of SIGTERM; killed".to_owned())
+}
+
+/// Sends `signal` to process group `pgid`.
+pub(crate) fn signal_group(pgid: u32, signal: &str) -> bool {
+    std::process::Command::new("kill")
+        .args([format!("-{signal}"), "--".to_owned(), format!("-{pgid}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs an argv to completion.
+pub(crate) async fn run_argv(argv: &[String], name: &str) -> Result<(), ChaosError> {
+    let (program, args) = argv.split_first().ok_or_else(|| ChaosError::Input(format!("{name}: empty command")))?;
+    let mut command = std::process::Command::new(program);
+    command.args(args);
+    let name = name.to_owned();
+    pg::blocking(move || pg::run(command, &name)).await.map(drop)
+}
+
+/// `program` at its Debian path, else on `PATH`.
+fn find_program(debian: &str, name: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(debian);
+    if path.is_file() {
+        return Some(path);
+    }
+    std::env::var_os("PATH").iter().flat_map(std::env::split_paths).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// The port of `host:port`.
+fn port_of(listen: &str) -> Result<u16, ChaosError> {
+    listen
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .ok_or_else(|| ChaosError::Input(format!("the proxy listens on {listen:?}, not host:port")))
+}
+
+/// As root the server runs as `postgres`, which must be able to reach
+/// `dir`: every ancestor searchable by others.
+fn reachable_by_server_user(dir: &Path) -> Result<(), ChaosError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !pg::is_root() {
+        return Ok(());
+    }
+    for ancestor in dir.ancestors().skip(1) {
+        let mode = std::fs::metadata(ancestor).map_err(io(ancestor))?.permissions().mode();
+        if mode & 0o001 == 0 {
+            return Err(ChaosError::Input(format!(
+                "{} is not searchable by others, so the `postgres` user cannot reach {}: choose a directory under a \
+                 world-searchable path (chmod o+x {0})",
+                ancestor.display(),
+                dir.display()
+            )));
+        }
+    }
+    let mode = std::fs::metadata(dir).map_err(io(dir))?.permissions().mode();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o711)).map_err(io(dir))
+}
+
+/// `spark chaos down`: stops the supervisor of the deployment in `dir`
+/// (SIGTERM, then SIGKILL to its process group after 30 s) and, if it
+/// left PostgreSQL running, stops that too.
+///
+/// # Errors
+/// [`ChaosError::Input`] when `dir` holds no running deployment;
+/// [`ChaosError::Program`] when it would not stop.
+pub async fn down(dir: &Path, pg: &PgBin) -> Result<(), ChaosError> {
+    let pid_file = dir.join(PID_FILE);
+    let data = dir.join("pg/data");
+    let pid: Option<u32> = std::fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse().ok());
+    let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid);
+    match pid {
+        Some(pid) if alive(pid) => {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while alive(pid) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if alive(pid) {
+                signal_group(pid, "KILL");
+            }
+        }
+        _ if !data.join("postmaster.pid").exists() => {
+            return Err(ChaosError::Input(format!("{} holds no running chaos deployment", dir.display())));
+        }
+        _ => {}
+    }
+    let (bin, d) = (pg.clone(), data.clone());
+    pg::blocking(move || pg::pg_ctl_stop(&bin, &d, "fast")).await.map_err(|e| ChaosError::Program {
+        program: "pg_ctl stop".to_owned(),
+        status: "1".to_owned(),
+        output: e,
+    })?;
+    let _ = std::fs::remove_file(&pid_file);
+    let _ = std::fs::remove_file(dir.join(CHAOS_TOML));
+    Ok(())
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// `spark chaos up` without `--foreground`: starts `argv` (the same
+/// command with `--foreground`) detached, its output in `dir/up.log`, and
+/// waits until it has written `chaos.toml` (at most `timeout`). The
+/// deployment keeps running after this returns; `down` stops it.
+///
+/// # Errors
+/// [`ChaosError::Program`] with the end of `up.log` when the supervisor
+/// exits or is not ready in time.
+pub async fn up_detached(argv: &[String], dir: &Path, timeout: Duration) -> Result<Deployment, ChaosError> {
+    use std::os::unix::process::CommandExt as _;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let toml = dir.join(CHAOS_TOML);
+    if toml.exists() {
+        return Err(ChaosError::Input(format!(
+            "{} exists: a deployment is up there (`spark chaos down --dir {}`)",
+            toml.display(),
+            dir.display()
+        )));
+    }
+    let (program, args) = argv.split_first().ok_or_else(|| ChaosError::Input("empty command".to_owned()))?;
+    let log = dir.join("up.log");
+    let out = std::fs::File::create(&log).map_err(io(&log))?;
+    let err = out.try_clone().map_err(io(&log))?;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(io(PathBuf::from(program)))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(ChaosError::Program {
+                program: "spark chaos up".to_owned(),
+                status: status.to_string(),
+                output: pg::tail(&std::fs::read_to_string(&log).unwrap_or_default(), 15),
+            });
+        }
+        if toml.exists() {
+            return Deployment::load(&toml);
+        }
+        if Instant::now() > deadline {
+            signal_group(child.id(), "TERM");
+            return Err(ChaosError::Program {
+                program: "spark chaos up".to_owned(),
+                status: format!("not up within {} s", timeout.as_secs()),
+                output: pg::tail(&std::fs::read_to_string(&log).unwrap_or_default(), 15),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
