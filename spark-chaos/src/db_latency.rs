@@ -71,7 +71,10 @@ impl DbLatency {
     fn engine(&self) -> Result<Engine, ChaosError> {
         let text = toml::to_string(&self.plan).unwrap_or_default();
         let plan = Plan::from_toml(&text).map_err(|e| ChaosError::Input(format!("db-latency scenario: plan: {e}")))?;
-        Engine::new(plan).map_err(|e| ChaosError::Input(format!("db-latency scenario: plan: {e}")))
+        // Only the trigger under test decides: the deployment may carry
+        // other signals from earlier experiments (5xx from db-restart).
+        Engine::new(spark_rollback::scenario::only(&plan, spark_rollback::TriggerId::ApiP95))
+            .map_err(|e| ChaosError::Input(format!("db-latency scenario: plan: {e}")))
     }
 }
 
@@ -116,6 +119,28 @@ pub(crate) fn canary_verdict(
     let stage = engine.plan().stages.first().ok_or_else(|| ChaosError::Input("the plan has no stage".to_owned()))?;
     let replay = engine.replay(&metrics, stage, start_s * 1000, None).map_err(|e| ChaosError::Input(e.to_string()))?;
     let at = u64::try_from(replay.last.at_ms / 1000 - start_s).unwrap_or(0) * 1000;
+    Ok((replay.decision().kind().to_owned(), replay.decision().trigger().map(|t| t.id().to_owned()), at))
+}
+
+/// The canary engine's verdict on what Prometheus recorded of the service
+/// (its `http_request_duration_seconds`, the plan's query) from the fault's
+/// start: decision, trigger, and seconds after the origin.
+async fn prometheus_verdict(
+    engine: &Engine,
+    url: &str,
+    started_ms: i64,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<(String, Option<String>, u64), ChaosError> {
+    use spark_rollback::MetricSource as _;
+    let source = spark_rollback::PrometheusSource::new(url).map_err(|e| ChaosError::Input(e.to_string()))?;
+    let range = spark_rollback::Range { start_ms: from_ms - 5000, end_ms: to_ms, step_seconds: 1 };
+    let snapshot =
+        source.fetch(engine.plan(), range).await.map_err(|e| ChaosError::Input(format!("Prometheus: {e}")))?;
+    let metrics = Metrics::from_snapshot(&snapshot).map_err(|e| ChaosError::Input(e.to_string()))?;
+    let stage = engine.plan().stages.first().ok_or_else(|| ChaosError::Input("the plan has no stage".to_owned()))?;
+    let replay = engine.replay(&metrics, stage, from_ms, Some(to_ms)).map_err(|e| ChaosError::Input(e.to_string()))?;
+    let at = u64::try_from((replay.last.at_ms - started_ms).max(0)).unwrap_or(0);
     Ok((replay.decision().kind().to_owned(), replay.decision().trigger().map(|t| t.id().to_owned()), at))
 }
 
@@ -180,6 +205,7 @@ pub(crate) async fn run(
 ) -> Result<ExperimentReport, ChaosError> {
     let service = deployment.need_service(&s.scenario)?;
     let proxy = deployment.need_proxy(&s.scenario)?;
+    crate::deployment::require_loopback("the database", &deployment.database.url)?;
     let proxies = ProxyClient::new(&proxy.api)?;
     proxies.proxy(&proxy.postgres).await?;
     let engine = s.engine()?;
@@ -191,7 +217,8 @@ pub(crate) async fn run(
     let plan = LoadPlan {
         rate: s.rate,
         duration: s.steady + s.fault_for + s.after,
-        retry_for: s.after + Duration::from_secs(10),
+        // An order refused early in the fault is retried past its end.
+        retry_for: s.fault_for + s.after + Duration::from_secs(10),
         timeout: Duration::from_secs(15),
         run: format!("chaos-db-latency-{started_ms}"),
     };
@@ -222,8 +249,23 @@ pub(crate) async fn run(
     .await;
     let rows = count_rows(&deployment.database.url, &service.account_prefix, started_ms).await?;
     let steady_ms = u64::try_from(s.steady.as_millis()).unwrap_or(u64::MAX);
-    let verdict = canary_verdict(&engine, &load, started_ms / 1000, steady_ms)?;
+    // The service's own metrics through Prometheus when the deployment has
+    // one; else the latencies the clients measured.
+    let (verdict, source) = match &deployment.prometheus {
+        Some(p) => {
+            crate::deployment::require_loopback("Prometheus", &p.url)?;
+            // One more scrape after the fault, so its last second is in.
+            tokio::time::sleep(Duration::from_secs(u64::from(p.scrape_seconds.max(1)) * 2)).await;
+            let from = started_ms + i64::try_from(window.from).unwrap_or(0);
+            let to = started_ms + i64::try_from(window.to).unwrap_or(0);
+            (prometheus_verdict(&engine, &p.url, started_ms, from, to).await?, "the service's metrics in Prometheus")
+        }
+        None => (canary_verdict(&engine, &load, started_ms / 1000, steady_ms)?, "the latencies the clients measured"),
+    };
     let mut invariants = judge(s, &load, &window, &rows, &verdict);
+    if let Some(i) = invariants.iter_mut().find(|i| i.name == "api-p95-rollback") {
+        i.value = format!("{} on {source}", i.value);
+    }
     let drained =
         crate::delivery::drain(&deployment.relay.command, &deployment.database.url, Duration::from_secs(60)).await?;
     invariants.push(crate::delivery::published(&drained));

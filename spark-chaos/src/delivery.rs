@@ -229,7 +229,7 @@ pub(crate) async fn drain(command: &[String], database_url: &str, timeout: Durat
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io("127.0.0.1:0"))?;
     let url = format!("http://{}/hook", listener.local_addr().map_err(io("127.0.0.1:0"))?);
     let app = axum::Router::new().route("/hook", axum::routing::post(async || StatusCode::OK));
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = Server(tokio::spawn(async move { axum::serve(listener, app).await }));
     let relays = Relays::new(command, &url, database_url)?;
     let relay = relays.start("drain")?;
     let mut left = waiting().await?;
@@ -238,9 +238,18 @@ pub(crate) async fn drain(command: &[String], database_url: &str, timeout: Durat
         left = waiting().await?;
     }
     relay.stop().await;
-    server.abort();
+    drop(server);
     pool.close().await;
     Ok((crate::experiment::elapsed_ms(started), left))
+}
+
+/// A server task, aborted on drop: however a run ends, its sink stops.
+struct Server(tokio::task::JoinHandle<std::io::Result<()>>);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// `events-published`: what the experiment left in the outbox was published
@@ -284,6 +293,8 @@ impl Relays {
         let (program, args) =
             command.split_first().ok_or_else(|| ChaosError::Input("the relay command is empty".to_owned()))?;
         loopback_only(args)?;
+        crate::deployment::require_loopback("the relay's sink", sink_url)?;
+        crate::deployment::require_loopback("the relay's database", database_url)?;
         Ok(Relays {
             program: program.clone(),
             args: args.to_vec(),

@@ -176,20 +176,29 @@ fn missing(scenario: &str, what: &str) -> ChaosError {
 }
 
 /// Whether `url`'s host is this machine (loopback, or a unix socket path
-/// for PostgreSQL).
+/// for PostgreSQL). The URL is parsed the way its client will parse it —
+/// PostgreSQL URLs by sqlx (so `?host=` counts), the rest as WHATWG URLs —
+/// so what is checked is what would be connected to.
 pub(crate) fn require_loopback(what: &str, url: &str) -> Result<(), ChaosError> {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or_default(),
-        None => host.split(':').next().unwrap_or_default(),
+    let off = |host: &str| {
+        ChaosError::Input(format!(
+            "{what} {} is on {host:?}, not loopback: fault experiments run against loopback only",
+            spark_db::redact_url(url)
+        ))
     };
-    // `postgres:///db?host=/run/postgresql` names a socket.
-    if (host.is_empty() && url.contains("host=/")) || spark_db::is_loopback_host(host) {
-        return Ok(());
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url).map_err(|e| {
+            ChaosError::Input(format!("{what} {} is not a PostgreSQL URL: {e}", spark_db::redact_url(url)))
+        })?;
+        let host = options.get_host();
+        return if host.starts_with('/') || spark_db::is_loopback_host(host) { Ok(()) } else { Err(off(host)) };
     }
-    Err(ChaosError::Input(format!("{what} {url:?} is not on loopback: fault experiments run against loopback only")))
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| ChaosError::Input(format!("{what} {} is not a URL: {e}", spark_db::redact_url(url))))?;
+    match parsed.host_str() {
+        Some(host) if spark_db::is_loopback_host(host) => Ok(()),
+        host => Err(off(host.unwrap_or(""))),
+    }
 }
 
 #[cfg(test)]
@@ -222,10 +231,27 @@ mod tests {
 
     #[test]
     fn only_loopback_urls_pass() {
-        for ok in ["http://127.0.0.1:9/x", "postgres://u:p@localhost/db", "postgres://[::1]:5/d", "http://127.0.0.2"] {
+        for ok in [
+            "http://127.0.0.1:9/x",
+            "postgres://u:p@localhost/db",
+            "postgres://[::1]:5/d",
+            "http://127.0.0.2",
+            "http://[::1]:8/hook",
+            "nats://localhost:4222",
+            "postgres:///db?host=/run/postgresql",
+        ] {
             assert!(require_loopback("x", ok).is_ok(), "{ok}");
         }
-        for bad in ["http://10.0.0.1/", "postgres://db.example.com/x", "http://0.0.0.0:80"] {
+        for bad in [
+            "http://10.0.0.1/",
+            "postgres://db.example.com/x",
+            "http://0.0.0.0:80",
+            // What the client connects to, not what the text starts with.
+            "postgres://127.0.0.1/db?host=10.0.0.5",
+            "http://evil.example#@127.0.0.1/",
+            "http://evil.example\\@127.0.0.1/",
+            "not a url",
+        ] {
             assert!(require_loopback("x", bad).is_err(), "{bad}");
         }
     }

@@ -9,7 +9,11 @@ use crate::error::ChaosError;
 /// TLS, but reqwest's rustls build wants a crypto provider installed.
 pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, ChaosError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Loopback only: no proxy from the environment, no redirect followed
+    // (a 3xx could point anywhere).
     reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(2)))
         .build()

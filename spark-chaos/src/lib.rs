@@ -1,12 +1,32 @@
 //! Chaos for a Spark deployment: experiments that break it on purpose and
-//! verify its invariants, and the point-in-time restore drill.
+//! verify its invariants, the deployment to break, and the point-in-time
+//! restore drill.
 //!
-//! Built so far: the restore drill and the first of the six fault
-//! experiments, `relay-crash` ([`run_relay_crash`]: the outbox relay
-//! SIGKILLed again and again while it drains, judged on `lost`,
-//! `per-aggregate-order`, `one-effect-per-event`, `fault-injected` and
-//! `drained`, as an [`ExperimentReport`]). Scenarios are data
-//! ([`RelayCrash::from_toml`], the built-in `scenarios/relay-crash.toml`).
+//! - Six experiments, each a [`Scenario`] (TOML data under `scenarios/`,
+//!   every field bounded) run by [`run`] against a [`Deployment`] (the
+//!   `chaos.toml` model) into an [`ExperimentReport`]: `relay-crash`,
+//!   `db-restart`, `db-latency`, `sink-outage`, `pool-exhaustion`,
+//!   `clock-skew` ([`SCENARIOS`]). Each judges its invariants with a pure
+//!   function, tested to fail on each failure; each touches loopback only
+//!   and bounds every loop in time and count; [`clear_faults`] undoes what
+//!   an interrupted one may have left.
+//! - [`Stack::up`] starts a deployment on loopback (PostgreSQL with WAL
+//!   archiving, the fault proxy, pgBouncer, the order service, Prometheus)
+//!   and writes its `chaos.toml`; [`down`] stops it.
+//! - [`FaultProxy`] is a Toxiproxy-compatible fault proxy, [`ProxyClient`]
+//!   drives it or a real Toxiproxy.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), spark_chaos::ChaosError> {
+//! use spark_chaos::{Deployment, Scenario};
+//!
+//! let deployment = Deployment::load("chaos/chaos.toml".as_ref())?;
+//! let report = spark_chaos::run(&Scenario::builtin("db-restart")?, &deployment, &spark_db::system_clock()).await?;
+//! for i in &report.invariants {
+//!     println!("{} {} {}", i.name, if i.held { "held" } else { "BROKEN" }, i.value);
+//! }
+//! # Ok(()) }
+//! ```
 //!
 //! - [`base_backup`] takes a plain-format base backup with `pg_basebackup`.
 //! - [`restore_drill`] restores a base backup plus its WAL archive to a
@@ -45,10 +65,13 @@
 //! ```
 //!
 //! # Features
-//! None. The drill needs the PostgreSQL server programs (`pg_ctl`,
-//! `pg_controldata`; `pg_basebackup` for backups) of the backup's major
-//! version; when run as root it runs the server as the `postgres` user.
+//! None. The drill and `chaos up` need the PostgreSQL server programs
+//! (`initdb`, `pg_ctl`, `pg_controldata`; `pg_basebackup` for backups);
+//! when run as root the server runs as the `postgres` user. `chaos up`
+//! needs pgBouncer (and uses Prometheus when installed); `clock-skew` needs
+//! libfaketime's `faketime`.
 
+mod clock_skew;
 mod db_latency;
 mod db_restart;
 mod delivery;
@@ -66,6 +89,7 @@ mod scenario;
 mod sink_outage;
 mod stack;
 
+pub use crate::clock_skew::ClockSkew;
 pub use crate::db_latency::DbLatency;
 pub use crate::db_restart::DbRestart;
 pub use crate::deployment::{
@@ -83,6 +107,6 @@ pub use crate::restore::{
     BackupOptions, BackupReport, DRILL_FORMAT, DrillItem, DrillOptions, DrillReport, WalArchive, base_backup,
     restore_drill,
 };
-pub use crate::scenario::{SCENARIOS, Scenario, run};
+pub use crate::scenario::{SCENARIOS, Scenario, clear_faults, run};
 pub use crate::sink_outage::SinkOutage;
 pub use crate::stack::{CHAOS_TOML, PID_FILE, Stack, StackOptions, down, up_detached};

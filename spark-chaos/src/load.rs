@@ -17,6 +17,11 @@ use crate::error::ChaosError;
 /// bounded in count as well as in time.
 pub(crate) const MAX_ATTEMPTS: usize = 200_000;
 
+/// The most orders in flight at once: past it, new orders wait (the run
+/// sends fewer than planned, and `orders` says how many), so a slow
+/// service cannot make the client run out of sockets and blame it.
+const MAX_IN_FLIGHT: usize = 2_000;
+
 /// One request and its answer.
 #[derive(Debug, Clone)]
 pub(crate) struct Attempt {
@@ -160,12 +165,21 @@ pub(crate) async fn run(client: &OrderClient, plan: &LoadPlan, started: Instant)
     let gap = Duration::from_secs(1) / plan.rate.max(1);
     let mut tasks = tokio::task::JoinSet::new();
     let mut next = tokio::time::Instant::now();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let end = tokio::time::Instant::now() + plan.duration;
+    let mut sent_orders = 0;
     for order in 0..orders {
         tokio::time::sleep_until(next).await;
         next += gap;
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        if tokio::time::Instant::now() >= end {
+            break;
+        }
+        sent_orders += 1;
         let (client, run, attempts, sent) = (client.clone(), plan.run.clone(), attempts.clone(), sent.clone());
         let retry_for = plan.retry_for;
         tasks.spawn(async move {
+            let _permit = permit;
             let first = Instant::now();
             for tries in 0u32.. {
                 if sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= MAX_ATTEMPTS {
@@ -188,7 +202,7 @@ pub(crate) async fn run(client: &OrderClient, plan: &LoadPlan, started: Instant)
     let _ = tokio::time::timeout(deadline, async { while tasks.join_next().await.is_some() {} }).await;
     tasks.abort_all();
     let attempts = std::mem::take(&mut *attempts.lock().await);
-    LoadRun { attempts, orders, duration_ms: crate::experiment::elapsed_ms(started) }
+    LoadRun { attempts, orders: sent_orders, duration_ms: crate::experiment::elapsed_ms(started) }
 }
 
 impl LoadRun {

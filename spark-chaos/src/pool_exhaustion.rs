@@ -82,7 +82,10 @@ impl PoolExhaustion {
         let text = toml::to_string(&self.plan).unwrap_or_default();
         let plan =
             Plan::from_toml(&text).map_err(|e| ChaosError::Input(format!("pool-exhaustion scenario: plan: {e}")))?;
-        Engine::new(plan).map_err(|e| ChaosError::Input(format!("pool-exhaustion scenario: plan: {e}")))
+        // Only the trigger under test decides: the deployment may carry
+        // other signals from earlier experiments (5xx from db-restart).
+        Engine::new(spark_rollback::scenario::only(&plan, spark_rollback::TriggerId::PgbouncerSaturation))
+            .map_err(|e| ChaosError::Input(format!("pool-exhaustion scenario: plan: {e}")))
     }
 }
 
@@ -117,6 +120,25 @@ async fn admin(url: &str) -> Result<PgConnection, ChaosError> {
     let options =
         PgConnectOptions::from_str(url).map_err(|e| ChaosError::Input(format!("[pgbouncer] admin_url: {e}")))?;
     PgConnection::connect_with(&options).await.map_err(|e| ChaosError::Input(format!("pgBouncer's admin console: {e}")))
+}
+
+/// `RESUME`s the service's database on pgBouncer (a `KILL` pauses it), for
+/// [`crate::clear_faults`]: what it did.
+pub(crate) async fn resume(bouncer: &PgbouncerSection) -> String {
+    let Ok(options) = PgConnectOptions::from_str(&bouncer.url) else { return "pgBouncer URL unreadable".to_owned() };
+    let db = options.get_database().unwrap_or("postgres").to_owned();
+    let resumed = async {
+        let mut console = admin(&bouncer.admin_url).await?;
+        let result = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("RESUME {db}"))).execute(&mut console).await;
+        let _ = console.close().await;
+        result.map_err(crate::delivery::sql)
+    };
+    match resumed.await {
+        Ok(_) => format!("pgBouncer: {db} resumed"),
+        // "database not paused" is the usual answer: nothing to undo.
+        Err(e) if e.to_string().contains("not paused") => format!("pgBouncer: {db} was not paused"),
+        Err(e) => format!("pgBouncer: {db} not resumed: {e}"),
+    }
 }
 
 /// `SHOW POOLS`: (server connections active in the pools of `dbs`, clients
@@ -179,8 +201,10 @@ pub(crate) fn judge(
     let shed_p95 = percentile(&mut shed, 95);
     let shed_bound = u64::try_from(s.shed_within.as_millis()).unwrap_or(u64::MAX);
     let before = load.throughput((0, hold.from));
+    // Up to the end of new orders: the retries after it would thin the rate.
+    let sending = u64::try_from((s.steady + s.hold + s.after).as_millis()).unwrap_or(u64::MAX);
     let recovered_from = hold.to + u64::try_from(s.recover_within.as_millis()).unwrap_or(u64::MAX);
-    let after = load.throughput((recovered_from, load.duration_ms.max(recovered_from + 1)));
+    let after = load.throughput((recovered_from, sending.max(recovered_from + 1)));
     vec![
         Invariant::new(
             "fault-injected",
@@ -229,7 +253,7 @@ pub(crate) fn judge(
         ),
         Invariant::new(
             "throughput-returns",
-            after >= 0.8 * before,
+            before > 0.0 && after >= 0.8 * before,
             format!(
                 "{before} orders/s before, {after} orders/s from {} s after the release",
                 s.recover_within.as_secs()
@@ -279,6 +303,7 @@ pub(crate) async fn run(
 ) -> Result<ExperimentReport, ChaosError> {
     let service = deployment.need_service(&s.scenario)?;
     let bouncer = deployment.need_pgbouncer(&s.scenario)?;
+    crate::deployment::require_loopback("the database", &deployment.database.url)?;
     crate::deployment::require_loopback("pgBouncer", &bouncer.url)?;
     crate::deployment::require_loopback("pgBouncer's admin console", &bouncer.admin_url)?;
     let hold_url = bouncer.hold_url.as_deref().ok_or_else(|| {
@@ -307,7 +332,8 @@ pub(crate) async fn run(
     let plan = LoadPlan {
         rate: s.rate,
         duration: s.steady + s.hold + s.after,
-        retry_for: s.after + Duration::from_secs(5),
+        // An order refused early in the hold is retried past its end.
+        retry_for: s.hold + s.after + Duration::from_secs(5),
         timeout: Duration::from_secs(15),
         run: format!("chaos-pool-exhaustion-{started_ms}"),
     };

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use spark_db::SharedClock;
 
+use crate::clock_skew::ClockSkew;
 use crate::db_latency::DbLatency;
 use crate::db_restart::DbRestart;
 use crate::deployment::Deployment;
@@ -18,12 +19,13 @@ use crate::sink_outage::SinkOutage;
 
 /// The built-in scenarios, in the order `--all` runs them, with their
 /// files.
-pub const SCENARIOS: [(&str, &str); 5] = [
+pub const SCENARIOS: [(&str, &str); 6] = [
     ("relay-crash", include_str!("../scenarios/relay-crash.toml")),
     ("db-restart", include_str!("../scenarios/db-restart.toml")),
     ("db-latency", include_str!("../scenarios/db-latency.toml")),
     ("sink-outage", include_str!("../scenarios/sink-outage.toml")),
     ("pool-exhaustion", include_str!("../scenarios/pool-exhaustion.toml")),
+    ("clock-skew", include_str!("../scenarios/clock-skew.toml")),
 ];
 
 /// A parsed scenario.
@@ -40,6 +42,8 @@ pub enum Scenario {
     SinkOutage(SinkOutage),
     /// `pool-exhaustion`.
     PoolExhaustion(PoolExhaustion),
+    /// `clock-skew`.
+    ClockSkew(ClockSkew),
 }
 
 impl Scenario {
@@ -84,6 +88,7 @@ impl Scenario {
             "db-latency" => Scenario::DbLatency(parse::<DbLatency>(text)?.check()?),
             "sink-outage" => Scenario::SinkOutage(parse::<SinkOutage>(text)?.check()?),
             "pool-exhaustion" => Scenario::PoolExhaustion(parse::<PoolExhaustion>(text)?.check()?),
+            "clock-skew" => Scenario::ClockSkew(parse::<ClockSkew>(text)?.check()?),
             other => {
                 return Err(ChaosError::Input(format!(
                     "scenario {other:?} is not an experiment Spark runs; the scenarios are {}",
@@ -102,6 +107,7 @@ impl Scenario {
             Scenario::DbLatency(s) => &s.scenario,
             Scenario::SinkOutage(s) => &s.scenario,
             Scenario::PoolExhaustion(s) => &s.scenario,
+            Scenario::ClockSkew(s) => &s.scenario,
         }
     }
 }
@@ -119,6 +125,9 @@ pub async fn run(
     deployment: &Deployment,
     clock: &SharedClock,
 ) -> Result<ExperimentReport, ChaosError> {
+    // Before anything connects: every target named in the deployment.
+    crate::delivery::loopback_only(deployment.relay.command.get(1..).unwrap_or_default())?;
+    crate::deployment::require_loopback("the database", &deployment.database.url)?;
     match scenario {
         Scenario::RelayCrash(s) => {
             let target = RelayTarget {
@@ -131,7 +140,44 @@ pub async fn run(
         Scenario::DbLatency(s) => crate::db_latency::run(s, deployment, clock).await,
         Scenario::SinkOutage(s) => crate::sink_outage::run(s, deployment, clock).await,
         Scenario::PoolExhaustion(s) => crate::pool_exhaustion::run(s, deployment, clock).await,
+        Scenario::ClockSkew(s) => crate::clock_skew::run(s, deployment, clock).await,
     }
+}
+
+/// Undoes whatever fault an interrupted experiment may have left in
+/// `deployment`: every toxic removed and every proxy enabled on the fault
+/// proxy (`POST /reset`), the service's database resumed on pgBouncer, and
+/// the database started again when it does not answer. What it did, one
+/// line each; it never fails (each step says why it could not act).
+pub async fn clear_faults(deployment: &Deployment) -> Vec<String> {
+    let mut done = Vec::new();
+    if let Some(proxy) = &deployment.proxy {
+        let reset = async { crate::proxy::ProxyClient::new(&proxy.api)?.reset().await };
+        done.push(match reset.await {
+            Ok(()) => "fault proxy reset: no toxics, every proxy enabled".to_owned(),
+            Err(e) => format!("fault proxy not reset: {e}"),
+        });
+    }
+    if let Some(bouncer) = &deployment.pgbouncer {
+        done.push(crate::pool_exhaustion::resume(bouncer).await);
+    }
+    if crate::deployment::require_loopback("the database", &deployment.database.url).is_ok() {
+        let answers = tokio::time::timeout(Duration::from_secs(5), async {
+            let pool = sqlx::PgPool::connect(&deployment.database.url).await.ok()?;
+            sqlx::raw_sql("SELECT 1").execute(&pool).await.ok()
+        })
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+        if !answers && !deployment.database.start.is_empty() {
+            done.push(match crate::stack::run_argv(&deployment.database.start, "start the database").await {
+                Ok(()) => "the database did not answer: started it".to_owned(),
+                Err(e) => format!("the database does not answer and would not start: {e}"),
+            });
+        }
+    }
+    done
 }
 
 /// Deserializes a scenario with the scenario's name in the error.

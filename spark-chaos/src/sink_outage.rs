@@ -59,7 +59,10 @@ impl SinkOutage {
     fn engine(&self) -> Result<Engine, ChaosError> {
         let text = toml::to_string(&self.plan).unwrap_or_default();
         let plan = Plan::from_toml(&text).map_err(|e| ChaosError::Input(format!("sink-outage scenario: plan: {e}")))?;
-        Engine::new(plan).map_err(|e| ChaosError::Input(format!("sink-outage scenario: plan: {e}")))
+        // Only the trigger under test decides: the deployment may carry
+        // other signals from earlier experiments (5xx from db-restart).
+        Engine::new(spark_rollback::scenario::only(&plan, spark_rollback::TriggerId::OutboxLagExplosion))
+            .map_err(|e| ChaosError::Input(format!("sink-outage scenario: plan: {e}")))
     }
 }
 
@@ -223,6 +226,11 @@ async fn outage(
     while sink.applied().await? < i64::from(s.events_before) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let delivered = sink.applied().await?;
+    if delivered < i64::from(s.events_before) {
+        o.fault_failed =
+            Some(format!("steady state not reached: {delivered} of {} events delivered in 30 s", s.events_before));
+    }
     let steady_ms = elapsed_ms(origin);
     measurements.insert(
         "before",
@@ -233,7 +241,7 @@ async fn outage(
     let outage_start_ms = spark_db::system_clock().now_ms();
     o.applied_at_outage = sink.applied().await?;
     if let Err(e) = proxies.set_enabled(name, false).await {
-        o.fault_failed = Some(format!("the sink's proxy could not be disabled: {e}"));
+        o.fault_failed.get_or_insert(format!("the sink's proxy could not be disabled: {e}"));
     }
     let mut next = s.events_before;
     let mut max_pending = 0;

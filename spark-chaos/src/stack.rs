@@ -43,12 +43,16 @@ const POOL_SIZE: u32 = 20;
 pub const CHAOS_TOML: &str = "chaos.toml";
 /// The supervisor's process id, for `down`.
 pub const PID_FILE: &str = "up.pid";
+/// The process ids of the parts (`name pid` per line), for `down` when the
+/// supervisor is gone.
+const PARTS_FILE: &str = "parts.pid";
 
 /// What `spark chaos up` needs.
 #[derive(Debug, Clone)]
 pub struct StackOptions {
     /// The directory for the cluster, the logs and `chaos.toml`; created
-    /// when missing, and must hold no earlier deployment.
+    /// when missing. A deployment stopped there earlier is replaced; a
+    /// running one is refused.
     pub dir: PathBuf,
     /// The `order-service` program.
     pub order_service: PathBuf,
@@ -84,11 +88,20 @@ impl Stack {
         let dir = &options.dir;
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let dir = dir.canonicalize().map_err(io(dir))?;
-        if dir.join("pg").exists() {
+        if dir.join("pg/data/postmaster.pid").exists() || dir.join(PID_FILE).exists() {
             return Err(ChaosError::Input(format!(
-                "{} holds a deployment already: `spark chaos down --dir {0}` stops it; remove the directory to start afresh",
+                "{} holds a running deployment: `spark chaos down --dir {0}` stops it",
                 dir.display()
             )));
+        }
+        // A stopped deployment is replaced: a weekly run starts afresh.
+        for part in ["pg", "pgbouncer", "prometheus", PARTS_FILE] {
+            let path = dir.join(part);
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).map_err(io(&path))?;
+            } else if path.exists() {
+                std::fs::remove_file(&path).map_err(io(&path))?;
+            }
         }
         reachable_by_server_user(&dir)?;
         let mut stack = Stack {
@@ -122,7 +135,7 @@ impl Stack {
         stack.proxy = Some(proxy);
 
         // pgBouncer in front of the proxy.
-        let bouncer_port = stack.start_pgbouncer(proxied_port)?;
+        let bouncer_port = stack.start_pgbouncer(proxied_port).await?;
         let pooled = format!("postgres://postgres@127.0.0.1:{bouncer_port}/{DATABASE}");
         stack.deployment.pgbouncer = Some(PgbouncerSection {
             url: pooled.clone(),
@@ -215,6 +228,7 @@ impl Stack {
         }
         let _ = std::fs::remove_file(self.dir.join(CHAOS_TOML));
         let _ = std::fs::remove_file(self.dir.join(PID_FILE));
+        let _ = std::fs::remove_file(self.dir.join(PARTS_FILE));
         if failed.is_empty() {
             return Ok(());
         }
@@ -286,7 +300,7 @@ impl Stack {
     }
 
     /// pgBouncer in session mode in front of `upstream_port`; its port.
-    fn start_pgbouncer(&mut self, upstream_port: u16) -> Result<u16, ChaosError> {
+    async fn start_pgbouncer(&mut self, upstream_port: u16) -> Result<u16, ChaosError> {
         let program = find_program(PGBOUNCER, "pgbouncer").ok_or_else(|| ChaosError::MissingProgram {
             program: "pgbouncer".to_owned(),
             looked: format!("{PGBOUNCER} and PATH (Debian: apt-get install pgbouncer)"),
@@ -325,11 +339,12 @@ impl Stack {
         command.arg(&ini);
         self.spawn("pgbouncer", command, &root.join("stderr.log"))?;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            let exited = self.children.iter_mut().any(|(n, c)| *n == "pgbouncer" && !matches!(c.try_wait(), Ok(None)));
+            if exited || Instant::now() > deadline {
                 return Err(self.failed("pgbouncer", &log));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(port)
     }
@@ -369,8 +384,17 @@ impl Stack {
             .process_group(0)
             .spawn()
             .map_err(io(PathBuf::from(command.get_program())))?;
+        // Recorded before anything else can fail: `down` finds it even when
+        // the supervisor died.
+        let parts = self.dir.join(PARTS_FILE);
+        let line = format!("{name} {}\n", child.id());
+        let recorded = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&parts)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
         self.children.push((name, child));
-        Ok(())
+        recorded.map_err(io(parts))
     }
 
     /// Waits up to 20 s for `url` to answer 200.
@@ -440,13 +464,41 @@ pub(crate) fn signal_group(pgid: u32, signal: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Runs an argv to completion.
+/// Runs an argv to completion, for at most two minutes. Its output goes to
+/// a file, not a pipe: a server it starts in the background would hold a
+/// pipe open, and the wait would never end.
 pub(crate) async fn run_argv(argv: &[String], name: &str) -> Result<(), ChaosError> {
     let (program, args) = argv.split_first().ok_or_else(|| ChaosError::Input(format!("{name}: empty command")))?;
-    let mut command = std::process::Command::new(program);
-    command.args(args);
-    let name = name.to_owned();
-    pg::blocking(move || pg::run(command, &name)).await.map(drop)
+    let log = tempfile::NamedTempFile::new().map_err(io("temporary file"))?;
+    let out = log.reopen().map_err(io(log.path()))?;
+    let err = log.reopen().map_err(io(log.path()))?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(io(PathBuf::from(program)))?;
+    let status = match tokio::time::timeout(Duration::from_secs(120), child.wait()).await {
+        Ok(status) => status.map_err(io(PathBuf::from(program)))?,
+        Err(_) => {
+            let _ = child.kill().await;
+            return Err(ChaosError::Program {
+                program: name.to_owned(),
+                status: "still running after 120 s; killed".to_owned(),
+                output: pg::tail(&std::fs::read_to_string(log.path()).unwrap_or_default(), 10),
+            });
+        }
+    };
+    if status.success() {
+        return Ok(());
+    }
+    Err(ChaosError::Program {
+        program: name.to_owned(),
+        status: status.to_string(),
+        output: pg::tail(&std::fs::read_to_string(log.path()).unwrap_or_default(), 10),
+    })
 }
 
 /// `program` at its Debian path, else on `PATH`.
@@ -499,11 +551,13 @@ pub async fn down(dir: &Path, pg: &PgBin) -> Result<(), ChaosError> {
     let pid_file = dir.join(PID_FILE);
     let data = dir.join("pg/data");
     let pid: Option<u32> = std::fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse().ok());
-    let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid);
+    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid);
+    let parts = parts(dir);
     match pid {
-        Some(pid) if alive(pid) => {
+        // Only a supervisor of this directory: a stale pid may be anyone's.
+        Some(pid) if alive(pid) && is_supervisor(pid) => {
             let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(30);
+            let deadline = Instant::now() + Duration::from_secs(45);
             while alive(pid) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -511,10 +565,17 @@ pub async fn down(dir: &Path, pg: &PgBin) -> Result<(), ChaosError> {
                 signal_group(pid, "KILL");
             }
         }
-        _ if !data.join("postmaster.pid").exists() => {
+        _ if !data.join("postmaster.pid").exists() && !parts.iter().any(|(_, p)| alive(*p)) => {
             return Err(ChaosError::Input(format!("{} holds no running chaos deployment", dir.display())));
         }
         _ => {}
+    }
+    // Whatever the supervisor left (it died, or did not stop a part in
+    // time): each part is the leader of its own process group.
+    for (name, pid) in &parts {
+        if alive(*pid) && cmdline(*pid).contains(name.as_str()) {
+            signal_group(*pid, "KILL");
+        }
     }
     let (bin, d) = (pg.clone(), data.clone());
     pg::blocking(move || pg::pg_ctl_stop(&bin, &d, "fast")).await.map_err(|e| ChaosError::Program {
@@ -523,8 +584,34 @@ pub async fn down(dir: &Path, pg: &PgBin) -> Result<(), ChaosError> {
         output: e,
     })?;
     let _ = std::fs::remove_file(&pid_file);
+    let _ = std::fs::remove_file(dir.join(PARTS_FILE));
     let _ = std::fs::remove_file(dir.join(CHAOS_TOML));
     Ok(())
+}
+
+/// The parts recorded in `dir`.
+fn parts(dir: &Path) -> Vec<(String, u32)> {
+    std::fs::read_to_string(dir.join(PARTS_FILE))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (name, pid) = l.split_once(' ')?;
+            Some((name.to_owned(), pid.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// A process's command line, arguments joined by spaces.
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// Whether `pid` is a `spark chaos up --foreground` supervisor.
+fn is_supervisor(pid: u32) -> bool {
+    let line = cmdline(pid);
+    line.contains(" chaos up ") && line.contains("--foreground")
 }
 
 fn is_zombie(pid: u32) -> bool {

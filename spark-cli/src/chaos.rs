@@ -55,7 +55,7 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value = "chaos/chaos.toml")]
     config: PathBuf,
     /// A built-in scenario: relay-crash, db-restart, db-latency,
-    /// sink-outage.
+    /// sink-outage, pool-exhaustion, clock-skew.
     #[arg(long, conflicts_with_all = ["scenario_file", "all"])]
     scenario: Option<String>,
     /// A scenario file of your own (a copy of a built-in one, changed).
@@ -109,16 +109,32 @@ async fn up(args: UpArgs, out: &Output) -> CmdResult {
         });
     }
     let options = StackOptions { dir: args.dir.clone(), order_service, spark, pg: PgBin::find()? };
-    let stack = Stack::up(&options).await?;
+    // A signal while starting drops the half-built deployment, which stops
+    // what it had started.
+    let stack = tokio::select! {
+        stack = Stack::up(&options) => stack?,
+        () = interrupted() => return Err(anyhow::anyhow!("interrupted while starting; what had started is stopped").into()),
+    };
     eprintln!("chaos deployment up in {}\n{}", stack.dir().display(), summary(stack.deployment()));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    interrupted().await;
     stack.down().await?;
     eprintln!("chaos deployment stopped");
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn interrupted() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 /// `order-service` beside the `spark` program (a cargo target directory),
@@ -180,13 +196,19 @@ async fn run_experiments(args: RunArgs, out: &Output) -> CmdResult {
     let mut files = Vec::new();
     for scenario in &scenarios {
         bar.set_message(scenario.name().to_owned());
-        // Ctrl-C drops the experiment, which kills its relays, removes its
-        // faults where it can, and stops its sink.
+        // Ctrl-C or SIGTERM drops the experiment, which kills its relays
+        // and stops its sink; then its faults are cleared.
         let report = tokio::select! {
             report = spark_chaos::run(scenario, &deployment, &clock) => report,
-            _ = tokio::signal::ctrl_c() => {
+            () = interrupted() => {
                 bar.finish_and_clear();
-                return Err(anyhow::anyhow!("interrupted during {}: nothing was judged", scenario.name()).into());
+                let cleared = spark_chaos::clear_faults(&deployment).await;
+                return Err(anyhow::anyhow!(
+                    "interrupted during {}: nothing was judged; {}",
+                    scenario.name(),
+                    cleared.join("; ")
+                )
+                .into());
             }
         };
         let report = match report {

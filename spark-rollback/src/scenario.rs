@@ -189,8 +189,10 @@ pub fn scenario(plan: &Plan, trigger: TriggerId) -> Result<Scenario, RollbackErr
 }
 
 /// `plan` with only `trigger` enabled and one stage too long to promote, so
-/// that a replay runs until that trigger fires.
-fn only(plan: &Plan, trigger: TriggerId) -> Plan {
+/// that a replay runs until that trigger fires (and no other trigger, such
+/// as an SLO burn left by an earlier incident, decides first).
+#[must_use]
+pub fn only(plan: &Plan, trigger: TriggerId) -> Plan {
     let mut plan = plan.clone();
     let t = &mut plan.triggers;
     for id in TriggerId::ALL {

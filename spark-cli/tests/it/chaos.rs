@@ -113,16 +113,20 @@ impl Drop for Down {
     }
 }
 
-/// The whole suite on the deployment `spark chaos up` starts: every
-/// hypothesis holds, each experiment writes its evidence, and `down` stops
-/// every process. Bounded: each experiment bounds itself in time and count.
-#[tokio::test(flavor = "multi_thread")]
-async fn chaos_up_run_all_down() {
+/// One deployment at a time: two at once on two cores would measure each
+/// other.
+static ONE_STACK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Whether `spark chaos up` can run here: pgBouncer, Prometheus, the
+/// PostgreSQL server programs and the order-service binary (one skip line
+/// otherwise; a failure under SPARK_REQUIRE_SERVICES=1).
+async fn stack_available() -> bool {
     if !spark_testkit::binary_available("pgbouncer", "chaos up")
         || !spark_testkit::binary_available("prometheus", "chaos up")
+        || !spark_testkit::binary_available("faketime", "chaos up")
         || spark_testkit::cluster::PgCluster::start(&[]).await.is_none()
     {
-        return;
+        return false;
     }
     let order_service = std::path::Path::new(env!("CARGO_BIN_EXE_spark")).with_file_name("order-service");
     if !order_service.is_file() {
@@ -132,16 +136,41 @@ async fn chaos_up_run_all_down() {
             order_service.display()
         );
         eprintln!("skipped: chaos up tests need {} (cargo build -p order-service)", order_service.display());
+        return false;
+    }
+    true
+}
+
+/// `spark chaos up --dir DIR/stack` with `env`; stopped when the guard drops.
+async fn up(dir: &std::path::Path, env: &[(&str, &str)]) -> Down {
+    let down = Down(dir.join("stack"));
+    let (cwd, env): (std::path::PathBuf, Vec<(String, String)>) =
+        (dir.to_owned(), env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+    let run = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        crate::spark_with(&["chaos", "up", "--dir", "stack"], Some(&cwd), &env)
+    })
+    .await
+    .unwrap();
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("next: spark chaos run --all"), "{}", run.stdout);
+    down
+}
+
+/// The whole suite on the deployment `spark chaos up` starts: every
+/// hypothesis holds, each experiment writes its evidence, and `down` stops
+/// every process. Bounded: each experiment bounds itself in time and count.
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_up_run_all_down() {
+    if !stack_available().await {
         return;
     }
+    let _one = ONE_STACK.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("stack");
-    let _down = Down(dir.clone());
     let started = std::time::Instant::now();
-    let up = spark_off_runtime(tmp.path(), &["chaos", "up", "--dir", "stack"]).await;
-    assert_eq!(up.code, 0, "{}{}", up.stdout, up.stderr);
+    let _down = up(tmp.path(), &[]).await;
     let up_s = started.elapsed().as_secs_f64();
-    assert!(up.stdout.contains("next: spark chaos run --all"), "{}", up.stdout);
     let config = std::fs::read_to_string(dir.join("chaos.toml")).unwrap();
     for section in ["[database]", "[relay]", "[service]", "[pgbouncer]", "[proxy]", "[prometheus]"] {
         assert!(config.contains(section), "{section} missing from {config}");
@@ -164,10 +193,53 @@ async fn chaos_up_run_all_down() {
     assert_eq!(json["files"].as_array().unwrap().len(), 2 * experiments.len());
     eprintln!("chaos up {up_s:.1} s; the suite {:.1} s", started.elapsed().as_secs_f64() - up_s);
 
+    // Every part `up` started, by the process ids it recorded.
+    let parts: Vec<(String, u32)> = std::fs::read_to_string(dir.join("parts.pid"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (name, pid) = l.split_once(' ').unwrap();
+            (name.to_owned(), pid.parse().unwrap())
+        })
+        .collect();
+    let names: Vec<&str> = parts.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["pgbouncer", "order-service", "prometheus"]);
     let down = spark_off_runtime(tmp.path(), &["chaos", "down", "--dir", "stack"]).await;
     assert_eq!(down.code, 0, "{}{}", down.stdout, down.stderr);
     assert!(!dir.join("pg/data/postmaster.pid").exists(), "PostgreSQL still runs");
+    for (name, pid) in &parts {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let running = stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'));
+        assert!(!running, "{name} (pid {pid}) still runs after down");
+    }
     assert!(!dir.join("chaos.toml").exists());
     let again = spark_off_runtime(tmp.path(), &["chaos", "down", "--dir", "stack"]).await;
     assert_eq!(again.code, 2, "a second down says there is nothing to stop: {}", again.stderr);
+}
+
+/// The experiment catches what it is about: a service whose pool waits 10 s
+/// for a connection (load queued, not shed; the service's default is 2 s)
+/// breaks pool-exhaustion's `sheds-quickly`.
+#[tokio::test(flavor = "multi_thread")]
+async fn pool_exhaustion_catches_a_service_that_queues_instead_of_shedding() {
+    if !stack_available().await {
+        return;
+    }
+    let _one = ONE_STACK.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let _down = up(tmp.path(), &[("ORDER_SERVICE_DB_ACQUIRE_TIMEOUT_MS", "10000")]).await;
+    let scenario = spark_chaos::SCENARIOS[4].1.replace("steady = \"5s\"", "steady = \"3s\"");
+    std::fs::write(tmp.path().join("queues.toml"), scenario).unwrap();
+    let run = spark_off_runtime(
+        tmp.path(),
+        &["chaos", "run", "--scenario-file", "queues.toml", "--config", "stack/chaos.toml", "--json"],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let report = &run.json()["experiments"][0];
+    let invariant =
+        |name: &str| report["invariants"].as_array().unwrap().iter().find(|i| i["name"] == name).unwrap().clone();
+    assert_eq!(invariant("fault-injected")["held"], true, "{report:#}");
+    assert_eq!(invariant("sheds-quickly")["held"], false, "{report:#}");
+    eprintln!("a service that queues: {}", invariant("sheds-quickly")["value"]);
 }
