@@ -16,7 +16,7 @@ use spark_db::SharedClock;
 use crate::delivery::{self, Event, Relays, Sink, delivery_invariants, sql};
 use crate::deployment::Deployment;
 use crate::error::ChaosError;
-use crate::experiment::{ExperimentReport, Invariant, elapsed_ms, rfc3339};
+use crate::experiment::{ExperimentReport, Invariant, elapsed_ms};
 use crate::scenario::{bound, duration, within};
 
 /// Where Debian installs libfaketime's wrapper.
@@ -64,7 +64,7 @@ impl ClockSkew {
 }
 
 /// What `judge` decides on.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Observed {
     pub(crate) enqueued: Vec<Event>,
     pub(crate) effects: Vec<Event>,
@@ -73,11 +73,27 @@ pub(crate) struct Observed {
     /// Events each relay said it published: (normal, skewed).
     pub(crate) published: (Option<u64>, Option<u64>),
     /// The `clock` check under the skew: its signed offset (database minus
-    /// node, ms) and the status of its `offset_ms` measurement.
-    pub(crate) check: Option<(f64, String)>,
+    /// node, ms) and the status of its `offset_ms` measurement, or why
+    /// there is none.
+    pub(crate) check: Result<(f64, String), String>,
     pub(crate) skew_ms: u64,
     pub(crate) drained_in_ms: Option<u64>,
     pub(crate) left_in_outbox: i64,
+}
+
+impl Default for Observed {
+    fn default() -> Observed {
+        Observed {
+            enqueued: Vec::new(),
+            effects: Vec::new(),
+            deliveries: 0,
+            published: (None, None),
+            check: Err("not run".to_owned()),
+            skew_ms: 0,
+            drained_in_ms: None,
+            left_in_outbox: 0,
+        }
+    }
 }
 
 /// The invariants: pure, so each can be shown to fail.
@@ -88,7 +104,7 @@ pub(crate) fn judge(o: &Observed) -> Vec<Invariant> {
     let seen = o
         .check
         .as_ref()
-        .is_some_and(|(offset, status)| (-offset - o.skew_ms as f64).abs() <= 5_000.0 && status == "fail");
+        .is_ok_and(|(offset, status)| (-offset - o.skew_ms as f64).abs() <= 5_000.0 && status == "fail");
     let mut invariants = vec![
         Invariant::new(
             "fault-injected",
@@ -111,8 +127,8 @@ pub(crate) fn judge(o: &Observed) -> Vec<Invariant> {
         "clock-check-reports-skew",
         seen,
         match &o.check {
-            Some((offset, status)) => format!("the clock check under the skew: offset {offset:+.0} ms ({status})"),
-            None => "the clock check did not measure an offset".to_owned(),
+            Ok((offset, status)) => format!("the clock check under the skew: offset {offset:+.0} ms ({status})"),
+            Err(why) => why.clone(),
         },
     ));
     invariants.push(Invariant::new(
@@ -150,21 +166,42 @@ fn published_count(log: &str) -> Option<u64> {
 
 /// Runs `spark check --only clock` under `wrapper` against `database_url`:
 /// the signed offset and the status of `offset_ms`.
-async fn clock_check(wrapper: &[String], spark: &str, database_url: &str) -> Option<(f64, String)> {
-    let output = tokio::process::Command::new(&wrapper[0])
-        .args(&wrapper[1..])
-        .args([spark, "check", "--only", "clock", "--json"])
+async fn clock_check(wrapper: &[String], spark: &str, database_url: &str) -> Result<(f64, String), String> {
+    // In a directory of its own with an empty configuration, and without
+    // SPARK_* settings from our environment: the check's defaults judge,
+    // not a spark.toml that happens to be in the working directory.
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let config = dir.path().join("spark.toml");
+    std::fs::write(&config, "").map_err(|e| e.to_string())?;
+    let mut command = tokio::process::Command::new(&wrapper[0]);
+    command.args(&wrapper[1..]).args([spark, "check", "--only", "clock", "--json", "--config"]).arg(&config);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SPARK_") {
+            command.env_remove(key);
+        }
+    }
+    let output = command
+        .current_dir(dir.path())
         .env("SPARK_DATABASE_URL", database_url)
         .env("NO_COLOR", "1")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(Duration::from_secs(30), output).await.ok()?.ok()?;
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
-    let check = report["checks"].as_array()?.iter().find(|c| c["id"] == "clock")?;
-    let offset = check["details"]["offset_signed_ms"].as_f64()?;
-    let status = check["measurements"].as_array()?.iter().find(|m| m["name"] == "offset_ms")?["status"].as_str()?;
-    Some((offset, status.to_owned()))
+    let output = tokio::time::timeout(Duration::from_secs(30), output)
+        .await
+        .map_err(|_| "spark check did not finish within 30 s".to_owned())?
+        .map_err(|e| format!("cannot run spark check: {e}"))?;
+    let said = || crate::pg::tail(&String::from_utf8_lossy(&output.stderr), 2);
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).map_err(|_| format!("spark check printed no report: {}", said()))?;
+    let check = report["checks"].as_array().and_then(|c| c.iter().find(|c| c["id"] == "clock"));
+    let offset = check.and_then(|c| c["details"]["offset_signed_ms"].as_f64());
+    let status =
+        check.and_then(|c| c["measurements"].as_array()?.iter().find(|m| m["name"] == "offset_ms")?["status"].as_str());
+    match (offset, status) {
+        (Some(offset), Some(status)) => Ok((offset, status.to_owned())),
+        _ => Err(format!("the clock check measured no offset: {}", said())),
+    }
 }
 
 /// Runs `clock-skew` against `deployment`: `events` enqueued, drained by
@@ -217,20 +254,10 @@ pub(crate) async fn run(
     let drain_start = Instant::now();
     o.enqueued = delivery::enqueue(&pool, 0..s.events, s.aggregates).await?;
     let enqueue_ms = elapsed_ms(drain_start);
-    let total = i64::from(s.events);
+    o.drained_in_ms = sink.wait_drained(i64::from(s.events), drain_start, s.drain_timeout).await?;
     let unpublished = async || -> Result<i64, ChaosError> {
         sqlx::query_scalar(delivery::UNPUBLISHED).fetch_one(&pool).await.map_err(sql)
     };
-    loop {
-        if sink.applied().await? >= total && unpublished().await? == 0 {
-            o.drained_in_ms = Some(elapsed_ms(drain_start));
-            break;
-        }
-        if drain_start.elapsed() >= s.drain_timeout {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     normal.stop().await;
     ahead.stop().await;
     // faketime may exit before the relay it started has said its last
@@ -265,20 +292,10 @@ pub(crate) async fn run(
         "after",
         BTreeMap::from([
             ("drain_ms", json!(o.drained_in_ms)),
-            ("clock_check_offset_ms", json!(o.check.as_ref().map(|c| c.0))),
+            ("clock_check_offset_ms", json!(o.check.as_ref().ok().map(|c| c.0))),
         ]),
     );
-    let held = invariants.iter().all(|i| i.held);
-    tracing::info!(held, "clock-skew");
-    Ok(ExperimentReport {
-        scenario: s.scenario.clone(),
-        hypothesis: s.hypothesis.clone(),
-        held,
-        invariants,
-        measurements,
-        started_at: rfc3339(started_ms),
-        duration_ms: elapsed_ms(origin),
-    })
+    Ok(ExperimentReport::judged(&s.scenario, &s.hypothesis, invariants, measurements, started_ms, origin))
 }
 
 #[cfg(test)]
@@ -292,7 +309,7 @@ mod tests {
             deliveries: enqueued.len(),
             enqueued,
             published: (Some(2), Some(2)),
-            check: Some((-300_000.0, "fail".to_owned())),
+            check: Ok((-300_000.0, "fail".to_owned())),
             skew_ms: 300_000,
             drained_in_ms: Some(10),
             left_in_outbox: 0,
@@ -321,7 +338,7 @@ mod tests {
         twice.deliveries = 5;
         assert_eq!(held(&twice), all("published-once"));
         let mut blind = healthy();
-        blind.check = Some((-3.0, "pass".to_owned()));
+        blind.check = Ok((-3.0, "pass".to_owned()));
         assert_eq!(held(&blind), all("clock-check-reports-skew"));
         let mut stuck = healthy();
         stuck.left_in_outbox = 1;

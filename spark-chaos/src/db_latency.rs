@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::json;
 use spark_db::SharedClock;
-use spark_rollback::{Engine, Metrics, Plan, Role, Signal, Snapshot};
+use spark_rollback::{Engine, Metrics, Role, Signal, Snapshot};
 
 use crate::db_restart::{Rows, count_rows, no_server_errors, one_order_per_key, orders_fills_events};
 use crate::deployment::Deployment;
 use crate::error::ChaosError;
-use crate::experiment::{ExperimentReport, Invariant, elapsed_ms, rfc3339};
+use crate::experiment::{ExperimentReport, Invariant, elapsed_ms};
 use crate::load::{self, LoadPlan, LoadRun, OrderClient, percentile};
 use crate::proxy::{ProxyClient, Toxic};
 use crate::scenario::{bound, duration, within};
@@ -69,12 +69,7 @@ impl DbLatency {
     }
 
     fn engine(&self) -> Result<Engine, ChaosError> {
-        let text = toml::to_string(&self.plan).unwrap_or_default();
-        let plan = Plan::from_toml(&text).map_err(|e| ChaosError::Input(format!("db-latency scenario: plan: {e}")))?;
-        // Only the trigger under test decides: the deployment may carry
-        // other signals from earlier experiments (5xx from db-restart).
-        Engine::new(spark_rollback::scenario::only(&plan, spark_rollback::TriggerId::ApiP95))
-            .map_err(|e| ChaosError::Input(format!("db-latency scenario: plan: {e}")))
+        crate::scenario::engine(&self.scenario, &self.plan, spark_rollback::TriggerId::ApiP95)
     }
 }
 
@@ -282,15 +277,5 @@ pub(crate) async fn run(
     after.insert("orders", json!(load.orders));
     after.insert("canary_decision", json!(verdict.0));
     measurements.insert("after", after);
-    let held = invariants.iter().all(|i| i.held);
-    tracing::info!(held, "db-latency");
-    Ok(ExperimentReport {
-        scenario: s.scenario.clone(),
-        hypothesis: s.hypothesis.clone(),
-        held,
-        invariants,
-        measurements,
-        started_at: rfc3339(started_ms),
-        duration_ms: elapsed_ms(origin),
-    })
+    Ok(ExperimentReport::judged(&s.scenario, &s.hypothesis, invariants, measurements, started_ms, origin))
 }

@@ -13,7 +13,7 @@ use spark_db::SharedClock;
 
 use crate::deployment::Deployment;
 use crate::error::ChaosError;
-use crate::experiment::{ExperimentReport, Invariant, elapsed_ms, rfc3339};
+use crate::experiment::{ExperimentReport, Invariant, elapsed_ms};
 use crate::load::{self, LoadPlan, LoadRun, OrderClient};
 use crate::scenario::{bound, duration, within};
 use crate::stack::run_argv;
@@ -259,17 +259,7 @@ pub(crate) async fn run(
     after.insert("orders", json!(load.orders));
     after.insert("attempts", json!(load.attempts.len()));
     measurements.insert("after", after);
-    let held = invariants.iter().all(|i| i.held);
-    tracing::info!(held, "db-restart");
-    Ok(ExperimentReport {
-        scenario: s.scenario.clone(),
-        hypothesis: s.hypothesis.clone(),
-        held,
-        invariants,
-        measurements,
-        started_at: rfc3339(started_ms),
-        duration_ms: elapsed_ms(origin),
-    })
+    Ok(ExperimentReport::judged(&s.scenario, &s.hypothesis, invariants, measurements, started_ms, origin))
 }
 
 #[cfg(test)]

@@ -141,6 +141,27 @@ impl Sink {
             .map_err(sql)
     }
 
+    /// Waits until `events` distinct events are applied and nothing is left
+    /// unpublished in the outbox, at most `timeout` from `since`: the
+    /// milliseconds since `since` when drained, `None` when not in time.
+    pub(crate) async fn wait_drained(
+        &self,
+        events: i64,
+        since: std::time::Instant,
+        timeout: Duration,
+    ) -> Result<Option<u64>, ChaosError> {
+        loop {
+            let left: i64 = sqlx::query_scalar(UNPUBLISHED).fetch_one(&self.state.pool).await.map_err(sql)?;
+            if left == 0 && self.applied().await? >= events {
+                return Ok(Some(crate::experiment::elapsed_ms(since)));
+            }
+            if since.elapsed() >= timeout {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The effects in the order applied.
     pub(crate) async fn effects(&self) -> Result<Vec<Event>, ChaosError> {
         sqlx::query_as("SELECT event_id, aggregate, n FROM spark_chaos_relay_effects WHERE run_id = $1 ORDER BY pos")
@@ -268,8 +289,13 @@ pub(crate) fn published(drained: &(u64, i64)) -> Invariant {
 /// Whether every URL in a relay's argv is on loopback (or a placeholder
 /// the experiment fills with one).
 pub(crate) fn loopback_only(args: &[String]) -> Result<(), ChaosError> {
-    for arg in args.iter().filter(|a| a.contains("://")) {
-        crate::deployment::require_loopback("the relay command names", arg)?;
+    for arg in args.iter().filter(|a| a.contains("://") && !a.contains('{')) {
+        // `--database-url=postgres://…`: the URL is after the `=`.
+        let url = match arg.split_once('=') {
+            Some((flag, url)) if flag.starts_with('-') && !flag.contains("://") => url,
+            _ => arg.as_str(),
+        };
+        crate::deployment::require_loopback("the relay command names", url)?;
     }
     Ok(())
 }
@@ -320,6 +346,8 @@ impl Relays {
             .chain(std::iter::once(self.program.clone()))
             .chain(self.args.iter().map(fill))
             .collect();
+        // With the placeholders filled, every URL is checked again.
+        loopback_only(&argv[1..])?;
         let child = tokio::process::Command::new(&argv[0])
             .args(&argv[1..])
             // Plain logs: they end up in reports.
@@ -431,6 +459,9 @@ mod tests {
         assert!(ok(&["--url", "{sink_url}", "--database-url", "{database_url}"]).is_ok());
         assert!(ok(&["--url", "http://127.0.0.1:9/hook", "--nats-url", "nats://localhost:4222"]).is_ok());
         assert!(ok(&["postgres://u:p@[::1]:5432/x"]).is_ok());
+        assert!(ok(&["--database-url=postgres://postgres@127.0.0.1:5432/test", "--url=http://[::1]:9/hook"]).is_ok());
+        assert!(ok(&["--url=http://127.0.0.1:{port}/hook"]).is_ok(), "placeholders are checked once filled");
+        assert!(ok(&["--database-url=postgres://u@10.0.0.5/x"]).is_err());
         let e = ok(&["--url", "https://hooks.example.com/x"]).unwrap_err().to_string();
         assert!(e.contains("loopback only"), "{e}");
         assert!(ok(&["postgres://u@10.0.0.5/x"]).is_err());

@@ -50,7 +50,35 @@ pub struct ExperimentReport {
     pub duration_ms: u64,
 }
 
+/// Measurements by phase (`before`, `during`, `after`), each a map of names
+/// to values.
+pub(crate) type Measurements = BTreeMap<&'static str, BTreeMap<&'static str, serde_json::Value>>;
+
 impl ExperimentReport {
+    /// The report of a run of `scenario` that started at `started_ms` (the
+    /// clock's) and `origin` (for the duration): held when every invariant
+    /// held.
+    pub(crate) fn judged(
+        scenario: &str,
+        hypothesis: &str,
+        invariants: Vec<Invariant>,
+        measurements: Measurements,
+        started_ms: i64,
+        origin: std::time::Instant,
+    ) -> ExperimentReport {
+        let held = invariants.iter().all(|i| i.held);
+        tracing::info!(scenario, held, "chaos experiment judged");
+        ExperimentReport {
+            scenario: scenario.to_owned(),
+            hypothesis: hypothesis.to_owned(),
+            held,
+            invariants,
+            measurements,
+            started_at: rfc3339(started_ms),
+            duration_ms: elapsed_ms(origin),
+        }
+    }
+
     /// The invariant `name`.
     #[must_use]
     pub fn invariant(&self, name: &str) -> Option<&Invariant> {

@@ -172,9 +172,13 @@ pub(crate) async fn run(client: &OrderClient, plan: &LoadPlan, started: Instant)
         tokio::time::sleep_until(next).await;
         next += gap;
         let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
-        if tokio::time::Instant::now() >= end {
+        let now = tokio::time::Instant::now();
+        if now >= end {
             break;
         }
+        // Slots missed while waiting for a permit are dropped, not sent
+        // later in a burst.
+        next = next.max(now + gap);
         sent_orders += 1;
         let (client, run, attempts, sent) = (client.clone(), plan.run.clone(), attempts.clone(), sent.clone());
         let retry_for = plan.retry_for;

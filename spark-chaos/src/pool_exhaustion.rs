@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::json;
 use spark_db::SharedClock;
-use spark_rollback::{Engine, Metrics, Plan, Role, Signal, Snapshot};
+use spark_rollback::{Engine, Metrics, Role, Signal, Snapshot};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection as _, Row as _};
 
 use crate::db_restart::{Rows, count_rows, no_server_errors, one_order_per_key, orders_fills_events};
 use crate::deployment::{Deployment, PgbouncerSection};
 use crate::error::ChaosError;
-use crate::experiment::{ExperimentReport, Invariant, elapsed_ms, rfc3339};
+use crate::experiment::{ExperimentReport, Invariant, elapsed_ms};
 use crate::load::{self, LoadPlan, LoadRun, OrderClient, percentile};
 use crate::scenario::{bound, duration, within};
 
@@ -79,13 +79,7 @@ impl PoolExhaustion {
     }
 
     fn engine(&self) -> Result<Engine, ChaosError> {
-        let text = toml::to_string(&self.plan).unwrap_or_default();
-        let plan =
-            Plan::from_toml(&text).map_err(|e| ChaosError::Input(format!("pool-exhaustion scenario: plan: {e}")))?;
-        // Only the trigger under test decides: the deployment may carry
-        // other signals from earlier experiments (5xx from db-restart).
-        Engine::new(spark_rollback::scenario::only(&plan, spark_rollback::TriggerId::PgbouncerSaturation))
-            .map_err(|e| ChaosError::Input(format!("pool-exhaustion scenario: plan: {e}")))
+        crate::scenario::engine(&self.scenario, &self.plan, spark_rollback::TriggerId::PgbouncerSaturation)
     }
 }
 
@@ -157,6 +151,16 @@ async fn pools(conn: &mut PgConnection, dbs: [&str; 2]) -> Result<(u64, u64), Ch
     let active = rows.iter().filter(|r| dbs.contains(&database(r).as_str())).map(|r| num(r, "sv_active")).sum();
     let waiting = rows.iter().filter(|r| database(r) == dbs[0]).map(|r| num(r, "cl_waiting")).sum();
     Ok((active, waiting))
+}
+
+/// One look at the pools of `dbs` (the service's first) as a sample.
+async fn sample(console: &mut PgConnection, dbs: [&str; 2], pool_size: u32, origin: Instant) -> Option<PoolSample> {
+    let (active, waiting) = pools(console, dbs).await.ok()?;
+    Some(PoolSample {
+        at_ms: elapsed_ms(origin),
+        saturation: f64::from(u32::try_from(active).unwrap_or(u32::MAX)) / f64::from(pool_size.max(1)),
+        waiting,
+    })
 }
 
 /// The canary engine's verdict on the sampled saturation.
@@ -386,14 +390,7 @@ pub(crate) async fn run(
         let end = Instant::now() + s.hold;
         let mut checked = false;
         while Instant::now() < end {
-            if let Ok((active, waiting)) = pools(&mut console, [db.as_str(), hold_db.as_str()]).await {
-                hold.samples.push(PoolSample {
-                    at_ms: elapsed_ms(origin),
-                    saturation: f64::from(u32::try_from(active).unwrap_or(u32::MAX))
-                        / f64::from(bouncer.pool_size.max(1)),
-                    waiting,
-                });
-            }
+            hold.samples.extend(sample(&mut console, [db.as_str(), hold_db.as_str()], bouncer.pool_size, origin).await);
             if !checked && end.saturating_duration_since(Instant::now()) < s.hold / 2 {
                 hold.check = pgbouncer_check(bouncer, &db).await;
                 checked = true;
@@ -406,14 +403,7 @@ pub(crate) async fn run(
         hold.to = elapsed_ms(origin);
         // A few samples after the release, for the record.
         for _ in 0..4 {
-            if let Ok((active, waiting)) = pools(&mut console, [db.as_str(), hold_db.as_str()]).await {
-                hold.samples.push(PoolSample {
-                    at_ms: elapsed_ms(origin),
-                    saturation: f64::from(u32::try_from(active).unwrap_or(u32::MAX))
-                        / f64::from(bouncer.pool_size.max(1)),
-                    waiting,
-                });
-            }
+            hold.samples.extend(sample(&mut console, [db.as_str(), hold_db.as_str()], bouncer.pool_size, origin).await);
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         hold
@@ -437,15 +427,5 @@ pub(crate) async fn run(
     let mut after = load.phase(hold.to, load.duration_ms);
     after.insert("orders", json!(load.orders));
     measurements.insert("after", after);
-    let held = invariants.iter().all(|i| i.held);
-    tracing::info!(held, "pool-exhaustion");
-    Ok(ExperimentReport {
-        scenario: s.scenario.clone(),
-        hypothesis: s.hypothesis.clone(),
-        held,
-        invariants,
-        measurements,
-        started_at: rfc3339(started_ms),
-        duration_ms: elapsed_ms(origin),
-    })
+    Ok(ExperimentReport::judged(&s.scenario, &s.hypothesis, invariants, measurements, started_ms, origin))
 }

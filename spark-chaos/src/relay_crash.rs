@@ -11,7 +11,7 @@ use spark_db::SharedClock;
 
 use crate::delivery::{self, Event, Relays, Sink, delivery_invariants, sql};
 use crate::error::ChaosError;
-use crate::experiment::{ExperimentReport, Invariant, elapsed_ms, rfc3339};
+use crate::experiment::{ExperimentReport, Invariant, elapsed_ms};
 use crate::scenario::duration;
 
 /// The built-in scenario, as shipped in `scenarios/relay-crash.toml`.
@@ -220,18 +220,7 @@ pub async fn run_relay_crash(
     let drain_start = Instant::now();
     let last = format!("relay-{}", scenario.rounds);
     let relay = relays.start(&last)?;
-    let events = i64::from(scenario.events);
-    loop {
-        let left: i64 = sqlx::query_scalar(delivery::UNPUBLISHED).fetch_one(&pool).await.map_err(sql)?;
-        if sink.applied().await? >= events && left == 0 {
-            observed.drained_in_ms = Some(elapsed_ms(drain_start));
-            break;
-        }
-        if drain_start.elapsed() >= scenario.drain_timeout {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    observed.drained_in_ms = sink.wait_drained(i64::from(scenario.events), drain_start, scenario.drain_timeout).await?;
     // A graceful stop, bounded; the drop kills it if it hangs.
     relay.stop().await;
     observed.left_in_outbox = sqlx::query_scalar(delivery::UNPUBLISHED).fetch_one(&pool).await.map_err(sql)?;
@@ -273,17 +262,14 @@ pub async fn run_relay_crash(
             ("drain_events_per_second", json!((rate * 10.0).round() / 10.0)),
         ]),
     );
-    let held = invariants.iter().all(|i| i.held);
-    tracing::info!(held, killed = observed.killed, drain_ms, "relay-crash");
-    Ok(ExperimentReport {
-        scenario: scenario.scenario.clone(),
-        hypothesis: scenario.hypothesis.clone(),
-        held,
+    Ok(ExperimentReport::judged(
+        &scenario.scenario,
+        &scenario.hypothesis,
         invariants,
         measurements,
-        started_at: rfc3339(started_ms),
-        duration_ms: elapsed_ms(started),
-    })
+        started_ms,
+        started,
+    ))
 }
 
 #[cfg(test)]

@@ -150,31 +150,58 @@ pub async fn run(
 /// the database started again when it does not answer. What it did, one
 /// line each; it never fails (each step says why it could not act).
 pub async fn clear_faults(deployment: &Deployment) -> Vec<String> {
+    // Each step bounded: a cleanup that hangs would keep a signalled run
+    // from ending.
+    let bounded = Duration::from_secs(10);
     let mut done = Vec::new();
     if let Some(proxy) = &deployment.proxy {
         let reset = async { crate::proxy::ProxyClient::new(&proxy.api)?.reset().await };
-        done.push(match reset.await {
-            Ok(()) => "fault proxy reset: no toxics, every proxy enabled".to_owned(),
-            Err(e) => format!("fault proxy not reset: {e}"),
+        done.push(match tokio::time::timeout(bounded, reset).await {
+            Ok(Ok(())) => "fault proxy reset: no toxics, every proxy enabled".to_owned(),
+            Ok(Err(e)) => format!("fault proxy not reset: {e}"),
+            Err(_) => "fault proxy not reset: no answer within 10 s".to_owned(),
         });
     }
     if let Some(bouncer) = &deployment.pgbouncer {
-        done.push(crate::pool_exhaustion::resume(bouncer).await);
+        done.push(match crate::deployment::require_loopback("pgBouncer's admin console", &bouncer.admin_url) {
+            Err(e) => format!("pgBouncer left alone: {e}"),
+            Ok(()) => tokio::time::timeout(bounded, crate::pool_exhaustion::resume(bouncer))
+                .await
+                .unwrap_or_else(|_| "pgBouncer: no answer within 10 s".to_owned()),
+        });
     }
-    if crate::deployment::require_loopback("the database", &deployment.database.url).is_ok() {
-        let answers = tokio::time::timeout(Duration::from_secs(5), async {
-            let pool = sqlx::PgPool::connect(&deployment.database.url).await.ok()?;
-            sqlx::raw_sql("SELECT 1").execute(&pool).await.ok()
-        })
-        .await
-        .ok()
-        .flatten()
-        .is_some();
-        if !answers && !deployment.database.start.is_empty() {
-            done.push(match crate::stack::run_argv(&deployment.database.start, "start the database").await {
-                Ok(()) => "the database did not answer: started it".to_owned(),
-                Err(e) => format!("the database does not answer and would not start: {e}"),
-            });
+    if crate::deployment::require_loopback("the database", &deployment.database.url).is_ok()
+        && !deployment.database.start.is_empty()
+    {
+        let answers = async || {
+            tokio::time::timeout(Duration::from_secs(5), async {
+                let pool = sqlx::PgPool::connect(&deployment.database.url).await.ok()?;
+                sqlx::raw_sql("SELECT 1").execute(&pool).await.ok()
+            })
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        };
+        if !answers().await {
+            // A stop that was interrupted may still be shutting the server
+            // down, and a start fails until it has: try for 30 s.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let last = match crate::stack::run_argv(&deployment.database.start, "start the database").await {
+                    Ok(()) if answers().await => {
+                        done.push("the database did not answer: started it".to_owned());
+                        break;
+                    }
+                    Ok(()) => "started, but it does not answer".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                if std::time::Instant::now() > deadline {
+                    done.push(format!("the database does not answer and would not start: {last}"));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
     done
@@ -190,6 +217,21 @@ pub(crate) fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Res
     let text = String::deserialize(deserializer)?;
     humantime::parse_duration(&text)
         .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration such as \"500ms\": {e}")))
+}
+
+/// The canary engine an experiment judges its trigger with: the scenario's
+/// `[plan]` (a spark-rollback plan, keys replacing the defaults) with only
+/// `trigger` enabled, so no other trigger — an SLO burn left by an earlier
+/// experiment's 503s — decides first.
+pub(crate) fn engine(
+    scenario: &str,
+    plan: &toml::Table,
+    trigger: spark_rollback::TriggerId,
+) -> Result<spark_rollback::Engine, ChaosError> {
+    let text = toml::to_string(plan).unwrap_or_default();
+    let bad = |e: spark_rollback::RollbackError| ChaosError::Input(format!("{scenario} scenario: plan: {e}"));
+    let plan = spark_rollback::Plan::from_toml(&text).map_err(bad)?;
+    spark_rollback::Engine::new(spark_rollback::scenario::only(&plan, trigger)).map_err(bad)
 }
 
 /// A bounds check of a scenario field: `Ok` when `ok`, else the error

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::json;
 use spark_db::SharedClock;
-use spark_rollback::{Engine, MetricSource as _, Metrics, Plan, PrometheusSource, Range};
+use spark_rollback::{Engine, MetricSource as _, Metrics, PrometheusSource, Range};
 
 use crate::delivery::{self, Event, Relays, Sink, delivery_invariants, sql};
 use crate::deployment::Deployment;
 use crate::error::ChaosError;
-use crate::experiment::{ExperimentReport, Invariant, elapsed_ms, rfc3339};
+use crate::experiment::{ExperimentReport, Invariant, Measurements, elapsed_ms};
 use crate::proxy::ProxyClient;
 use crate::scenario::{bound, duration, within};
 
@@ -57,12 +57,7 @@ impl SinkOutage {
     }
 
     fn engine(&self) -> Result<Engine, ChaosError> {
-        let text = toml::to_string(&self.plan).unwrap_or_default();
-        let plan = Plan::from_toml(&text).map_err(|e| ChaosError::Input(format!("sink-outage scenario: plan: {e}")))?;
-        // Only the trigger under test decides: the deployment may carry
-        // other signals from earlier experiments (5xx from db-restart).
-        Engine::new(spark_rollback::scenario::only(&plan, spark_rollback::TriggerId::OutboxLagExplosion))
-            .map_err(|e| ChaosError::Input(format!("sink-outage scenario: plan: {e}")))
+        crate::scenario::engine(&self.scenario, &self.plan, spark_rollback::TriggerId::OutboxLagExplosion)
     }
 }
 
@@ -184,20 +179,8 @@ pub(crate) async fn run(
     o.effects = sink.effects().await?;
     sink.clear().await?;
     let invariants = judge(&o);
-    let held = invariants.iter().all(|i| i.held);
-    tracing::info!(held, "sink-outage");
-    Ok(ExperimentReport {
-        scenario: s.scenario.clone(),
-        hypothesis: s.hypothesis.clone(),
-        held,
-        invariants,
-        measurements,
-        started_at: rfc3339(started_ms),
-        duration_ms: elapsed_ms(origin),
-    })
+    Ok(ExperimentReport::judged(&s.scenario, &s.hypothesis, invariants, measurements, started_ms, origin))
 }
-
-type Measurements = BTreeMap<&'static str, BTreeMap<&'static str, serde_json::Value>>;
 
 #[allow(clippy::too_many_arguments, reason = "the parts of one run, split out so the proxy is always deleted")]
 async fn outage(
@@ -284,16 +267,7 @@ async fn outage(
     let back = Instant::now();
     proxies.set_enabled(name, true).await?;
     let total = i64::try_from(o.enqueued.len()).unwrap_or(i64::MAX);
-    loop {
-        if sink.applied().await? >= total && pending().await? == 0 {
-            o.drained_in_ms = Some(elapsed_ms(back));
-            break;
-        }
-        if back.elapsed() >= s.drain_timeout {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    o.drained_in_ms = sink.wait_drained(total, back, s.drain_timeout).await?;
     relay.stop().await;
     o.left_in_outbox = pending().await?;
     o.dead_letters = sqlx::query_scalar("SELECT count(*) FROM spark_outbox WHERE status = 'dead'")

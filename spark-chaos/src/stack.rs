@@ -43,9 +43,12 @@ const POOL_SIZE: u32 = 20;
 pub const CHAOS_TOML: &str = "chaos.toml";
 /// The supervisor's process id, for `down`.
 pub const PID_FILE: &str = "up.pid";
-/// The process ids of the parts (`name pid` per line), for `down` when the
-/// supervisor is gone.
+/// The process ids of the parts (`name pid start-time` per line), for
+/// `down` when the supervisor is gone.
 const PARTS_FILE: &str = "parts.pid";
+/// Marks a directory `up` made a deployment in: only there does a later
+/// `up` replace `pg/`, `pgbouncer/` and `prometheus/`.
+const MARKER: &str = ".spark-chaos";
 
 /// What `spark chaos up` needs.
 #[derive(Debug, Clone)]
@@ -88,14 +91,25 @@ impl Stack {
         let dir = &options.dir;
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let dir = dir.canonicalize().map_err(io(dir))?;
-        if dir.join("pg/data/postmaster.pid").exists() || dir.join(PID_FILE).exists() {
+        if running(&dir) {
             return Err(ChaosError::Input(format!(
                 "{} holds a running deployment: `spark chaos down --dir {0}` stops it",
                 dir.display()
             )));
         }
-        // A stopped deployment is replaced: a weekly run starts afresh.
-        for part in ["pg", "pgbouncer", "prometheus", PARTS_FILE] {
+        // A stopped deployment of ours is replaced, so a weekly run starts
+        // afresh; a directory holding these names without our marker is
+        // someone else's, and is left alone.
+        let ours = ["pg", "pgbouncer", "prometheus", PARTS_FILE, PID_FILE];
+        if !dir.join(MARKER).exists()
+            && let Some(taken) = ours.iter().find(|p| dir.join(p).exists())
+        {
+            return Err(ChaosError::Input(format!(
+                "{} holds {taken} but was not made by `spark chaos up`: choose an empty or new directory",
+                dir.display()
+            )));
+        }
+        for part in ours {
             let path = dir.join(part);
             if path.is_dir() {
                 std::fs::remove_dir_all(&path).map_err(io(&path))?;
@@ -103,6 +117,7 @@ impl Stack {
                 std::fs::remove_file(&path).map_err(io(&path))?;
             }
         }
+        std::fs::write(dir.join(MARKER), "made by spark chaos up\n").map_err(io(dir.join(MARKER)))?;
         reachable_by_server_user(&dir)?;
         let mut stack = Stack {
             deployment: Deployment {
@@ -119,7 +134,9 @@ impl Stack {
             proxy: None,
             pg_running: false,
         };
-        std::fs::write(dir.join(PID_FILE), format!("{}\n", std::process::id())).map_err(io(dir.join(PID_FILE)))?;
+        let me = std::process::id();
+        std::fs::write(dir.join(PID_FILE), format!("{me} {}\n", start_time(me).unwrap_or(0)))
+            .map_err(io(dir.join(PID_FILE)))?;
 
         // PostgreSQL, archiving its WAL.
         let pg_port = stack.start_postgres().await?;
@@ -387,7 +404,7 @@ impl Stack {
         // Recorded before anything else can fail: `down` finds it even when
         // the supervisor died.
         let parts = self.dir.join(PARTS_FILE);
-        let line = format!("{name} {}\n", child.id());
+        let line = format!("{name} {} {}\n", child.id(), start_time(child.id()).unwrap_or(0));
         let recorded = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -432,6 +449,10 @@ impl Drop for Stack {
         }
         if self.pg_running {
             let _ = pg::pg_ctl_stop(&self.pg, &self.dir.join("pg/data"), "immediate");
+        }
+        // Nothing of this deployment runs any more: a later `up` may start.
+        for file in [PID_FILE, PARTS_FILE, CHAOS_TOML] {
+            let _ = std::fs::remove_file(self.dir.join(file));
         }
     }
 }
@@ -540,78 +561,106 @@ fn reachable_by_server_user(dir: &Path) -> Result<(), ChaosError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o711)).map_err(io(dir))
 }
 
-/// `spark chaos down`: stops the supervisor of the deployment in `dir`
-/// (SIGTERM, then SIGKILL to its process group after 30 s) and, if it
-/// left PostgreSQL running, stops that too.
+/// `spark chaos down`: stops the deployment in `dir` — its supervisor
+/// (SIGTERM, SIGKILL after 45 s), every part it recorded that is still the
+/// very process it started (pid and start time: a pid reused after a
+/// reboot is left alone), and its PostgreSQL — and removes `up.pid`,
+/// `parts.pid` and `chaos.toml`. Whether anything was running; stopping a
+/// stopped deployment succeeds (a scheduler's cleanup step may run after
+/// the supervisor has stopped itself).
 ///
 /// # Errors
-/// [`ChaosError::Input`] when `dir` holds no running deployment;
-/// [`ChaosError::Program`] when it would not stop.
-pub async fn down(dir: &Path, pg: &PgBin) -> Result<(), ChaosError> {
-    let pid_file = dir.join(PID_FILE);
+/// [`ChaosError::Program`] when PostgreSQL would not stop.
+pub async fn down(dir: &Path, pg: &PgBin) -> Result<bool, ChaosError> {
     let data = dir.join("pg/data");
-    let pid: Option<u32> = std::fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse().ok());
-    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid);
-    let parts = parts(dir);
-    match pid {
-        // Only a supervisor of this directory: a stale pid may be anyone's.
-        Some(pid) if alive(pid) && is_supervisor(pid) => {
-            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(45);
-            while alive(pid) && Instant::now() < deadline {
+    let was_running = running(dir);
+    if let Some((pid, started)) = recorded(&dir.join(PID_FILE)).first().map(|(_, p, t)| (*p, *t))
+        && same_process(pid, started)
+    {
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(45);
+        while same_process(pid, started) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if same_process(pid, started) {
+            signal_group(pid, "KILL");
+        }
+    }
+    // Whatever the supervisor left (it died, or did not stop a part in
+    // time): each part leads its own process group, and is signalled only
+    // while it is the very process recorded (pid and start time).
+    for (_, pid, started) in recorded(&dir.join(PARTS_FILE)) {
+        if same_process(pid, started) {
+            signal_group(pid, "TERM");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while same_process(pid, started) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            if alive(pid) {
+            if same_process(pid, started) {
                 signal_group(pid, "KILL");
             }
         }
-        _ if !data.join("postmaster.pid").exists() && !parts.iter().any(|(_, p)| alive(*p)) => {
-            return Err(ChaosError::Input(format!("{} holds no running chaos deployment", dir.display())));
-        }
-        _ => {}
     }
-    // Whatever the supervisor left (it died, or did not stop a part in
-    // time): each part is the leader of its own process group.
-    for (name, pid) in &parts {
-        if alive(*pid) && cmdline(*pid).contains(name.as_str()) {
-            signal_group(*pid, "KILL");
-        }
+    if postmaster_alive(&data) {
+        let (bin, d) = (pg.clone(), data.clone());
+        pg::blocking(move || pg::pg_ctl_stop(&bin, &d, "fast")).await.map_err(|e| ChaosError::Program {
+            program: "pg_ctl stop".to_owned(),
+            status: "1".to_owned(),
+            output: e,
+        })?;
     }
-    let (bin, d) = (pg.clone(), data.clone());
-    pg::blocking(move || pg::pg_ctl_stop(&bin, &d, "fast")).await.map_err(|e| ChaosError::Program {
-        program: "pg_ctl stop".to_owned(),
-        status: "1".to_owned(),
-        output: e,
-    })?;
-    let _ = std::fs::remove_file(&pid_file);
-    let _ = std::fs::remove_file(dir.join(PARTS_FILE));
-    let _ = std::fs::remove_file(dir.join(CHAOS_TOML));
-    Ok(())
+    for file in [PID_FILE, PARTS_FILE, CHAOS_TOML] {
+        let _ = std::fs::remove_file(dir.join(file));
+    }
+    Ok(was_running)
 }
 
-/// The parts recorded in `dir`.
-fn parts(dir: &Path) -> Vec<(String, u32)> {
-    std::fs::read_to_string(dir.join(PARTS_FILE))
+/// Whether a deployment runs in `dir`: its supervisor, a part, or its
+/// PostgreSQL.
+fn running(dir: &Path) -> bool {
+    recorded(&dir.join(PID_FILE)).iter().chain(&recorded(&dir.join(PARTS_FILE))).any(|(_, p, t)| same_process(*p, *t))
+        || postmaster_alive(&dir.join("pg/data"))
+}
+
+/// Whether the postmaster of `data` runs: its `postmaster.pid` names a
+/// live process (a stale file after a reboot does not count).
+fn postmaster_alive(data: &Path) -> bool {
+    std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next()?.trim().parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid))
+}
+
+/// The processes recorded in a pid file: `pid start` (the supervisor) or
+/// `name pid start` (the parts) per line.
+fn recorded(file: &Path) -> Vec<(String, u32, u64)> {
+    std::fs::read_to_string(file)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| {
-            let (name, pid) = l.split_once(' ')?;
-            Some((name.to_owned(), pid.trim().parse().ok()?))
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let (name, pid, start) = match words.as_slice() {
+                [pid, start] => ("up", pid, start),
+                [name, pid, start] => (*name, pid, start),
+                _ => return None,
+            };
+            Some((name.to_owned(), pid.parse().ok()?, start.parse().ok()?))
         })
         .collect()
 }
 
-/// A process's command line, arguments joined by spaces.
-fn cmdline(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-        .unwrap_or_default()
+/// A process's start time in clock ticks after boot (`/proc/PID/stat`
+/// field 22): with the pid, it names one process, never a later one that
+/// reused the pid.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name, which may hold spaces, in parentheses.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Whether `pid` is a `spark chaos up --foreground` supervisor.
-fn is_supervisor(pid: u32) -> bool {
-    let line = cmdline(pid);
-    line.contains(" chaos up ") && line.contains("--foreground")
+/// Whether `pid` is still the process that started at `started`, alive.
+fn same_process(pid: u32, started: u64) -> bool {
+    started != 0 && start_time(pid) == Some(started) && !is_zombie(pid)
 }
 
 fn is_zombie(pid: u32) -> bool {
@@ -633,13 +682,14 @@ pub async fn up_detached(argv: &[String], dir: &Path, timeout: Duration) -> Resu
     use std::os::unix::process::CommandExt as _;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let toml = dir.join(CHAOS_TOML);
-    if toml.exists() {
+    if running(dir) {
         return Err(ChaosError::Input(format!(
-            "{} exists: a deployment is up there (`spark chaos down --dir {}`)",
-            toml.display(),
+            "a deployment is up in {0}: `spark chaos down --dir {0}` stops it",
             dir.display()
         )));
     }
+    // What a deployment that died left: it would be read as this one's.
+    let _ = std::fs::remove_file(&toml);
     let (program, args) = argv.split_first().ok_or_else(|| ChaosError::Input("empty command".to_owned()))?;
     let log = dir.join("up.log");
     let out = std::fs::File::create(&log).map_err(io(&log))?;
@@ -673,5 +723,52 @@ pub async fn up_detached(argv: &[String], dir: &Path, timeout: Duration) -> Resu
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pid_is_the_recorded_process_only_with_its_start_time() {
+        let me = std::process::id();
+        let started = start_time(me).expect("this process has a start time");
+        assert!(same_process(me, started));
+        assert!(!same_process(me, started + 1), "a reused pid starts at another time");
+        assert!(!same_process(me, 0), "an unknown start time never matches");
+    }
+
+    #[test]
+    fn pid_files_read_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("parts.pid");
+        std::fs::write(&file, "pgbouncer 12 345\norder-service 13 346\ngarbage\n").unwrap();
+        assert_eq!(recorded(&file), [("pgbouncer".to_owned(), 12, 345), ("order-service".to_owned(), 13, 346)]);
+        std::fs::write(&file, "77 99\n").unwrap();
+        assert_eq!(recorded(&file), [("up".to_owned(), 77, 99)]);
+    }
+
+    /// What a deployment that died (or a reboot) left: down cleans it up and
+    /// succeeds, saying nothing ran, and signals no process.
+    #[tokio::test]
+    async fn down_cleans_what_a_dead_deployment_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let me = std::process::id();
+        // This very pid, but with another start time: a reused pid.
+        let other = start_time(me).unwrap() + 1;
+        std::fs::write(dir.join(PID_FILE), format!("{me} {other}\n")).unwrap();
+        std::fs::write(dir.join(PARTS_FILE), format!("order-service {me} {other}\n")).unwrap();
+        std::fs::write(dir.join(CHAOS_TOML), "stale").unwrap();
+        std::fs::create_dir_all(dir.join("pg/data")).unwrap();
+        // A postmaster.pid naming a process that is gone.
+        std::fs::write(dir.join("pg/data/postmaster.pid"), "4194304\n").unwrap();
+        assert!(!running(dir));
+        let was_running = down(dir, &PgBin::at("/nonexistent")).await.unwrap();
+        assert!(!was_running);
+        for file in [PID_FILE, PARTS_FILE, CHAOS_TOML] {
+            assert!(!dir.join(file).exists(), "{file} left behind");
+        }
     }
 }

@@ -73,9 +73,15 @@ pub(crate) async fn run(cmd: ChaosCommand, out: &Output) -> CmdResult {
     match cmd {
         ChaosCommand::Up(args) => up(args, out).await,
         ChaosCommand::Down(args) => {
-            spark_chaos::down(&args.dir, &PgBin::find()?).await?;
-            let json = serde_json::json!({"dir": args.dir, "stopped": true});
-            out.emit(&json, || format!("the chaos deployment in {} is stopped", args.dir.display()))
+            let was_running = spark_chaos::down(&args.dir, &PgBin::find()?).await?;
+            let json = serde_json::json!({"dir": args.dir, "stopped": was_running});
+            out.emit(&json, || {
+                if was_running {
+                    format!("the chaos deployment in {} is stopped", args.dir.display())
+                } else {
+                    format!("nothing was running in {}", args.dir.display())
+                }
+            })
         }
         ChaosCommand::Run(args) => run_experiments(args, out).await,
     }

@@ -93,7 +93,6 @@ fn bad_input_exits_2_with_one_line() {
         (&["chaos", "run", "--config", "chaos.toml"], "name a --scenario"),
         (&["chaos", "run", "--scenario", "relay-crash", "--config", "chaos.toml"], "loopback only"),
         (&["chaos", "run", "--scenario", "db-restart", "--config", "local.toml"], "db-restart needs [service] url"),
-        (&["chaos", "down", "--dir", "nowhere"], "holds no running chaos deployment"),
         (&["chaos", "run", "--scenario", "relay-crash", "--config", "missing.toml"], "missing.toml: No such file"),
         (&["chaos", "run", "--scenario", "relay-crash", "--config", "elsewhere.toml"], "loopback only"),
     ] {
@@ -162,10 +161,10 @@ async fn up(dir: &std::path::Path, env: &[(&str, &str)]) -> Down {
 /// every process. Bounded: each experiment bounds itself in time and count.
 #[tokio::test(flavor = "multi_thread")]
 async fn chaos_up_run_all_down() {
+    let _one = ONE_STACK.lock().await;
     if !stack_available().await {
         return;
     }
-    let _one = ONE_STACK.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("stack");
     let started = std::time::Instant::now();
@@ -198,8 +197,9 @@ async fn chaos_up_run_all_down() {
         .unwrap()
         .lines()
         .map(|l| {
-            let (name, pid) = l.split_once(' ').unwrap();
-            (name.to_owned(), pid.parse().unwrap())
+            // `name pid start-time`
+            let words: Vec<&str> = l.split_whitespace().collect();
+            (words[0].to_owned(), words[1].parse().unwrap())
         })
         .collect();
     let names: Vec<&str> = parts.iter().map(|(n, _)| n.as_str()).collect();
@@ -213,8 +213,12 @@ async fn chaos_up_run_all_down() {
         assert!(!running, "{name} (pid {pid}) still runs after down");
     }
     assert!(!dir.join("chaos.toml").exists());
+    // A second down (a scheduler's cleanup after the run stopped it)
+    // succeeds, saying nothing was running; up starts afresh in the
+    // directory a stopped deployment left.
     let again = spark_off_runtime(tmp.path(), &["chaos", "down", "--dir", "stack"]).await;
-    assert_eq!(again.code, 2, "a second down says there is nothing to stop: {}", again.stderr);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stdout.contains("nothing was running"), "{}", again.stdout);
 }
 
 /// The experiment catches what it is about: a service whose pool waits 10 s
@@ -222,10 +226,10 @@ async fn chaos_up_run_all_down() {
 /// breaks pool-exhaustion's `sheds-quickly`.
 #[tokio::test(flavor = "multi_thread")]
 async fn pool_exhaustion_catches_a_service_that_queues_instead_of_shedding() {
+    let _one = ONE_STACK.lock().await;
     if !stack_available().await {
         return;
     }
-    let _one = ONE_STACK.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let _down = up(tmp.path(), &[("ORDER_SERVICE_DB_ACQUIRE_TIMEOUT_MS", "10000")]).await;
     let scenario = spark_chaos::SCENARIOS[4].1.replace("steady = \"5s\"", "steady = \"3s\"");
