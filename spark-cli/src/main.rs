@@ -16,6 +16,7 @@ mod demo;
 mod demo_ritual;
 mod evidence;
 mod idempotency;
+mod incident;
 mod loopback;
 mod money;
 mod outbox;
@@ -128,6 +129,9 @@ enum Command {
     /// measured (exit 0 the hypothesis held, 1 it did not, 2 bad input).
     #[command(subcommand)]
     Chaos(chaos::ChaosCommand),
+    /// Incident reports written from the evidence.
+    #[command(subcommand)]
+    Incident(incident::IncidentCommand),
 }
 
 /// Library warnings and errors (a relay's sink check, a dropped LISTEN) go
@@ -179,6 +183,7 @@ fn main() -> ExitCode {
         Command::ReleaseNotes(args) => release::run_release_notes(args, &out),
         Command::Restore(cmd) => block_on(restore::run(cmd, &out)),
         Command::Chaos(cmd) => block_on(chaos::run(cmd, &out)),
+        Command::Incident(cmd) => block_on(incident::run(cmd, &out)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

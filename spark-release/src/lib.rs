@@ -45,6 +45,7 @@
 mod config;
 mod error;
 mod go_nogo;
+mod incident;
 mod notes;
 mod rehearsal;
 mod risks;
@@ -57,6 +58,7 @@ pub use crate::go_nogo::{
     Acceptance, Baseline, EvidenceRef, GoNoGo, Item, ItemId, ItemStatus, Measurements, Rehearsal, SignOff, decide,
     validate_sign_offs,
 };
+pub use crate::incident::{INCIDENT_TEMPLATE, Incident, IncidentOptions, blank_incident, incident_from_rollback};
 pub use crate::notes::{ReleaseNotes, RollbackEvent, TEMPLATE, release_notes};
 pub use crate::rehearsal::find_rehearsal;
 pub use crate::risks::{RISKS_ASKED, Risk, RiskStatus, load_risks, parse_risks};

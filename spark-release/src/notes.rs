@@ -170,7 +170,7 @@ pub fn release_notes(
 ///
 /// # Errors
 /// The name of a placeholder that has no value.
-fn fill(template: &str, values: &BTreeMap<&str, String>) -> Result<String, String> {
+pub(crate) fn fill(template: &str, values: &BTreeMap<&str, String>) -> Result<String, String> {
     let mut out = String::with_capacity(template.len() * 2);
     let mut rest = template;
     while let Some(start) = rest.find("{{") {

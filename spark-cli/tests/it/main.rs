@@ -7,6 +7,7 @@ mod contract;
 mod db;
 mod demo;
 mod evidence;
+mod incident;
 mod money;
 mod outbox;
 mod release;

@@ -2,6 +2,7 @@
 //! engine's own records, the evidence crate's verify.
 
 mod go_nogo;
+mod incident;
 mod notes;
 mod ritual;
 
