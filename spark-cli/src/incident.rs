@@ -54,6 +54,14 @@ pub(crate) async fn run(cmd: IncidentCommand, out: &Output) -> CmdResult {
     options.severity = args.severity;
     options.release = args.release;
     options.slo_objective = args.slo;
+    // Checked before anything is fetched or written, so a refused run
+    // leaves no file behind that would block the next.
+    options.validate()?;
+    if let Some(path) = &args.out
+        && path.exists()
+    {
+        return Err(anyhow::anyhow!("{} exists (a report is never overwritten)", path.display()).into());
+    }
     let incident = match &args.from_rollback {
         Some(record) => spark_release::incident_from_rollback(record, &options)?,
         None => {

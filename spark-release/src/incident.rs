@@ -5,12 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
 use spark_rollback::{Role, Signal, Snapshot, TriggerId};
 
 use crate::error::ReleaseError;
+use crate::notes::cell;
 
 /// The template the report fills (`.github/INCIDENT_TEMPLATE.md` holds the
 /// same text; a test keeps them equal). Placeholders: `{{title}}`,
@@ -21,6 +22,18 @@ pub const INCIDENT_TEMPLATE: &str = include_str!("incident_template.md");
 
 /// The line before the snapshot JSON in a rollback's metrics file.
 const SNAPSHOT_MARKER: &str = "replayable with spark canary replay:";
+
+/// The triggers whose `threshold` is in the unit of their first signal, so
+/// a deviation and a recovery can be read off that signal's samples.
+const THRESHOLD_TRIGGERS: [TriggerId; 7] = [
+    TriggerId::ApiP95,
+    TriggerId::ErrorRate,
+    TriggerId::FeedStale,
+    TriggerId::CspStorm,
+    TriggerId::IdemConflicts,
+    TriggerId::PgbouncerSaturation,
+    TriggerId::OutboxLagExplosion,
+];
 
 /// What a report needs besides the evidence.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,7 +58,12 @@ impl IncidentOptions {
         IncidentOptions { title: None, severity: "SEV2".to_owned(), release: None, slo_objective: 0.999, now_ms }
     }
 
-    fn check(&self) -> Result<(), ReleaseError> {
+    /// Checks the severity and the objective, before anything is fetched
+    /// or written.
+    ///
+    /// # Errors
+    /// [`ReleaseError::Invalid`] naming the option.
+    pub fn validate(&self) -> Result<(), ReleaseError> {
         if !matches!(self.severity.as_str(), "SEV1" | "SEV2" | "SEV3" | "SEV4") {
             return Err(invalid("severity", format!("{:?} is not a severity: use SEV1 to SEV4", self.severity)));
         }
@@ -76,84 +94,149 @@ fn invalid(path: &str, message: String) -> ReleaseError {
     ReleaseError::Invalid { path: PathBuf::from(path), message }
 }
 
-/// A canary series of `signal` in `snapshot`: (ms, value), ascending.
-fn canary(snapshot: &Snapshot, signal: Signal) -> Vec<(i64, f64)> {
+/// One line of text, for a heading or a cell.
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
+}
+
+/// The series of `signal` in `snapshot` for `roles`, summed per instant:
+/// (ms, value), ascending.
+fn series(snapshot: &Snapshot, signal: Signal, roles: &[Role]) -> Vec<(i64, f64)> {
     let Some(matrix) = snapshot.signals.get(signal.name()) else { return Vec::new() };
-    let mut out: Vec<(i64, f64)> = matrix
+    let mut by: BTreeMap<i64, f64> = BTreeMap::new();
+    for s in matrix
         .result
         .iter()
-        .filter(|s| s.metric.get("role").map(String::as_str) == Some(Role::Canary.name()))
-        .flat_map(|s| s.values.iter().filter_map(|(t, v)| Some((t.0, v.parse::<f64>().ok()?))))
-        .filter(|(_, v)| v.is_finite())
-        .collect();
-    out.sort_by_key(|(t, _)| *t);
-    out
-}
-
-/// The snapshot inside a rollback's metrics file, when one was recorded.
-fn snapshot_in(path: &Path) -> Option<Snapshot> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let json = text.split_once(SNAPSHOT_MARKER)?.1.trim();
-    Snapshot::parse(json).ok()
-}
-
-/// Requests, failed requests and the burn rate over a snapshot's window.
-fn impact(snapshot: &Snapshot, objective: f64) -> Option<String> {
-    let step = f64::from(snapshot.step_seconds.max(1));
-    let rps = canary(snapshot, Signal::HttpRequestsPerSecond);
-    if rps.is_empty() {
-        return None;
+        .filter(|s| roles.iter().any(|r| s.metric.get("role").map(String::as_str) == Some(r.name())))
+    {
+        for (t, v) in &s.values {
+            if let Ok(v) = v.parse::<f64>()
+                && v.is_finite()
+            {
+                *by.entry(t.0).or_insert(0.0) += v;
+            }
+        }
     }
-    let ratio: BTreeMap<i64, f64> = canary(snapshot, Signal::Http5xxRatio).into_iter().collect();
-    let requests: f64 = rps.iter().map(|(_, r)| r * step).sum();
-    let failed: f64 = rps.iter().map(|(t, r)| r * ratio.get(t).copied().unwrap_or(0.0) * step).sum();
-    let (from, to) = (rps[0].0, rps[rps.len() - 1].0);
-    let share = if requests > 0.0 { failed / requests } else { 0.0 };
+    by.into_iter().collect()
+}
+
+/// Requests, failed requests and the burn rate of `roles` over a
+/// snapshot's window, described as `what`. Each request-rate sample is
+/// paired with the 5xx ratio of the same role at the nearest instant within
+/// half a step; a sample without one is not counted as zero failures but
+/// left out of the share, and said.
+fn impact(snapshot: &Snapshot, objective: f64, what: &str, roles: &[Role]) -> Option<String> {
+    let step_ms = i64::from(snapshot.step_seconds.max(1)) * 1000;
+    let step = f64::from(snapshot.step_seconds.max(1));
+    let mut requests = 0.0;
+    let (mut paired_requests, mut failed, mut unpaired) = (0.0, 0.0, 0usize);
+    let mut span: Option<(i64, i64)> = None;
+    for role in roles {
+        let rps = series(snapshot, Signal::HttpRequestsPerSecond, &[*role]);
+        let ratio = series(snapshot, Signal::Http5xxRatio, &[*role]);
+        for (t, r) in rps {
+            requests += r * step;
+            span = Some(span.map_or((t, t), |(a, b)| (a.min(t), b.max(t))));
+            let nearest = ratio.iter().min_by_key(|(u, _)| (u - t).abs()).filter(|(u, _)| (u - t).abs() * 2 <= step_ms);
+            match nearest {
+                Some((_, share)) => {
+                    paired_requests += r * step;
+                    failed += r * share * step;
+                }
+                None => unpaired += 1,
+            }
+        }
+    }
+    let (from, to) = span?;
+    let window = format!("From {} to {} ({what})", spark_rollback::rfc3339(from), spark_rollback::rfc3339(to));
+    if paired_requests <= 0.0 {
+        return Some(format!("{window}: about {requests:.0} requests; their 5xx ratio was not recorded."));
+    }
+    let share = failed / paired_requests;
     let burn = share / (1.0 - objective);
+    let gaps = if unpaired == 0 {
+        String::new()
+    } else {
+        format!(" ({unpaired} request-rate samples had no 5xx sample and are left out of the share)")
+    };
     Some(format!(
-        "From {} to {} (the metrics before the rollback, canary): about {:.0} requests, {:.0} of them failed (5xx, \
-         {:.3} %). Against an objective of {} %, the error budget burned {:.1}× as fast as it may.",
-        spark_rollback::rfc3339(from),
-        spark_rollback::rfc3339(to),
-        requests,
-        failed,
+        "{window}: about {requests:.0} requests, {failed:.0} of them failed (5xx, {:.3} %){gaps}. Against an \
+         objective of {} %, the error budget burned {burn:.1}× as fast as it may.",
         share * 100.0,
         objective * 100.0,
-        burn
     ))
 }
 
-/// The first sample at or after `from` for which `pred` holds.
-fn first_where(series: &[(i64, f64)], from: i64, pred: impl Fn(f64) -> bool) -> Option<(i64, f64)> {
-    series.iter().copied().find(|(t, v)| *t >= from && pred(*v))
+/// The first sample after `after` for which `pred` holds.
+fn first_where(series: &[(i64, f64)], after: i64, pred: impl Fn(f64) -> bool) -> Option<(i64, f64)> {
+    series.iter().copied().find(|(t, v)| *t > after && pred(*v))
 }
 
-/// Every file of a sealed bundle, by name, with its SHA-256 as it is now,
-/// and whether the bundle verifies.
-fn evidence(bundle: &Path) -> Result<(Vec<(String, String)>, String), ReleaseError> {
+/// A metrics file the record names: a plain file name inside the bundle,
+/// not a link, whose SHA-256 is the one the record holds; its snapshot, or
+/// why there is none.
+fn metrics_in(bundle: &Path, entry: &Value) -> Result<Snapshot, String> {
+    let Some(name) = entry["name"].as_str() else {
+        return Err(
+            "the rollback recorded no metrics (no metrics source: run `spark rollback` with --prometheus)".into()
+        );
+    };
+    let mut parts = Path::new(name).components();
+    if !matches!((parts.next(), parts.next()), (Some(Component::Normal(_)), None)) {
+        return Err(format!("the record names {name:?}, which is not a file of its bundle"));
+    }
+    let path = bundle.join(name);
+    if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file()) {
+        return Err(format!("{name} is missing from the bundle (or not a plain file)"));
+    }
+    let bytes = std::fs::read(&path).map_err(|e| format!("{name}: {e}"))?;
+    if entry["sha256"].as_str() != Some(spark_evidence::sha256_hex(&bytes).as_str()) {
+        return Err(format!("{name} is not the file the rollback recorded (its SHA-256 differs): not used"));
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    match text.split_once(SNAPSHOT_MARKER) {
+        Some((_, json)) => Snapshot::parse(json.trim()).map_err(|e| format!("{name}: {e}")),
+        // The file says why it holds no snapshot (a source that failed).
+        None => Err(text.lines().filter(|l| !l.trim().is_empty()).skip(1).collect::<Vec<_>>().join(" ")),
+    }
+}
+
+/// A bundle as the report sees it: its files with their SHA-256, whether
+/// it verifies, and the sentence that says so.
+type Bundle = (Vec<(String, String)>, bool, String);
+
+/// Every plain file of a bundle (links are not evidence: sealing skips
+/// them), by name, with its SHA-256 as it is now, and whether the bundle
+/// verifies against its manifest.
+fn evidence(bundle: &Path) -> Result<Bundle, ReleaseError> {
     let mut files = Vec::new();
     let entries = std::fs::read_dir(bundle).map_err(|source| ReleaseError::Read { path: bundle.to_owned(), source })?;
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.is_file() {
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file()) {
             let bytes = std::fs::read(&path).map_err(|source| ReleaseError::Read { path: path.clone(), source })?;
             files.push((entry.file_name().to_string_lossy().into_owned(), spark_evidence::sha256_hex(&bytes)));
         }
     }
     files.sort();
-    let verdict = if bundle.join(spark_evidence::MANIFEST).is_file() {
+    let (intact, verdict) = if bundle.join(spark_evidence::MANIFEST).is_file() {
         match spark_evidence::verify(bundle, None) {
-            Ok(report) if report.is_intact() => "The bundle verifies: every file matches its manifest.".to_owned(),
-            Ok(report) => format!(
-                "The bundle does NOT verify: {}.",
-                report.problems().iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+            Ok(report) if report.is_intact() => {
+                (true, "The bundle verifies: every file matches its manifest (its signature is checked with `spark evidence verify --key`).".to_owned())
+            }
+            Ok(report) => (
+                false,
+                format!(
+                    "The bundle does NOT verify: {}.",
+                    report.problems().iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+                ),
             ),
-            Err(e) => format!("The bundle could not be verified: {e}."),
+            Err(e) => (false, format!("The bundle could not be verified: {e}.")),
         }
     } else {
-        "The bundle has no manifest: its files are not sealed.".to_owned()
+        (false, "The bundle has no manifest: its files are not sealed.".to_owned())
     };
-    Ok((files, verdict))
+    Ok((files, intact, verdict))
 }
 
 /// Writes the report of the rollback whose record is `record`
@@ -161,14 +244,16 @@ fn evidence(bundle: &Path) -> Result<(Vec<(String, String)>, String), ReleaseErr
 /// metrics before the rollback, the timeline (first deviation of the
 /// trigger's signal, the trigger fired, the rollback started and completed,
 /// the signal back under its threshold), the trigger and its values, the
-/// actions, and every file of the bundle with its digest.
+/// actions, and every file of the bundle with its digest. Metrics are used
+/// only from files of the bundle whose digest is the one the record holds,
+/// and a bundle that does not verify is said to at the top.
 ///
 /// # Errors
 /// [`ReleaseError::Read`] when the record cannot be read,
 /// [`ReleaseError::Invalid`] when it is not a rollback record or an option
 /// is out of range.
 pub fn incident_from_rollback(record: &Path, options: &IncidentOptions) -> Result<Incident, ReleaseError> {
-    options.check()?;
+    options.validate()?;
     let text =
         std::fs::read_to_string(record).map_err(|source| ReleaseError::Read { path: record.to_owned(), source })?;
     let r: Value = serde_json::from_str(&text).map_err(|e| invalid(&record.display().to_string(), e.to_string()))?;
@@ -178,68 +263,76 @@ pub fn incident_from_rollback(record: &Path, options: &IncidentOptions) -> Resul
             format!("not a rollback record (format {}, expected {})", r["format"], spark_rollback::RECORD_FORMAT),
         ));
     }
-    let bundle = record.parent().unwrap_or(Path::new(".")).to_owned();
+    // `rollback_x.json` alone has the parent "", which is the working
+    // directory.
+    let bundle = record.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
+    let (files, intact, verdict) = evidence(&bundle)?;
     let str_of = |v: &Value| v.as_str().unwrap_or("").to_owned();
     let trigger = r["trigger"].as_str().map(str::to_owned);
     let stage = str_of(&r["stage"]);
     let decided_ms = r["decided_at_ms"].as_i64().unwrap_or(0);
     let dry_run = r["dry_run"].as_bool().unwrap_or(false);
-    let metrics_file = |key: &str| r[key]["name"].as_str().map(|name| bundle.join(name));
-    let before = metrics_file("metrics_before").and_then(|p| snapshot_in(&p));
-    let after = metrics_file("metrics_after").and_then(|p| snapshot_in(&p));
+    let before = metrics_in(&bundle, &r["metrics_before"]);
+    let after = metrics_in(&bundle, &r["metrics_after"]);
 
-    // The trigger's own result in the evaluation that decided.
+    // The trigger's own result in the evaluation that decided, when the
+    // engine decided (an operator may name a trigger without one).
     let fired = r["evaluation"]["triggers"]
         .as_array()
         .and_then(|ts| ts.iter().find(|t| Some(t["id"].as_str().unwrap_or("")) == trigger.as_deref()))
         .cloned();
     let threshold = fired.as_ref().and_then(|t| t["values"]["threshold"].as_f64());
-    let signal = trigger.as_deref().and_then(TriggerId::from_id).and_then(|t| t.signals().first().copied());
+    let signal = trigger
+        .as_deref()
+        .and_then(TriggerId::from_id)
+        .filter(|t| THRESHOLD_TRIGGERS.contains(t))
+        .and_then(|t| t.signals().first().copied());
 
     let mut timeline: Vec<(i64, String)> = Vec::new();
-    if let (Some(signal), Some(threshold), Some(before)) = (signal, threshold, &before) {
-        let series = canary(before, signal);
-        if let Some((t, v)) = first_where(&series, i64::MIN, |v| v > threshold) {
+    if let (Some(signal), Some(threshold), Ok(before)) = (signal, threshold, &before) {
+        let canary = series(before, signal, &[Role::Canary]);
+        if let Some((t, v)) = first_where(&canary, i64::MIN, |v| v > threshold) {
             timeline.push((t, format!("first deviation: {} {v} above {threshold} (canary)", signal.name())));
         }
     }
+    let who = match (&trigger, &fired) {
+        (Some(t), Some(_)) => format!("the canary engine's trigger {t}"),
+        (Some(t), None) => format!("an operator, naming {t} (no engine evaluation recorded)"),
+        (None, _) => "an operator".to_owned(),
+    };
+    let reason = r["reason"].as_str().unwrap_or("no reason given");
     timeline.push((
         decided_ms,
-        format!(
-            "trigger fired: {} decided rollback of {stage}{}",
-            trigger.as_deref().unwrap_or("an operator"),
-            r["reason"].as_str().map(|s| format!(" ({s})")).unwrap_or_default()
-        ),
+        match (&trigger, &fired) {
+            (Some(t), Some(_)) => format!("trigger fired: {t} decided the rollback of {stage} ({reason})"),
+            _ => format!("rollback decided: by {who}, for {stage} ({reason})"),
+        },
     ));
     let actions = r["actions"].as_array().cloned().unwrap_or_default();
+    let dry = if dry_run { " (dry run: nothing was run)" } else { "" };
     if let Some(start) = actions.iter().filter_map(|a| a["started_at_ms"].as_i64()).min() {
-        timeline.push((
-            start,
-            format!("rollback started: {} action(s){}", actions.len(), if dry_run { " (dry run)" } else { "" }),
-        ));
+        timeline.push((start, format!("rollback started: {} action(s){dry}", actions.len())));
     }
     let completed = r["timing"]["completed_at"].as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
     if let Some(done) = completed {
         timeline.push((
             done.timestamp_millis(),
-            format!("rollback completed: {} ms after the decision", r["timing"]["decision_to_completion_ms"]),
+            format!("rollback completed: {} ms after the decision{dry}", r["timing"]["decision_to_completion_ms"]),
         ));
     }
-    if let (Some(signal), Some(threshold), Some(after)) = (signal, threshold, &after) {
-        // Recovery counts from the rollback's completion on.
-        let from = completed.map_or(decided_ms, |d| d.timestamp_millis());
-        let series = canary(after, signal);
-        match first_where(&series, from, |v| v <= threshold) {
+    if let (Some(signal), Some(threshold), Ok(after)) = (signal, threshold, &after) {
+        // The metrics after a rollback end at its completion: a recovery
+        // is seen only between the decision and then.
+        let canary = series(after, signal, &[Role::Canary]);
+        let until = completed.map_or(i64::MAX, |d| d.timestamp_millis());
+        let window: Vec<(i64, f64)> = canary.into_iter().filter(|(t, _)| *t < until).collect();
+        match first_where(&window, decided_ms, |v| v <= threshold) {
             Some((t, v)) => timeline.push((t, format!("recovered: {} {v}, at or under {threshold}", signal.name()))),
-            None if series.iter().any(|(t, _)| *t >= from) => timeline.push((
-                from,
-                format!("not recovered: {} stays above {threshold} in the metrics after the rollback", signal.name()),
-            )),
             None => timeline.push((
-                from,
+                completed.map_or(decided_ms, |d| d.timestamp_millis()),
                 format!(
-                    "recovery not visible: the metrics after the rollback end at its completion; follow {} in \
-                     Prometheus",
+                    "recovery not seen: the metrics recorded after the decision end at the rollback's completion; \
+                     follow {} in Prometheus",
                     signal.name()
                 ),
             )),
@@ -248,53 +341,61 @@ pub fn incident_from_rollback(record: &Path, options: &IncidentOptions) -> Resul
     timeline.sort_by_key(|(t, _)| *t);
     let timeline: Vec<(String, String)> = timeline.into_iter().map(|(t, e)| (spark_rollback::rfc3339(t), e)).collect();
 
-    let (files, verdict) = evidence(&bundle)?;
     let failed =
         actions.iter().filter(|a| a["outcome"].as_str().is_some_and(|o| o != "succeeded" && o != "dry_run")).count();
-    let title = options
-        .title
-        .clone()
-        .unwrap_or_else(|| format!("{} rolled back {stage}", trigger.as_deref().unwrap_or("a manual rollback")));
-    let summary = format!(
-        "At {} the canary engine {} rolled back stage {stage}: {}. {} action(s) ran{}; {}.",
+    let title = one_line(&options.title.clone().unwrap_or_else(|| {
+        format!(
+            "{}{} rolled back {stage}",
+            if dry_run { "DRY RUN: " } else { "" },
+            trigger.as_deref().unwrap_or("a manual rollback")
+        )
+    }));
+    let mut summary = String::new();
+    if !intact {
+        let _ = write!(summary, "**Warning: {verdict}** What follows is read from it all the same.\n\n");
+    }
+    let _ = write!(
+        summary,
+        "{}At {} {who} rolled back stage {stage}: {}. {} action(s){}; {}.",
+        if dry_run { "A DRY RUN: nothing was run. " } else { "" },
         str_of(&r["decided_at"]),
-        trigger.as_deref().map(|t| format!("(trigger `{t}`)")).unwrap_or_else(|| "(no trigger: by hand)".to_owned()),
-        str_of(&r["reason"]),
+        one_line(r["reason"].as_str().unwrap_or("no reason given")),
         actions.len(),
-        if dry_run { " as a dry run" } else { "" },
-        if failed == 0 { "every action succeeded".to_owned() } else { format!("{failed} failed") }
+        if dry_run { " recorded" } else { " ran" },
+        if failed == 0 { "none failed".to_owned() } else { format!("{failed} failed") }
     );
-    let impact = before.as_ref().and_then(|s| impact(s, options.slo_objective)).unwrap_or_else(|| {
-        "Not measured: the rollback recorded no metrics before it (run `spark rollback` with --prometheus).".to_owned()
-    });
+    let impact = match &before {
+        Ok(s) => impact(s, options.slo_objective, "the metrics before the rollback, canary", &[Role::Canary])
+            .unwrap_or_else(|| "Not measured: the metrics before the rollback hold no canary request rate.".to_owned()),
+        Err(why) => format!("Not measured: {}.", why.trim_end_matches('.')),
+    };
     let trigger_text = match &fired {
         Some(t) => {
-            let mut s = format!(
-                "`{}` — {}\n\n| Value | |\n|---|---|\n",
-                t["id"].as_str().unwrap_or(""),
-                t["status"].as_str().unwrap_or("")
-            );
+            let mut s = format!("`{}` — {}\n\n| Value | |\n|---|---|\n", str_of(&t["id"]), str_of(&t["status"]));
             if let Some(values) = t["values"].as_object() {
                 for (k, v) in values {
-                    let _ = writeln!(s, "| {k} | {v} |");
+                    let _ = writeln!(s, "| {} | {} |", cell(k), cell(&v.to_string()));
                 }
             }
             if let Some(detail) = t["detail"].as_str() {
-                let _ = write!(s, "\n{detail}");
+                let _ = write!(s, "\n{}", one_line(detail));
             }
             s
         }
-        None => "No trigger fired: the rollback was started by hand.".to_owned(),
+        None => match &trigger {
+            Some(t) => format!("`{}` was named by the operator; no engine evaluation was recorded.", cell(t)),
+            None => "No trigger: the rollback was started by hand.".to_owned(),
+        },
     };
     let mut resolution = String::from("| # | Action | Target | Outcome | Duration |\n|---|---|---|---|---|\n");
     for a in &actions {
         let _ = writeln!(
             resolution,
-            "| {} | {} | `{}` | {} | {} ms |",
-            a["index"],
-            str_of(&a["kind"]),
-            str_of(&a["target"]).replace('|', "\\|"),
-            str_of(&a["outcome"]),
+            "| {} | {} | {} | {} | {} ms |",
+            a["index"].as_u64().map_or_else(|| "?".to_owned(), |i| (i + 1).to_string()),
+            cell(&str_of(&a["kind"])),
+            cell(&str_of(&a["target"])),
+            cell(&str_of(&a["outcome"])),
             a["duration_ms"]
         );
     }
@@ -303,17 +404,17 @@ pub fn incident_from_rollback(record: &Path, options: &IncidentOptions) -> Resul
     }
     let mut evidence_text = format!("In `{}`. {verdict}\n\n", bundle.display());
     for (name, sha) in &files {
-        let _ = writeln!(evidence_text, "- `{name}` sha256:{sha}");
+        let _ = writeln!(evidence_text, "- `{}` sha256:{sha}", cell(name));
     }
     let mut timeline_text = String::from("| Time | Event |\n|---|---|\n");
     for (t, e) in &timeline {
-        let _ = writeln!(timeline_text, "| {t} | {e} |");
+        let _ = writeln!(timeline_text, "| {t} | {} |", cell(e));
     }
     let values = BTreeMap::from([
         ("title", title.clone()),
         ("severity", options.severity.clone()),
         ("opened", spark_rollback::rfc3339(options.now_ms)),
-        ("release", options.release.clone().unwrap_or_else(|| "_(not recorded)_".to_owned())),
+        ("release", options.release.as_deref().map_or_else(|| "_(not recorded)_".to_owned(), cell)),
         ("summary", summary),
         ("impact", impact),
         ("timeline", timeline_text),
@@ -326,7 +427,8 @@ pub fn incident_from_rollback(record: &Path, options: &IncidentOptions) -> Resul
 }
 
 /// A blank report opened by hand, with the metrics snapshot `snapshot`
-/// (taken now, named `snapshot_name` beside the report) attached when given.
+/// (taken now, named `snapshot_name` beside the report) attached when given;
+/// its impact counts both roles (a release at 100 % has no canary).
 ///
 /// # Errors
 /// [`ReleaseError::Invalid`] for a missing title or an option out of range.
@@ -334,15 +436,16 @@ pub fn blank_incident(
     options: &IncidentOptions,
     snapshot: Option<(&str, &Snapshot)>,
 ) -> Result<Incident, ReleaseError> {
-    options.check()?;
+    options.validate()?;
     let title = options
         .title
-        .clone()
+        .as_deref()
+        .map(one_line)
         .filter(|t| !t.trim().is_empty())
         .ok_or_else(|| invalid("title", "a blank incident needs a title (--title)".to_owned()))?;
     let impact = match snapshot {
-        Some((_, s)) => impact(s, options.slo_objective)
-            .unwrap_or_else(|| "Not measured: the snapshot holds no canary request rate.".to_owned()),
+        Some((_, s)) => impact(s, options.slo_objective, "the metrics when the incident was opened", &Role::ALL)
+            .unwrap_or_else(|| "Not measured: the snapshot holds no request rate.".to_owned()),
         None => "Not measured: no metrics snapshot was taken (give --prometheus).".to_owned(),
     };
     let evidence = match snapshot {
@@ -354,7 +457,7 @@ pub fn blank_incident(
     } else {
         evidence
             .iter()
-            .map(|(n, d)| format!("- `{n}` sha256:{d} (the metrics when the incident was opened)"))
+            .map(|(n, d)| format!("- `{}` sha256:{d} (the metrics when the incident was opened)", cell(n)))
             .collect::<Vec<_>>()
             .join("\n")
     };
@@ -363,7 +466,7 @@ pub fn blank_incident(
         ("title", title.clone()),
         ("severity", options.severity.clone()),
         ("opened", opened.clone()),
-        ("release", options.release.clone().unwrap_or_else(|| "_(not recorded)_".to_owned())),
+        ("release", options.release.as_deref().map_or_else(|| "_(not recorded)_".to_owned(), cell)),
         ("summary", "_(what happened, in two sentences)_".to_owned()),
         ("impact", impact),
         ("timeline", format!("| Time | Event |\n|---|---|\n| {opened} | incident opened |")),
@@ -379,20 +482,41 @@ pub fn blank_incident(
 mod tests {
     use super::*;
 
-    #[test]
-    fn impact_counts_requests_and_failures_and_the_burn_rate() {
+    fn snapshot(ratios: &[(i64, f64)]) -> Snapshot {
         let mut s = Snapshot::new(10);
-        for (i, ratio) in [0.0, 0.01, 0.02].into_iter().enumerate() {
-            let t = 1_700_000_000 + i64::try_from(i).unwrap() * 10;
+        for i in 0..3 {
+            let t = 1_700_000_000 + i * 10;
             s.push(Signal::HttpRequestsPerSecond, Role::Canary, t, 100.0);
-            s.push(Signal::Http5xxRatio, Role::Canary, t, ratio);
             s.push(Signal::HttpRequestsPerSecond, Role::Baseline, t, 999.0);
         }
-        let text = impact(&s, 0.999).unwrap();
+        for (t, ratio) in ratios {
+            s.push(Signal::Http5xxRatio, Role::Canary, *t, *ratio);
+        }
+        s
+    }
+
+    #[test]
+    fn impact_counts_requests_and_failures_and_the_burn_rate() {
+        let s = snapshot(&[(1_700_000_000, 0.0), (1_700_000_010, 0.01), (1_700_000_020, 0.02)]);
+        let text = impact(&s, 0.999, "before", &[Role::Canary]).unwrap();
         // 3 samples × 100 rps × 10 s; failures 0 + 10 + 20.
-        assert!(text.contains("about 3000 requests, 30 of them failed (5xx, 1.000 %)"), "{text}");
+        assert!(text.contains("about 3000 requests, 30 of them failed (5xx, 1.000 %)."), "{text}");
         assert!(text.contains("burned 10.0× as fast"), "{text}");
-        assert_eq!(impact(&Snapshot::new(10), 0.999), None);
+        assert_eq!(impact(&Snapshot::new(10), 0.999, "before", &[Role::Canary]), None);
+        // Both roles: the baseline's traffic counts too.
+        let both = impact(&s, 0.999, "now", &Role::ALL).unwrap();
+        assert!(both.contains("about 32970 requests"), "{both}");
+    }
+
+    #[test]
+    fn a_missing_5xx_sample_is_not_read_as_no_failures() {
+        // The middle sample has no 5xx ratio: the share is over the two
+        // paired ones, and the gap is said.
+        let s = snapshot(&[(1_700_000_000, 0.02), (1_700_000_020, 0.02)]);
+        let text = impact(&s, 0.999, "before", &[Role::Canary]).unwrap();
+        assert!(text.contains("40 of them failed (5xx, 2.000 %) (1 request-rate samples had no 5xx sample"), "{text}");
+        let none = impact(&snapshot(&[]), 0.999, "before", &[Role::Canary]).unwrap();
+        assert!(none.contains("their 5xx ratio was not recorded"), "{none}");
     }
 
     #[test]
@@ -405,5 +529,23 @@ mod tests {
         assert!(incident_from_rollback(Path::new("x"), &o).unwrap_err().to_string().contains("objective"));
         let o = IncidentOptions::new(0);
         assert!(blank_incident(&o, None).unwrap_err().to_string().contains("needs a title"));
+    }
+
+    #[test]
+    fn a_metrics_file_outside_the_bundle_or_changed_is_not_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bundle = tmp.path().join("b");
+        std::fs::create_dir(&bundle).unwrap();
+        std::fs::write(tmp.path().join("outside.txt"), "x").unwrap();
+        for name in ["../outside.txt", "/etc/hostname", "a/b.txt"] {
+            let e = metrics_in(&bundle, &serde_json::json!({"name": name, "sha256": "0"})).unwrap_err();
+            assert!(e.contains("not a file of its bundle"), "{name}: {e}");
+        }
+        std::fs::write(bundle.join("m.txt"), "Metrics before\n\nsource: x\n").unwrap();
+        let e = metrics_in(&bundle, &serde_json::json!({"name": "m.txt", "sha256": "0"})).unwrap_err();
+        assert!(e.contains("its SHA-256 differs"), "{e}");
+        let sha = spark_evidence::sha256_hex(b"Metrics before\n\nsource: x\n");
+        let e = metrics_in(&bundle, &serde_json::json!({"name": "m.txt", "sha256": sha})).unwrap_err();
+        assert_eq!(e, "source: x");
     }
 }

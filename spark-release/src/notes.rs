@@ -215,7 +215,7 @@ fn relative(base: &Path, path: &Path) -> String {
 }
 
 /// A Markdown table cell: pipes escaped, one line.
-fn cell(s: &str) -> String {
+pub(crate) fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace(['\n', '\r'], " ")
 }
 

@@ -29,9 +29,19 @@ fn a_report_from_a_rollback_record_then_bad_input() {
     let md = std::fs::read_to_string(dir.path().join("incident.md")).unwrap();
     assert!(md.starts_with("# Incident: api_p95 rolled back 25%\n"), "{md}");
     assert!(md.contains("| Severity | SEV1 |"), "{md}");
-    assert!(md.contains("Not measured: the rollback recorded no metrics before it"), "{md}");
+    // No metrics source: the record's own words say so.
+    assert!(md.contains("Not measured: No metrics source was configured (spark rollback --prometheus URL)"), "{md}");
+    // Named by the operator, not decided by the engine: said so.
+    assert!(md.contains("an operator, naming api_p95 (no engine evaluation recorded)"), "{md}");
     assert!(md.contains("The bundle verifies"), "{md}");
     assert!(md.contains("## Root cause") && md.contains("## Action items"), "{md}");
+
+    // A record named relative to the working directory (its bundle) is
+    // read in place.
+    let name = std::path::Path::new(record).file_name().unwrap().to_str().unwrap();
+    let here = spark_with(&["incident", "new", "--from-rollback", name, "--json"], Some(&bundle), &[]);
+    assert_eq!(here.code, 0, "{}{}", here.stdout, here.stderr);
+    assert!(here.json()["markdown"].as_str().unwrap().contains("In `.`. The bundle verifies"), "{}", here.stdout);
 
     // Never overwritten.
     let again = spark_with(&args, Some(dir.path()), &[]);

@@ -78,35 +78,42 @@ async fn a_report_is_written_from_a_real_rollback() {
     assert!(md.contains("| Severity | SEV2 |") && md.contains("| Release | v1.4.0 |"), "{md}");
     assert!(
         md.contains(
-            "(trigger `api_p95`) rolled back stage 25%: p95 above 400 ms. 1 action(s) ran; every action succeeded."
+            "the canary engine's trigger api_p95 rolled back stage 25%: p95 above 400 ms. 1 action(s) ran; none failed."
         ),
         "{md}"
     );
 
-    // Impact from the metrics before the decision: 10 minutes at 50 rps,
-    // the deviating samples at 2 %.
-    assert!(md.contains("of them failed (5xx"), "{md}");
-    assert!(md.contains("the error budget burned"), "{md}");
+    // Impact from the metrics before the decision (the 10-minute window
+    // reaches back to the first sample): 50 rps, the deviating samples at
+    // 2 %, every sample 15 s.
+    let samples = (decided / 1000 - START) / 15 + 1;
+    let bad = samples - 13;
+    let (requests, failed) = (samples * 50 * 15, bad * 15);
+    #[allow(clippy::cast_precision_loss, reason = "small counts")]
+    let share = failed as f64 / requests as f64 * 100.0;
+    let expected = format!("about {requests} requests, {failed} of them failed (5xx, {share:.3} %)");
+    assert!(md.contains(&expected), "{expected} in {md}");
+    assert!(md.contains(&format!("burned {:.1}× as fast", share / 100.0 / 0.001)), "{md}");
 
-    // The timeline: deviation, trigger, rollback, completion, recovery, in
-    // that order.
+    // The timeline: deviation, trigger, recovery (seen in the metrics up to
+    // the completion), rollback started and completed.
     let events: Vec<&str> = incident.timeline.iter().map(|(_, e)| e.split(':').next().unwrap()).collect();
     assert_eq!(
         events,
-        ["first deviation", "trigger fired", "rollback started", "rollback completed", "recovered"],
+        ["first deviation", "trigger fired", "recovered", "rollback started", "rollback completed"],
         "{:?}",
         incident.timeline
     );
     assert_eq!(incident.timeline[0].0, spark_rollback::rfc3339((START + 13 * 15) * 1000));
-    // Recovery counts from the completion on: the first sample from then.
+    assert_eq!(incident.timeline[1].0, spark_rollback::rfc3339(decided));
+    assert_eq!(incident.timeline[2].0, spark_rollback::rfc3339((START + 45 * 15) * 1000));
     assert_eq!(incident.timeline[4].0, spark_rollback::rfc3339(decided + 240_000));
-    assert_eq!(incident.timeline[3].0, spark_rollback::rfc3339(decided + 240_000));
     assert!(incident.timeline[0].1.contains("api_latency_p95_seconds 0.52 above 0.4"), "{:?}", incident.timeline);
 
     // The trigger and its values; the action; every file with its digest.
     assert!(md.contains("`api_p95` — firing"), "{md}");
     assert!(md.contains("| threshold | 0.4 |"), "{md}");
-    assert!(md.contains("| 0 | command | `sh") && md.contains("| succeeded |"), "{md}");
+    assert!(md.contains("| 1 | command | sh -c 'echo rolling back $SPARK_ROLLBACK_STAGE' | succeeded |"), "{md}");
     assert!(md.contains("The bundle verifies"), "{md}");
     let bundle = json.parent().unwrap();
     let names: Vec<&str> = incident.evidence.iter().map(|(n, _)| n.as_str()).collect();
@@ -120,10 +127,15 @@ async fn a_report_is_written_from_a_real_rollback() {
         assert!(md.contains(section), "{section}");
     }
 
-    // A tampered bundle is said to be one.
-    std::fs::write(bundle.join(&incident.evidence[0].0), "changed").unwrap();
+    // A changed metrics file is not used, and the bundle is said not to
+    // verify, at the top.
+    let metrics = incident.evidence.iter().find(|(n, _)| n.starts_with("metrics_before_")).unwrap();
+    std::fs::write(bundle.join(&metrics.0), "changed").unwrap();
     let again = incident_from_rollback(&json, &options).unwrap();
-    assert!(again.markdown.contains("The bundle does NOT verify"), "{}", again.markdown);
+    let md = &again.markdown;
+    assert!(md.contains("**Warning: The bundle does NOT verify"), "{md}");
+    assert!(md.contains("is not the file the rollback recorded (its SHA-256 differs)"), "{md}");
+    assert!(!again.timeline.iter().any(|(_, e)| e.starts_with("first deviation")), "{:?}", again.timeline);
 }
 
 #[test]
@@ -160,5 +172,5 @@ fn a_blank_report_carries_the_snapshot_it_was_opened_with() {
         incident.evidence,
         [("incident_metrics.json".to_owned(), spark_evidence::sha256_hex(s.to_json().as_bytes()))]
     );
-    assert!(incident.markdown.contains("about 60750 requests"), "{}", incident.markdown);
+    assert!(incident.markdown.contains("about 607500 requests"), "{}", incident.markdown);
 }
