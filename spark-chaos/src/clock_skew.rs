@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 use spark_db::SharedClock;
 
-use crate::delivery::{self, Event, Relays, Sink, delivery_invariants, sql};
+use crate::delivery::{self, Event, Relays, Sink, delivery_invariants};
 use crate::deployment::Deployment;
 use crate::error::ChaosError;
 use crate::experiment::{ExperimentReport, Invariant, elapsed_ms};
@@ -144,19 +144,10 @@ pub(crate) fn judge(o: &Observed) -> Vec<Invariant> {
 
 /// `faketime` at its Debian path, else on `PATH`.
 fn faketime() -> Result<PathBuf, ChaosError> {
-    let debian = PathBuf::from(FAKETIME);
-    if debian.is_file() {
-        return Ok(debian);
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join("faketime"))
-        .find(|p| p.is_file())
-        .ok_or_else(|| ChaosError::MissingProgram {
-            program: "faketime".to_owned(),
-            looked: format!("{FAKETIME} and PATH (Debian: apt-get install faketime)"),
-        })
+    crate::stack::find_program(FAKETIME, "faketime").ok_or_else(|| ChaosError::MissingProgram {
+        program: "faketime".to_owned(),
+        looked: format!("{FAKETIME} and PATH (Debian: apt-get install faketime)"),
+    })
 }
 
 /// "stopped: 1400 published, …" from a relay's log.
@@ -255,9 +246,7 @@ pub(crate) async fn run(
     o.enqueued = delivery::enqueue(&pool, 0..s.events, s.aggregates).await?;
     let enqueue_ms = elapsed_ms(drain_start);
     o.drained_in_ms = sink.wait_drained(i64::from(s.events), drain_start, s.drain_timeout).await?;
-    let unpublished = async || -> Result<i64, ChaosError> {
-        sqlx::query_scalar(delivery::UNPUBLISHED).fetch_one(&pool).await.map_err(sql)
-    };
+    let unpublished = async || delivery::unpublished(&pool).await;
     normal.stop().await;
     ahead.stop().await;
     // faketime may exit before the relay it started has said its last

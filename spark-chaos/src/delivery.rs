@@ -28,7 +28,12 @@ const EFFECTS_TABLE: &str = "CREATE TABLE IF NOT EXISTS spark_chaos_relay_effect
     pos BIGSERIAL PRIMARY KEY, run_id TEXT NOT NULL, event_id TEXT NOT NULL, aggregate TEXT NOT NULL, n BIGINT NOT NULL)";
 
 /// Events not yet published.
-pub(crate) const UNPUBLISHED: &str = "SELECT count(*) FROM spark_outbox WHERE status <> 'published'";
+const UNPUBLISHED: &str = "SELECT count(*) FROM spark_outbox WHERE status <> 'published'";
+
+/// How many events in the outbox are not published (pending, held or dead).
+pub(crate) async fn unpublished(pool: &PgPool) -> Result<i64, ChaosError> {
+    sqlx::query_scalar(UNPUBLISHED).fetch_one(pool).await.map_err(sql)
+}
 
 /// An enqueued event or an applied effect: event id, aggregate, enqueue
 /// number.
@@ -48,7 +53,7 @@ pub(crate) async fn prepare(url: &str, scenario: &str) -> Result<PgPool, ChaosEr
         return Err(ChaosError::Input(format!("{scenario} needs PostgreSQL (relays share work through SKIP LOCKED)")));
     };
     db.migrate(&[spark_outbox::MIGRATIONS]).await.map_err(|e| ChaosError::Input(e.to_string()))?;
-    let queued: i64 = sqlx::query_scalar(UNPUBLISHED).fetch_one(&pool).await.map_err(sql)?;
+    let queued = unpublished(&pool).await?;
     if queued != 0 {
         return Err(ChaosError::Input(format!(
             "the outbox holds {queued} unpublished events already: run {scenario} against a database whose outbox is \
@@ -151,7 +156,7 @@ impl Sink {
         timeout: Duration,
     ) -> Result<Option<u64>, ChaosError> {
         loop {
-            let left: i64 = sqlx::query_scalar(UNPUBLISHED).fetch_one(&self.state.pool).await.map_err(sql)?;
+            let left = unpublished(&self.state.pool).await?;
             if left == 0 && self.applied().await? >= events {
                 return Ok(Some(crate::experiment::elapsed_ms(since)));
             }
@@ -237,6 +242,7 @@ fn consumer(run: &str) -> String {
 /// took and what was left (0 when it drained within `timeout`).
 pub(crate) async fn drain(command: &[String], database_url: &str, timeout: Duration) -> Result<(u64, i64), ChaosError> {
     let pool = sqlx::PgPool::connect(database_url).await.map_err(sql)?;
+    // Pending only: a dead letter is not the drain's to wait for.
     let waiting = async || -> Result<i64, ChaosError> {
         sqlx::query_scalar("SELECT count(*) FROM spark_outbox WHERE status = 'pending'")
             .fetch_one(&pool)

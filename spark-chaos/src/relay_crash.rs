@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 use spark_db::SharedClock;
 
-use crate::delivery::{self, Event, Relays, Sink, delivery_invariants, sql};
+use crate::delivery::{self, Event, Relays, Sink, delivery_invariants};
 use crate::error::ChaosError;
 use crate::experiment::{ExperimentReport, Invariant, elapsed_ms};
 use crate::scenario::duration;
@@ -223,7 +223,7 @@ pub async fn run_relay_crash(
     observed.drained_in_ms = sink.wait_drained(i64::from(scenario.events), drain_start, scenario.drain_timeout).await?;
     // A graceful stop, bounded; the drop kills it if it hangs.
     relay.stop().await;
-    observed.left_in_outbox = sqlx::query_scalar(delivery::UNPUBLISHED).fetch_one(&pool).await.map_err(sql)?;
+    observed.left_in_outbox = delivery::unpublished(&pool).await?;
     observed.last_log = relays.log(&last);
 
     // The verdict, from the effects as the consumer applied them.

@@ -199,9 +199,7 @@ async fn outage(
     let relay = relays.start("relay")?;
     let mut o = Observed::default();
     let mut measurements = Measurements::new();
-    let pending = async || -> Result<i64, ChaosError> {
-        sqlx::query_scalar(delivery::UNPUBLISHED).fetch_one(pool).await.map_err(sql)
-    };
+    let pending = async || delivery::unpublished(pool).await;
 
     // Steady state: events delivered.
     o.enqueued = delivery::enqueue(pool, 0..s.events_before, s.aggregates).await?;

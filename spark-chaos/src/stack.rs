@@ -523,7 +523,7 @@ pub(crate) async fn run_argv(argv: &[String], name: &str) -> Result<(), ChaosErr
 }
 
 /// `program` at its Debian path, else on `PATH`.
-fn find_program(debian: &str, name: &str) -> Option<PathBuf> {
+pub(crate) fn find_program(debian: &str, name: &str) -> Option<PathBuf> {
     let path = PathBuf::from(debian);
     if path.is_file() {
         return Some(path);
