@@ -145,11 +145,11 @@ fn parse_time(s: &str) -> Result<i64, String> {
         .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2026-11-26T10:00:00Z ({e})"))
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration such as 15s or 1h ({e})"))
 }
 
-fn parse_step(s: &str) -> Result<u32, String> {
+pub(crate) fn parse_step(s: &str) -> Result<u32, String> {
     let d = parse_duration(s)?;
     if d.subsec_nanos() != 0 || d.is_zero() {
         return Err(format!("{s:?} is not a whole number of seconds of at least 1s"));

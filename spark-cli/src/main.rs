@@ -28,6 +28,7 @@ mod restore;
 mod rollback;
 mod rules;
 mod supply_chain;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -132,6 +133,12 @@ enum Command {
     /// Incident reports written from the evidence.
     #[command(subcommand)]
     Incident(incident::IncidentCommand),
+    /// The first night after a release reached 100 %: every trigger and the
+    /// 1 h and 6 h burn rates at each interval against the GO-time
+    /// baseline, quick checks, Slack at once on a firing trigger, an
+    /// optional rollback; resumes from its journal (exit 0 a clean night, 1
+    /// not, 3 interrupted, 2 bad input).
+    Watch(watch::WatchArgs),
 }
 
 /// Library warnings and errors (a relay's sink check, a dropped LISTEN) go
@@ -184,6 +191,7 @@ fn main() -> ExitCode {
         Command::Restore(cmd) => block_on(restore::run(cmd, &out)),
         Command::Chaos(cmd) => block_on(chaos::run(cmd, &out)),
         Command::Incident(cmd) => block_on(incident::run(cmd, &out)),
+        Command::Watch(args) => block_on(watch::run(args, &out)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -103,6 +103,28 @@ fn check_name(name: &str) -> Result<(), EvidenceError> {
     Ok(())
 }
 
+/// Whether `release` can name files inside an evidence directory
+/// (`sbom_<release>.json`, `first_night_<release>.md`): 1 to 100 ASCII
+/// letters, digits, `.`, `-`, `_` and `+`, starting and ending with a letter
+/// or digit, with no `..`.
+///
+/// ```
+/// assert!(spark_evidence::is_valid_release_name("v1.4.2+build.7"));
+/// assert!(!spark_evidence::is_valid_release_name("v1."));
+/// assert!(!spark_evidence::is_valid_release_name("../etc"));
+/// ```
+#[must_use]
+pub fn is_valid_release_name(release: &str) -> bool {
+    !release.is_empty()
+        && release.len() <= 100
+        && release.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
+        // `v1.` would name `sbom_v1..json`, which the evidence directory
+        // refuses half-way through; `.` would be the directory itself.
+        && release.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && release.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && !release.contains("..")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

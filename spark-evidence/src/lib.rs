@@ -48,7 +48,7 @@ mod redact;
 mod stamp;
 mod verify;
 
-pub use crate::dir::{EvidenceDir, EvidenceFile, sha256_hex};
+pub use crate::dir::{EvidenceDir, EvidenceFile, is_valid_release_name, sha256_hex};
 pub use crate::error::EvidenceError;
 pub use crate::manifest::{MANIFEST, PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE, pae, seal};
 pub use crate::redact::{MASK, Redactor};

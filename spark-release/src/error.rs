@@ -75,13 +75,9 @@ impl From<spark_evidence::EvidenceError> for ReleaseError {
 
 /// Checks that `release` can name files inside an evidence directory.
 pub(crate) fn check_release_name(release: &str) -> Result<(), ReleaseError> {
-    let ok = !release.is_empty()
-        && release.len() <= 100
-        && release.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
-        // `v1.` would name `sbom_v1..json`, which the evidence directory
-        // refuses half-way through; `.` would be the directory itself.
-        && release.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && release.ends_with(|c: char| c.is_ascii_alphanumeric())
-        && !release.contains("..");
-    if ok { Ok(()) } else { Err(ReleaseError::ReleaseName(release.to_owned())) }
+    if spark_evidence::is_valid_release_name(release) {
+        Ok(())
+    } else {
+        Err(ReleaseError::ReleaseName(release.to_owned()))
+    }
 }

@@ -51,6 +51,10 @@ pub enum RollbackError {
     /// reason), or an HTTP client that cannot be built.
     #[error("rollback: {0}")]
     Rollback(String),
+    /// A watch that cannot go on as asked: bad options, a damaged journal,
+    /// or a journal started with another baseline.
+    #[error("watch: {0}")]
+    Watch(String),
     /// The rollback's evidence could not be written (its actions ran).
     #[error("the rollback ran but its evidence could not be written")]
     Evidence(#[source] spark_evidence::EvidenceError),

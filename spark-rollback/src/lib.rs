@@ -98,6 +98,7 @@ mod snapshot;
 mod source;
 pub mod stats;
 mod trigger;
+mod watch;
 pub mod weights;
 
 pub use crate::action::{Action, ActionOutcome, ActionRecord, CommandAction, OUTPUT_LIMIT, WebhookAction};
@@ -117,3 +118,7 @@ pub use crate::signal::{Role, Signal};
 pub use crate::snapshot::{FORMAT, Matrix, Metrics, RangeSeries, Snapshot, Timestamp, format_value};
 pub use crate::source::{FileSource, MemorySource, MetricSource, PrometheusSource, Range};
 pub use crate::trigger::{TriggerId, TriggerResult, TriggerStatus};
+pub use crate::watch::{
+    BaselineRef, CheckResult, CheckStatus, FileRef, Firing, GoBaseline, Incident, IntervalRecord, JOURNAL_FORMAT,
+    JournalLine, QuickChecks, RollbackRef, Sent, Verdict, WatchOptions, WatchStart, WatchSummary, watch,
+};

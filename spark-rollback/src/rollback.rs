@@ -177,10 +177,10 @@ struct MetricsWindow {
 /// ```
 #[derive(Clone)]
 pub struct RollbackEnv {
-    clock: SharedClock,
-    env: EnvLookup,
-    client: reqwest::Client,
-    slack_retry: Retry,
+    pub(crate) clock: SharedClock,
+    pub(crate) env: EnvLookup,
+    pub(crate) client: reqwest::Client,
+    pub(crate) slack_retry: Retry,
     metrics: Option<MetricsWindow>,
     sign_key: Option<SigningKey>,
 }

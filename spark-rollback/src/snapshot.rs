@@ -216,7 +216,7 @@ pub fn format_value(value: f64) -> String {
 }
 
 /// Reads a Prometheus sample value. `NaN` is missing data (`None`).
-fn parse_value(text: &str) -> Result<Option<f64>, String> {
+pub(crate) fn parse_value(text: &str) -> Result<Option<f64>, String> {
     let value = match text {
         "+Inf" | "Inf" => f64::INFINITY,
         "-Inf" => f64::NEG_INFINITY,

@@ -35,6 +35,14 @@ pub trait MetricSource: Send + Sync {
 
     /// Where the data comes from, for reports (credentials redacted).
     fn describe(&self) -> String;
+
+    /// Like [`MetricSource::fetch`], but a series need not carry a `role`
+    /// label: a watch at 100 % reads one fleet, whose queries may aggregate
+    /// without `by (role)`. The values are still checked where they are
+    /// read. By default the same as `fetch`.
+    async fn fetch_any_role(&self, plan: &Plan, range: Range) -> Result<Snapshot, SourceError> {
+        self.fetch(plan, range).await
+    }
 }
 
 /// A snapshot held in memory (tests, or a snapshot built by a program).
@@ -267,6 +275,13 @@ impl PrometheusSource {
 #[async_trait]
 impl MetricSource for PrometheusSource {
     async fn fetch(&self, plan: &Plan, range: Range) -> Result<Snapshot, SourceError> {
+        let snapshot = self.fetch_any_role(plan, range).await?;
+        // What Prometheus sends must pass the same checks a file does.
+        crate::snapshot::Metrics::from_snapshot(&snapshot).map_err(|e| SourceError::new(e.to_string()))?;
+        Ok(snapshot)
+    }
+
+    async fn fetch_any_role(&self, plan: &Plan, range: Range) -> Result<Snapshot, SourceError> {
         if range.step_seconds == 0 || range.end_ms < range.start_ms {
             return Err(SourceError::new("an empty range or a step of zero"));
         }
@@ -276,8 +291,6 @@ impl MetricSource for PrometheusSource {
         for (signal, result) in Signal::ALL.into_iter().zip(results) {
             snapshot.signals.insert(signal.name().to_owned(), result?);
         }
-        // What Prometheus sends must pass the same checks a file does.
-        crate::snapshot::Metrics::from_snapshot(&snapshot).map_err(|e| SourceError::new(e.to_string()))?;
         Ok(snapshot)
     }
 

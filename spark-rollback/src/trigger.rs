@@ -240,7 +240,7 @@ impl Serialize for TriggerId {
 }
 
 /// A trigger's state at one evaluation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TriggerStatus {
     /// Evaluated, not firing.

@@ -15,6 +15,7 @@ mod restore;
 mod rollback;
 mod rules;
 mod supply_chain;
+mod watch;
 
 use std::process::Command;
 

@@ -8,3 +8,4 @@ mod prometheus;
 mod properties;
 mod rollback;
 mod scenarios;
+mod watch;

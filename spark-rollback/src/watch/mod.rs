@@ -1,0 +1,734 @@
+//! `spark watch`: the first night after a release reached 100 % (see
+//! [`watch`]).
+
+mod baseline;
+mod journal;
+mod report;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use spark_evidence::{EvidenceDir, Redactor};
+
+pub use self::baseline::{BaselineRef, GoBaseline};
+use self::journal::Journal;
+pub use self::journal::{FileRef, Firing, IntervalRecord, JOURNAL_FORMAT, JournalLine, RollbackRef, Sent, WatchStart};
+use crate::engine::{Engine, SOURCE_ERRORS_BEFORE_HOLD, rfc3339};
+use crate::error::{RollbackError, chain};
+use crate::live::lookback;
+use crate::notify::{self, Notification, NotifyOutcome};
+use crate::rollback::{RollbackEnv, RollbackRequest};
+use crate::scope::{Scope, ms};
+use crate::signal::{Role, Signal};
+use crate::snapshot::Metrics;
+use crate::source::{MetricSource, Range};
+use crate::trigger::TriggerStatus;
+
+/// A quick check's verdict, best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    /// Measured and within bounds.
+    Pass,
+    /// Not configured.
+    Skip,
+    /// Worth a look.
+    Warn,
+    /// Out of bounds, or could not be measured.
+    Fail,
+}
+
+impl CheckStatus {
+    /// `pass`, `skip`, `warn` or `fail`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckStatus::Pass => "pass",
+            CheckStatus::Skip => "skip",
+            CheckStatus::Warn => "warn",
+            CheckStatus::Fail => "fail",
+        }
+    }
+}
+
+/// One quick check's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckResult {
+    /// The check's id (`clock`, `pgbouncer`, `backup`).
+    pub id: String,
+    /// Its verdict.
+    pub status: CheckStatus,
+    /// One line.
+    pub summary: String,
+}
+
+/// The quick checks a watch runs at every interval. This crate does not
+/// run checks itself: `spark-checks` does, and the caller adapts it (the
+/// `spark` CLI runs its clock, pgbouncer and backup checks).
+#[async_trait::async_trait]
+pub trait QuickChecks: Send + Sync {
+    /// Runs every check once, now.
+    async fn run(&self) -> Vec<CheckResult>;
+}
+
+/// What to watch, how long, how often, and what to do when a trigger fires.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    release: String,
+    duration: Duration,
+    interval: Duration,
+    step_seconds: u32,
+    baseline: Option<GoBaseline>,
+    slack_env: Option<String>,
+    rollback: bool,
+}
+
+impl WatchOptions {
+    /// Watch `release` for `duration`, evaluating every `interval`; the
+    /// query step is 15 s (or the interval, when shorter), no baseline, no
+    /// Slack, no rollback.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use spark_rollback::WatchOptions;
+    ///
+    /// let o = WatchOptions::new("v1.4.2", Duration::from_secs(20), Duration::from_secs(2))?;
+    /// assert_eq!(o.report_name(), "first_night_v1.4.2.md");
+    /// assert!(WatchOptions::new("v1.4.2", Duration::from_secs(1), Duration::from_secs(2)).is_err());
+    /// assert!(WatchOptions::new("../v1", Duration::from_secs(20), Duration::from_secs(2)).is_err());
+    /// # Ok::<(), spark_rollback::RollbackError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`RollbackError::Watch`] for a release that cannot name a file, an
+    /// interval under one second or not a whole number of seconds, or a
+    /// duration shorter than the interval.
+    pub fn new(
+        release: impl Into<String>,
+        duration: Duration,
+        interval: Duration,
+    ) -> Result<WatchOptions, RollbackError> {
+        let release = release.into();
+        if !spark_evidence::is_valid_release_name(&release) {
+            return Err(RollbackError::Watch(format!(
+                "release {release:?} cannot name a file: use letters, digits, dots, dashes and underscores, starting and ending with a letter or digit"
+            )));
+        }
+        if interval < Duration::from_secs(1) || interval.subsec_nanos() != 0 {
+            return Err(RollbackError::Watch(format!(
+                "the interval {} is not a whole number of seconds of at least 1s",
+                humantime::format_duration(interval)
+            )));
+        }
+        if duration < interval || duration.subsec_nanos() != 0 {
+            return Err(RollbackError::Watch(format!(
+                "the duration {} is shorter than the interval {} or not whole seconds",
+                humantime::format_duration(duration),
+                humantime::format_duration(interval)
+            )));
+        }
+        let step_seconds = u32::try_from(interval.as_secs().min(15)).unwrap_or(15);
+        Ok(WatchOptions { release, duration, interval, step_seconds, baseline: None, slack_env: None, rollback: false })
+    }
+
+    /// The query resolution (at least 1 s, at most the interval).
+    ///
+    /// # Errors
+    /// [`RollbackError::Watch`] outside those bounds.
+    pub fn step_seconds(mut self, step_seconds: u32) -> Result<WatchOptions, RollbackError> {
+        if step_seconds == 0 || u64::from(step_seconds) > self.interval.as_secs() {
+            return Err(RollbackError::Watch(format!(
+                "the step {step_seconds}s must be between 1s and the interval ({}s)",
+                self.interval.as_secs()
+            )));
+        }
+        self.step_seconds = step_seconds;
+        Ok(self)
+    }
+
+    /// Compare with this GO-time baseline.
+    #[must_use]
+    pub fn baseline(mut self, baseline: GoBaseline) -> WatchOptions {
+        self.baseline = Some(baseline);
+        self
+    }
+
+    /// Notify the Slack incoming webhook whose URL is in this environment
+    /// variable (read through the [`RollbackEnv`]).
+    #[must_use]
+    pub fn slack_env(mut self, variable: impl Into<String>) -> WatchOptions {
+        self.slack_env = Some(variable.into());
+        self
+    }
+
+    /// Whether a firing trigger starts the plan's rollback (and ends the
+    /// watch).
+    #[must_use]
+    pub fn rollback(mut self, rollback: bool) -> WatchOptions {
+        self.rollback = rollback;
+        self
+    }
+
+    /// The release.
+    #[must_use]
+    pub fn release(&self) -> &str {
+        &self.release
+    }
+
+    /// `first_night_<release>.md`.
+    #[must_use]
+    pub fn report_name(&self) -> String {
+        format!("first_night_{}.md", self.release)
+    }
+
+    /// `first_night_<release>.jsonl`.
+    #[must_use]
+    pub fn journal_name(&self) -> String {
+        format!("first_night_{}.jsonl", self.release)
+    }
+}
+
+/// How the night went, worst last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// No trigger fired, every quick check passed or was skipped, the
+    /// metrics were read at every interval.
+    Clean,
+    /// No trigger fired, but a quick check failed, the metrics could not be
+    /// read at some interval, or there was no traffic to judge.
+    Degraded,
+    /// A trigger fired.
+    Incident,
+    /// A trigger fired and the watch rolled the release back.
+    RolledBack,
+}
+
+impl Verdict {
+    /// `clean`, `degraded`, `incident` or `rolled_back`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Clean => "clean",
+            Verdict::Degraded => "degraded",
+            Verdict::Incident => "incident",
+            Verdict::RolledBack => "rolled_back",
+        }
+    }
+}
+
+/// A trigger firing over consecutive intervals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    /// The trigger.
+    pub trigger: String,
+    /// The first interval it fired at, RFC 3339.
+    pub first_at: String,
+    /// The last.
+    pub last_at: String,
+    /// Intervals it fired at.
+    pub intervals: u32,
+    /// How the Slack notification went (`delivered`, `failed`,
+    /// `not_configured`).
+    pub notified: String,
+    /// The rollback it started.
+    pub rollback: Option<RollbackRef>,
+}
+
+/// The end of a watch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchSummary {
+    /// The release.
+    pub release: String,
+    /// When the watch started, RFC 3339.
+    pub started_at: String,
+    /// When it ended.
+    pub ended_at: String,
+    /// Intervals evaluated.
+    pub intervals: u32,
+    /// Requests the release served during the watch.
+    pub requests: f64,
+    /// Of which failed.
+    pub failed: f64,
+    /// The share of the watch's error budget consumed (failed over what the
+    /// SLO allows of these requests); `null` without traffic.
+    pub budget_consumed: Option<f64>,
+    /// Every incident.
+    pub incidents: Vec<Incident>,
+    /// Intervals at which a quick check failed.
+    pub check_failures: u32,
+    /// Intervals at which the metrics could not be read.
+    pub source_errors: u32,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The report's file name.
+    pub report: String,
+    /// The journal's file name.
+    pub journal: String,
+}
+
+/// Watches a release through its first night after it reached 100 %
+/// (`spark watch`).
+///
+/// At every interval the watch reads the release's signals from a
+/// [`MetricSource`], lays the GO-time [`GoBaseline`] beside them, and
+/// evaluates every trigger of the canary engine plus the 1 h and 6 h SLO
+/// burn rates; it runs the [`QuickChecks`] (clock, pgBouncer, backup) it is
+/// given; it appends one line to `first_night_<release>.jsonl` and renders
+/// `first_night_<release>.md` from it (one section per interval: the
+/// values, what changed since the last interval, the error budget left). A
+/// trigger that starts firing notifies Slack at once (retried; the URL is
+/// never written or logged) and, with [`WatchOptions::rollback`], starts the
+/// plan's rollback ([`execute`](crate::execute)) and ends the watch. At the
+/// end: a [`WatchSummary`] with the budget consumed, the incidents and a
+/// [`Verdict`].
+///
+/// A restarted watch resumes from its journal: the start time, interval and
+/// baseline come from the journal, and the intervals missed while it was
+/// down are evaluated from Prometheus's history (marked `caught_up`: no
+/// quick checks, no rollback), so the record has no hole.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use spark_evidence::EvidenceDir;
+/// use spark_rollback::{Engine, GoBaseline, Plan, PrometheusSource, RollbackEnv, WatchOptions, watch};
+///
+/// let engine = Engine::new(Plan::default())?;
+/// let source = PrometheusSource::new("http://127.0.0.1:9090")?;
+/// let options = WatchOptions::new("v1.4.2", Duration::from_secs(24 * 3600), Duration::from_secs(3600))?
+///     .baseline(GoBaseline::load("evidence/baseline_metrics_v1.4.2.txt".as_ref())?)
+///     .slack_env("SLACK_WEBHOOK_URL");
+/// let env = RollbackEnv::new(spark_db::system_clock())?;
+/// let summary = watch(&engine, &source, None, &options, &env, &EvidenceDir::create("evidence".as_ref())?, |_| {}).await?;
+/// println!("{}: {}", summary.release, summary.verdict.name());
+/// # Ok(()) }
+/// ```
+///
+/// `on_interval` sees each interval's record as it is journaled (a CLI
+/// prints progress with it).
+///
+/// # Errors
+/// [`RollbackError::Watch`] for a damaged journal or one started with
+/// another baseline; [`RollbackError::Io`] when the journal or report
+/// cannot be written; [`RollbackError::Evidence`] when a snapshot cannot be
+/// kept. A metric source that fails is recorded per interval, never an
+/// error; after [`SOURCE_ERRORS_BEFORE_HOLD`] in a row Slack is told the
+/// watch is blind.
+pub async fn watch(
+    engine: &Engine,
+    source: &dyn MetricSource,
+    checks: Option<&dyn QuickChecks>,
+    options: &WatchOptions,
+    env: &RollbackEnv,
+    evidence: &EvidenceDir,
+    mut on_interval: impl FnMut(&IntervalRecord) + Send,
+) -> Result<WatchSummary, RollbackError> {
+    let mut journal = Journal::open(&evidence.path().join(options.journal_name()))?;
+    let report_path = evidence.path().join(options.report_name());
+    let start = match journal.start() {
+        Some(start) => resumed(start, options)?,
+        None => {
+            let now = env.clock.now_ms();
+            let start = WatchStart {
+                format: JOURNAL_FORMAT.to_owned(),
+                release: options.release.clone(),
+                started_at: rfc3339(now),
+                started_at_ms: now,
+                duration_seconds: options.duration.as_secs(),
+                interval_seconds: options.interval.as_secs(),
+                step_seconds: options.step_seconds,
+                slo_objective: engine.plan().slo.objective,
+                baseline: options.baseline.as_ref().map(|b| b.reference().clone()),
+            };
+            journal.append(JournalLine::Start(start.clone()))?;
+            tracing::info!(release = %start.release, until = %rfc3339(now + ms(options.duration)), "the watch started");
+            start
+        }
+    };
+    report::write(&report_path, &journal.lines, engine.plan())?;
+    if let Some(end) = journal.end() {
+        return Ok(end.clone());
+    }
+    let mut state = State::from(&journal);
+    let interval_ms = i64::try_from(start.interval_seconds).unwrap_or(i64::MAX / 4).saturating_mul(1000);
+    let end_ms =
+        start.started_at_ms + i64::try_from(start.duration_seconds).unwrap_or(i64::MAX / 4).saturating_mul(1000);
+    let mut rolled_back = state.rolled_back;
+    while !rolled_back && state.last_at_ms < end_ms {
+        let n = state.last_n + 1;
+        let due = (start.started_at_ms + i64::from(n) * interval_ms).min(end_ms);
+        let now = env.clock.now_ms();
+        if due > now {
+            tokio::time::sleep(Duration::from_millis(u64::try_from(due - now).unwrap_or(0))).await;
+        }
+        let caught_up = env.clock.now_ms() - due >= interval_ms;
+        let cx = Interval { n, at: due, since: state.last_at_ms, caught_up };
+        let record = evaluate(engine, source, checks, options, env, evidence, &start, &cx, &mut state).await?;
+        state.last_n = n;
+        state.last_at_ms = due;
+        rolled_back = record.rollback.is_some();
+        journal.append(JournalLine::Interval(record.clone()))?;
+        report::write(&report_path, &journal.lines, engine.plan())?;
+        log(&record);
+        on_interval(&record);
+    }
+    let summary = summarize(&journal, &start, options, env.clock.now_ms());
+    journal.append(JournalLine::End(summary.clone()))?;
+    report::write(&report_path, &journal.lines, engine.plan())?;
+    Ok(summary)
+}
+
+/// The journal's start, checked against how the watch was started again.
+fn resumed(start: &WatchStart, options: &WatchOptions) -> Result<WatchStart, RollbackError> {
+    let given = options.baseline.as_ref().map(|b| b.reference().sha256.as_str());
+    let recorded = start.baseline.as_ref().map(|b| b.sha256.as_str());
+    if given != recorded {
+        let describe = |d: Option<&str>| d.map_or_else(|| "no baseline".to_owned(), |d| format!("baseline sha256 {d}"));
+        return Err(RollbackError::Watch(format!(
+            "the journal {} was started with {}, and this run has {}: pass the same --baseline to resume, or move the journal away to start afresh",
+            options.journal_name(),
+            describe(recorded),
+            describe(given)
+        )));
+    }
+    if start.duration_seconds != options.duration.as_secs()
+        || start.interval_seconds != options.interval.as_secs()
+        || start.step_seconds != options.step_seconds
+    {
+        tracing::warn!(
+            duration_seconds = start.duration_seconds,
+            interval_seconds = start.interval_seconds,
+            step_seconds = start.step_seconds,
+            "resuming with the journal's duration, interval and step, not this run's"
+        );
+    }
+    tracing::info!(release = %start.release, started_at = %start.started_at, "resuming the watch from its journal");
+    Ok(start.clone())
+}
+
+/// What the intervals so far leave for the next one.
+#[derive(Debug, Default)]
+struct State {
+    last_n: u32,
+    /// The last interval's instant (the watch's start before the first).
+    last_at_ms: i64,
+    firing: BTreeSet<String>,
+    source_errors_in_a_row: u32,
+    requests: f64,
+    failed: f64,
+    rolled_back: bool,
+}
+
+impl State {
+    fn from(journal: &Journal) -> State {
+        let mut state = State { last_at_ms: journal.start().map_or(0, |s| s.started_at_ms), ..State::default() };
+        for r in journal.intervals() {
+            state.last_n = r.n;
+            state.last_at_ms = r.at_ms;
+            state.firing = r.firing.iter().map(|f| f.trigger.clone()).collect();
+            state.source_errors_in_a_row = if r.source_error.is_some() { state.source_errors_in_a_row + 1 } else { 0 };
+            state.requests += r.requests;
+            state.failed += r.failed;
+            state.rolled_back |= r.rollback.is_some();
+        }
+        state
+    }
+
+    /// The share of the budget left: 1 − failed ÷ (allowed ratio × requests).
+    fn budget_left(&self, objective: f64) -> Option<f64> {
+        let allowed = (1.0 - objective) * self.requests;
+        (self.requests > 0.0 && allowed > 0.0).then(|| 1.0 - self.failed / allowed)
+    }
+}
+
+/// One interval to evaluate.
+struct Interval {
+    n: u32,
+    at: i64,
+    /// The previous interval's instant.
+    since: i64,
+    caught_up: bool,
+}
+
+#[allow(clippy::too_many_arguments, reason = "the watch's parts, passed down once")]
+#[allow(clippy::too_many_lines, reason = "one interval, step by step: measure, check, notify, roll back")]
+async fn evaluate(
+    engine: &Engine,
+    source: &dyn MetricSource,
+    checks: Option<&dyn QuickChecks>,
+    options: &WatchOptions,
+    env: &RollbackEnv,
+    evidence: &EvidenceDir,
+    start: &WatchStart,
+    cx: &Interval,
+    state: &mut State,
+) -> Result<IntervalRecord, RollbackError> {
+    let plan = engine.plan();
+    let at = cx.at;
+    let mut record = IntervalRecord {
+        n: cx.n,
+        at: rfc3339(at),
+        at_ms: at,
+        caught_up: cx.caught_up,
+        source_error: None,
+        values: BTreeMap::new(),
+        burn_1h: None,
+        burn_6h: None,
+        requests: 0.0,
+        failed: 0.0,
+        budget_left: None,
+        triggers: BTreeMap::new(),
+        firing: Vec::new(),
+        checks: Vec::new(),
+        ambiguous: Vec::new(),
+        notifications: Vec::new(),
+        rollback: None,
+        snapshot: None,
+    };
+    let step_ms = i64::from(start.step_seconds) * 1000;
+    let back = ms(lookback(plan));
+    // The last sample before the watch started is the base of its counters.
+    let range = Range {
+        start_ms: start.started_at_ms.min(at.saturating_sub(back)) - step_ms,
+        end_ms: at,
+        step_seconds: start.step_seconds,
+    };
+    let mut evaluation = None;
+    let mut composed = None;
+    match source.fetch_any_role(plan, range).await {
+        Err(e) => {
+            record.source_error = Some(chain(&e));
+            state.source_errors_in_a_row += 1;
+        }
+        Ok(live) => {
+            state.source_errors_in_a_row = 0;
+            let (snapshot, ambiguous) = baseline::compose(&live, options.baseline.as_ref(), range.start_ms, at);
+            record.ambiguous = ambiguous.iter().map(|s| s.name().to_owned()).collect();
+            let metrics = Metrics::from_snapshot(&snapshot)?;
+            let stage = plan.stages.last().ok_or_else(|| RollbackError::Watch("the plan has no stage".to_owned()))?;
+            let e = engine.evaluate(&metrics, stage, start.started_at_ms, at)?;
+            measure(&mut record, &metrics, engine, start, cx);
+            for t in &e.triggers {
+                record.triggers.insert(t.id.id().to_owned(), t.status);
+                if t.status == TriggerStatus::Firing {
+                    record.firing.push(Firing {
+                        trigger: t.id.id().to_owned(),
+                        detail: t.detail.clone(),
+                        values: t.values.iter().map(|(k, v)| ((*k).to_owned(), v.is_finite().then_some(*v))).collect(),
+                    });
+                }
+            }
+            evaluation = Some(e);
+            composed = Some(snapshot);
+        }
+    }
+    state.requests += record.requests;
+    state.failed += record.failed;
+    record.budget_left = state.budget_left(start.slo_objective);
+    if !cx.caught_up
+        && let Some(checks) = checks
+    {
+        record.checks = checks.run().await;
+    }
+
+    // Slack at once for each trigger that starts firing, and when the watch
+    // goes blind.
+    let firing: BTreeSet<String> = record.firing.iter().map(|f| f.trigger.clone()).collect();
+    let new: Vec<&Firing> = record.firing.iter().filter(|f| !state.firing.contains(&f.trigger)).collect();
+    let will_roll_back = options.rollback && !cx.caught_up && !firing.is_empty();
+    if !new.is_empty() {
+        let text = fired_text(options, &record, &new, will_roll_back);
+        record.notifications.push(slack(options, env, "fired", text).await);
+    }
+    if record.source_error.is_some() && state.source_errors_in_a_row == SOURCE_ERRORS_BEFORE_HOLD {
+        let text = format!(
+            ":warning: spark watch of {} is blind: {} evaluations in a row could not read the metrics (the last at {}: {}). Nothing is being judged.",
+            options.release,
+            SOURCE_ERRORS_BEFORE_HOLD,
+            record.at,
+            record.source_error.as_deref().unwrap_or_default()
+        );
+        record.notifications.push(slack(options, env, "blind", text).await);
+    }
+    state.firing = firing;
+
+    if let Some(snapshot) = composed.filter(|_| !record.firing.is_empty()) {
+        let file = keep(evidence, &format!("first_night_{}_{}", options.release, cx.n), snapshot.to_json().as_bytes())?;
+        record.snapshot = Some(file);
+    }
+    if will_roll_back && let Some(evaluation) = evaluation {
+        let first = &record.firing[0];
+        let stage = plan.stages.last().map(|s| s.weight.to_string()).unwrap_or_default();
+        let reason = format!("first-night watch of {}: {} fired ({})", options.release, first.trigger, first.detail);
+        let request = RollbackRequest::new(reason, stage, at).trigger(first.trigger.clone()).evaluation(evaluation);
+        let rollback = crate::rollback::execute(plan, &request, env, evidence).await?;
+        record.rollback = Some(RollbackRef {
+            bundle: rollback.bundle.display().to_string(),
+            succeeded: rollback.succeeded(),
+            trigger: first.trigger.clone(),
+        });
+        state.rolled_back = true;
+    }
+    Ok(record)
+}
+
+/// The values, burn rates and requests of the interval `(since, at]`.
+fn measure(record: &mut IntervalRecord, metrics: &Metrics, engine: &Engine, start: &WatchStart, cx: &Interval) {
+    let plan = engine.plan();
+    let scope = Scope { metrics, plan, since: start.started_at_ms, at: cx.at };
+    for signal in Signal::ALL {
+        let last = metrics.series(signal, Role::Canary).window(cx.since, cx.at).last().map(|(_, v)| v);
+        record.values.insert(signal.name().to_owned(), last.filter(|v| v.is_finite()));
+    }
+    let budget = 1.0 - start.slo_objective;
+    let burn = |hours: i64| {
+        // Only the watch's own data: the burn of the release at 100 %.
+        let window = (hours * 3_600_000).min(cx.at - start.started_at_ms);
+        scope.error_ratio(Role::Canary, window).map(|(ratio, _)| ratio / budget)
+    };
+    record.burn_1h = burn(1);
+    record.burn_6h = burn(6);
+    if let Some((ratio, requests)) = scope.error_ratio(Role::Canary, cx.at - cx.since) {
+        record.requests = requests;
+        record.failed = ratio * requests;
+    }
+}
+
+/// Writes `bytes` as `<stem>.json` in the evidence directory, or
+/// `<stem>_2.json`… when a run before a restart already did.
+fn keep(evidence: &EvidenceDir, stem: &str, bytes: &[u8]) -> Result<FileRef, RollbackError> {
+    let name = (1..)
+        .map(|i| if i == 1 { format!("{stem}.json") } else { format!("{stem}_{i}.json") })
+        .find(|name| !evidence.contains(name))
+        .unwrap_or_default();
+    let file = evidence.write(&name, bytes).map_err(RollbackError::Evidence)?;
+    Ok(FileRef { name: file.name, sha256: file.sha256 })
+}
+
+fn fired_text(options: &WatchOptions, record: &IntervalRecord, new: &[&Firing], rollback: bool) -> String {
+    let triggers: Vec<String> = new.iter().map(|f| format!("*{}*: {}", f.trigger, f.detail)).collect();
+    let budget = record.budget_left.map_or_else(|| "unknown".to_owned(), |b| format!("{:.1} %", b * 100.0));
+    let late = if record.caught_up { " (found on resuming, from Prometheus's history)" } else { "" };
+    let next = if rollback {
+        "Rolling back now."
+    } else {
+        "No automatic rollback is configured: decide now (spark rollback)."
+    };
+    format!(
+        ":rotating_light: spark watch of {}: {} at {}{late}. Error budget left {budget}. {next}",
+        options.release,
+        triggers.join("; "),
+        record.at
+    )
+}
+
+/// Posts `text` to the Slack webhook in `--slack-env`, retried; never
+/// writes or logs the URL.
+async fn slack(options: &WatchOptions, env: &RollbackEnv, about: &str, text: String) -> Sent {
+    let sent = |n: Notification| Sent {
+        about: about.to_owned(),
+        outcome: n.outcome.name().to_owned(),
+        attempts: n.attempts,
+        detail: n.detail,
+    };
+    let Some(variable) = &options.slack_env else {
+        return sent(Notification::skipped(NotifyOutcome::NotConfigured, "no --slack-env", text));
+    };
+    let Some(url) = (env.env)(variable).filter(|u| !u.trim().is_empty()) else {
+        tracing::error!(%variable, "the Slack webhook variable is not set; not notified");
+        return sent(Notification::skipped(
+            NotifyOutcome::Failed,
+            format!("${variable} is not set; not notified"),
+            text,
+        ));
+    };
+    let mut n = notify::slack(&env.client, &url, text, env.slack_retry).await;
+    n.detail = Redactor::new([url]).redact(&n.detail);
+    if n.outcome == NotifyOutcome::Failed {
+        tracing::error!(detail = %n.detail, "the Slack notification failed");
+    }
+    sent(n)
+}
+
+fn log(r: &IntervalRecord) {
+    let firing: Vec<&str> = r.firing.iter().map(|f| f.trigger.as_str()).collect();
+    if let Some(e) = &r.source_error {
+        tracing::error!(n = r.n, at = %r.at, error = %e, "watch interval: the metrics could not be read");
+    } else if firing.is_empty() {
+        tracing::info!(n = r.n, at = %r.at, budget_left = ?r.budget_left, "watch interval: nothing fired");
+    } else {
+        tracing::error!(n = r.n, at = %r.at, firing = ?firing, "watch interval: triggers FIRING");
+    }
+}
+
+/// The summary of the journal's intervals.
+fn summarize(journal: &Journal, start: &WatchStart, options: &WatchOptions, now: i64) -> WatchSummary {
+    let mut incidents: Vec<Incident> = Vec::new();
+    let mut open: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut requests, mut failed, mut check_failures, mut source_errors, mut intervals) = (0.0, 0.0, 0, 0, 0);
+    let mut rolled_back = false;
+    let mut any_traffic = false;
+    for r in journal.intervals() {
+        intervals += 1;
+        requests += r.requests;
+        failed += r.failed;
+        any_traffic |= r.requests > 0.0;
+        check_failures += u32::from(r.checks.iter().any(|c| c.status == CheckStatus::Fail));
+        source_errors += u32::from(r.source_error.is_some());
+        let notified = r.notifications.iter().find(|s| s.about == "fired").map(|s| s.outcome.clone());
+        let mut still = BTreeMap::new();
+        for f in &r.firing {
+            let i = match open.get(&f.trigger) {
+                Some(&i) => {
+                    incidents[i].last_at.clone_from(&r.at);
+                    incidents[i].intervals += 1;
+                    i
+                }
+                None => {
+                    incidents.push(Incident {
+                        trigger: f.trigger.clone(),
+                        first_at: r.at.clone(),
+                        last_at: r.at.clone(),
+                        intervals: 1,
+                        notified: notified.clone().unwrap_or_else(|| "not_configured".to_owned()),
+                        rollback: None,
+                    });
+                    incidents.len() - 1
+                }
+            };
+            if let Some(rb) = r.rollback.as_ref().filter(|rb| rb.trigger == f.trigger) {
+                incidents[i].rollback = Some(rb.clone());
+            }
+            still.insert(f.trigger.clone(), i);
+        }
+        open = still;
+        rolled_back |= r.rollback.is_some();
+    }
+    let allowed = (1.0 - start.slo_objective) * requests;
+    let verdict = if rolled_back {
+        Verdict::RolledBack
+    } else if !incidents.is_empty() {
+        Verdict::Incident
+    } else if check_failures > 0 || source_errors > 0 || !any_traffic {
+        Verdict::Degraded
+    } else {
+        Verdict::Clean
+    };
+    WatchSummary {
+        release: start.release.clone(),
+        started_at: start.started_at.clone(),
+        ended_at: rfc3339(now),
+        intervals,
+        requests,
+        failed,
+        budget_consumed: (requests > 0.0 && allowed > 0.0).then(|| failed / allowed),
+        incidents,
+        check_failures,
+        source_errors,
+        verdict,
+        report: options.report_name(),
+        journal: options.journal_name(),
+    }
+}
