@@ -11,7 +11,7 @@ use spark_checks::{Config, Context, Status};
 use spark_evidence::EvidenceDir;
 use spark_rollback::{
     CheckResult, CheckStatus, Engine, GoBaseline, Plan, PrometheusSource, QuickChecks, RollbackEnv, Verdict,
-    WatchOptions, WatchSummary,
+    WatchContext, WatchOptions, WatchSummary,
 };
 
 use crate::canary::{parse_duration, parse_step};
@@ -139,7 +139,9 @@ pub(crate) async fn run(args: WatchArgs, out: &Output) -> CmdResult {
     }
     let evidence = EvidenceDir::create(&args.evidence_dir)?;
     let json = out.is_json();
-    let progress = move |r: &spark_rollback::IntervalRecord| {
+    let mut evaluated = 0_u32;
+    let progress = |r: &spark_rollback::IntervalRecord| {
+        evaluated += 1;
         if json {
             return;
         }
@@ -152,29 +154,41 @@ pub(crate) async fn run(args: WatchArgs, out: &Output) -> CmdResult {
             }
         };
         let budget = r.budget_left.map_or_else(|| "unknown".to_owned(), |b| format!("{:.1} %", b * 100.0));
-        eprintln!("interval {} at {}: {state}; error budget left {budget}", r.n, r.at);
+        let late = if r.caught_up { " (from history)" } else { "" };
+        eprintln!("interval {} at {}{late}: {state}; error budget left {budget}", r.n, r.at);
     };
-    let watched = spark_rollback::watch(&engine, &source, Some(&checks), &options, &env, &evidence, progress);
-    let summary = tokio::select! {
-        summary = watched => summary?,
-        () = interrupted() => {
-            eprintln!(
-                "interrupted; the journal {} keeps every interval so far: run the same command to resume",
-                args.evidence_dir.join(options.journal_name()).display()
-            );
-            return Err(Failure::Hold);
+    // The handler is installed now, by a task the runtime starts at once, so
+    // a Ctrl-C during the first evaluation is not the default exit. The watch
+    // looks at it only between intervals.
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = tx.send(());
+        }
+    });
+    let stop = async move {
+        if rx.await.is_err() {
+            std::future::pending::<()>().await;
         }
     };
+    let cx = WatchContext { engine: &engine, source: &source, checks: Some(&checks), env: &env, evidence: &evidence };
+    let Some(summary) = spark_rollback::watch(cx, &options, progress, stop).await? else {
+        eprintln!(
+            "interrupted; the journal {} keeps every interval so far: run the same command to resume",
+            args.evidence_dir.join(options.journal_name()).display()
+        );
+        return Err(Failure::Hold);
+    };
+    if evaluated == 0 {
+        eprintln!(
+            "the watch of {} already ended at {}; this is its summary (move {} away to watch again)",
+            summary.release,
+            summary.ended_at,
+            args.evidence_dir.join(options.journal_name()).display()
+        );
+    }
     let text = text(&summary, &args.evidence_dir);
     if summary.verdict == Verdict::Clean { out.emit(&summary, || text) } else { out.refuse(&summary, &text, true) }
-}
-
-async fn interrupted() {
-    // Without a signal handler the watch cannot be interrupted cleanly; it
-    // then runs to its end.
-    if tokio::signal::ctrl_c().await.is_err() {
-        std::future::pending::<()>().await;
-    }
 }
 
 fn text(s: &WatchSummary, dir: &std::path::Path) -> String {

@@ -120,5 +120,6 @@ pub use crate::source::{FileSource, MemorySource, MetricSource, PrometheusSource
 pub use crate::trigger::{TriggerId, TriggerResult, TriggerStatus};
 pub use crate::watch::{
     BaselineRef, CheckResult, CheckStatus, FileRef, Firing, GoBaseline, Incident, IntervalRecord, JOURNAL_FORMAT,
-    JournalLine, QuickChecks, RollbackRef, Sent, Verdict, WatchOptions, WatchStart, WatchSummary, watch,
+    JournalLine, MAX_DURATION, QuickChecks, RollbackRef, RollbackStarted, Sent, Verdict, WatchContext, WatchOptions,
+    WatchStart, WatchSummary, watch,
 };

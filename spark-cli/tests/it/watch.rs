@@ -1,9 +1,10 @@
 //! `spark watch`, accelerated (`--interval 2s --duration 20s`), end to end:
 //! a real Prometheus scrapes a synthetic exporter whose p95 the test
 //! drives; the GO-time baseline is taken from the same Prometheus with
-//! `spark metrics snapshot`; the watch is killed mid-night and started
-//! again, resumes from its journal, fires on the driven fault and tells a
-//! Slack receiver on loopback.
+//! `spark metrics snapshot`; the watch is interrupted mid-night (Ctrl-C)
+//! and started again, resumes from its journal, fires on the driven fault
+//! and tells a Slack receiver on loopback. A crash mid-line is the
+//! library's tests' (spark-rollback `watch`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,7 +49,7 @@ fn intervals(journal: &std::path::Path) -> Vec<serde_json::Value> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_accelerated_night_resumes_after_a_kill_and_fires_on_the_driven_fault() {
+async fn an_accelerated_night_resumes_after_ctrl_c_and_fires_on_the_driven_fault() {
     let driven: Shared = Arc::new(Mutex::new(Driven { p95: 0.1, slack: Vec::new() }));
     let router = axum::Router::new()
         .route("/metrics", get(metrics))
@@ -147,15 +148,19 @@ async fn an_accelerated_night_resumes_after_a_kill_and_fires_on_the_driven_fault
             .unwrap()
     };
     let journal = dir.path().join("evidence/first_night_v2.0.0.jsonl");
-    let mut first = watch(dir.path().to_owned());
+    let first = watch(dir.path().to_owned());
     let deadline = Instant::now() + Duration::from_secs(30);
     while intervals(&journal).len() < 3 {
         assert!(Instant::now() < deadline, "the watch never evaluated three intervals");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // A crash: no chance to say anything.
-    first.kill().unwrap();
-    first.wait().unwrap();
+    // Ctrl-C: the watch stops between intervals, says how to resume, exits 3.
+    let kill = std::process::Command::new("kill").args(["-INT", &first.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let stopped = tokio::task::spawn_blocking(move || first.wait_with_output().unwrap()).await.unwrap();
+    let said = String::from_utf8_lossy(&stopped.stderr);
+    assert_eq!(stopped.status.code(), Some(3), "{said}");
+    assert!(said.contains("run the same command to resume"), "{said}");
     assert!(intervals(&journal).iter().all(|r| r["firing"].as_array().unwrap().is_empty()));
     // The fault, while the watch is down; then it comes back.
     driven.lock().unwrap().p95 = 0.9;
@@ -189,6 +194,7 @@ async fn an_accelerated_night_resumes_after_a_kill_and_fires_on_the_driven_fault
     assert!(report.contains("trigger api_p95 ok → firing"), "{report}");
     assert!(report.contains("- verdict: **incident**"), "{report}");
     assert!(report.contains("GO-time baseline: `go.json`"), "{report}");
+    assert!(report.contains("| api_latency_p95_seconds | 0.9 | unchanged | 0.1 |"), "{report}");
     for file in [&report, &text, &stderr.to_string()] {
         assert!(!file.contains("WATCHSECRET"), "the Slack URL leaked:\n{file}");
     }

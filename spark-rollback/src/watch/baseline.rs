@@ -48,6 +48,13 @@ pub struct GoBaseline {
     last_ms: i64,
 }
 
+/// Signals whose GO-time reference is their median, not the repeated
+/// series: a counter repeated would drop where the series starts over (read
+/// as a reset, an increase), and a trend would become a sawtooth; either
+/// could make the baseline look as bad as a faulty release.
+const LEVEL_ONLY: [Signal; 3] =
+    [Signal::DecimalPrecisionErrorsTotal, Signal::ProcessResidentMemoryBytes, Signal::DbConnections];
+
 /// Where a watch's baseline came from, as its journal records it: a resumed
 /// watch must compare with the same data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,8 +157,11 @@ impl GoBaseline {
 
     /// The GO-time value standing for instant `t` of an evaluation at `at`:
     /// the sample `(at − t) mod span` before the snapshot's last one, within
-    /// half a step; `None` in a gap.
+    /// half a step; `None` in a gap. For counters and trends, the median.
     fn at(&self, signal: Signal, at: i64, t: i64) -> Option<f64> {
+        if LEVEL_ONLY.contains(&signal) {
+            return self.median(signal);
+        }
         let (times, values) = self.series.get(&signal)?;
         let span = self.last_ms - self.first_ms + self.step_ms;
         let wanted = self.last_ms - (at - t).rem_euclid(span);
@@ -186,29 +196,63 @@ pub(crate) fn pick<'a>(matrix: &'a Matrix, roles: &[Role]) -> Option<&'a RangeSe
     }
 }
 
+/// What an evaluation reads, and how it was put together.
+pub(crate) struct Composition {
+    /// The release as `canary`, the GO-time values as `baseline`.
+    pub(crate) snapshot: Snapshot,
+    /// Signals whose live answer had several unlabelled series: left
+    /// missing, never summed here.
+    pub(crate) ambiguous: Vec<Signal>,
+    /// The role of the series that stood for the release, per signal.
+    pub(crate) roles: BTreeMap<Signal, String>,
+}
+
+/// The series of a live answer standing for the release at `at`: the only
+/// series with data, whatever its labels; else, of the series labelled
+/// `canary` or `baseline`, the one with the newest sample at or before `at`
+/// (the canary on a tie). After a promotion that moved the release onto the
+/// stable deployment, the canary's series stops; its old samples must not
+/// stand for the release.
+fn pick_live(matrix: &Matrix, at: i64) -> Option<(&RangeSeries, &'static str)> {
+    let latest = |s: &RangeSeries| s.values.iter().rev().map(|(t, _)| t.0).find(|t| *t <= at);
+    let with_data: Vec<&RangeSeries> = matrix.result.iter().filter(|s| latest(s).is_some()).collect();
+    if let [only] = with_data.as_slice() {
+        let role = match only.metric.get("role").map(String::as_str) {
+            Some("canary") => "canary",
+            Some("baseline") => "baseline",
+            _ => "unlabelled",
+        };
+        return Some((only, role));
+    }
+    [Role::Canary, Role::Baseline]
+        .into_iter()
+        .filter_map(|role| {
+            let s = with_data.iter().find(|s| s.metric.get("role").map(String::as_str) == Some(role.name()))?;
+            Some((*s, role.name(), latest(s)?, role == Role::Canary))
+        })
+        .max_by_key(|(_, _, t, canary)| (*t, *canary))
+        .map(|(s, role, _, _)| (s, role))
+}
+
 /// The snapshot an evaluation at `at` reads: each signal's live series for
-/// the release (its `canary` series, else its `baseline` series after a
-/// promotion relabelled the fleet, else its only series) as `canary`, and
-/// the GO-time values at every step from `start_ms` to `at` as `baseline`.
-/// Also returns the signals whose live answer had several series and none
-/// of them labelled: they are left missing, never summed here.
-pub(crate) fn compose(
-    live: &Snapshot,
-    baseline: Option<&GoBaseline>,
-    start_ms: i64,
-    at: i64,
-) -> (Snapshot, Vec<Signal>) {
+/// the release ([`pick_live`]) as `canary`, and the GO-time values at every
+/// step from `start_ms` to `at` as `baseline`.
+pub(crate) fn compose(live: &Snapshot, baseline: Option<&GoBaseline>, start_ms: i64, at: i64) -> Composition {
     let mut out = Snapshot::new(live.step_seconds);
     let mut ambiguous = Vec::new();
+    let mut roles = BTreeMap::new();
     let step_ms = i64::from(live.step_seconds.max(1)) * 1000;
     for signal in Signal::ALL {
         let mut result = Vec::new();
         if let Some(matrix) = live.signals.get(signal.name()) {
-            match pick(matrix, &[Role::Canary, Role::Baseline]) {
-                Some(series) => result.push(RangeSeries {
-                    metric: BTreeMap::from([("role".to_owned(), Role::Canary.name().to_owned())]),
-                    values: series.values.iter().filter(|(t, _)| t.0 <= at).cloned().collect(),
-                }),
+            match pick_live(matrix, at) {
+                Some((series, role)) => {
+                    roles.insert(signal, role.to_owned());
+                    result.push(RangeSeries {
+                        metric: BTreeMap::from([("role".to_owned(), Role::Canary.name().to_owned())]),
+                        values: series.values.iter().filter(|(t, _)| t.0 <= at).cloned().collect(),
+                    });
+                }
                 None if matrix.result.iter().filter(|s| !s.values.is_empty()).count() > 1 => ambiguous.push(signal),
                 None => {}
             }
@@ -233,7 +277,7 @@ pub(crate) fn compose(
             out.signals.insert(signal.name().to_owned(), Matrix { result_type: "matrix".to_owned(), result });
         }
     }
-    (out, ambiguous)
+    Composition { snapshot: out, ambiguous, roles }
 }
 
 #[cfg(test)]
@@ -281,13 +325,13 @@ mod tests {
     #[test]
     fn a_gap_in_the_go_time_data_stays_a_gap() {
         let mut s = Snapshot::new(10);
-        s.push(Signal::DbConnections, Role::Baseline, 1_000, 5.0);
-        s.push(Signal::DbConnections, Role::Baseline, 1_020, 7.0); // 1_010 missing
+        s.push(Signal::WsStalenessSeconds, Role::Baseline, 1_000, 5.0);
+        s.push(Signal::WsStalenessSeconds, Role::Baseline, 1_020, 7.0); // 1_010 missing
         let b = GoBaseline::from_snapshot(&s, "test").unwrap();
         let at = 9_000_000;
-        assert_eq!(b.at(Signal::DbConnections, at, at), Some(7.0));
-        assert_eq!(b.at(Signal::DbConnections, at, at - 10_000), None);
-        assert_eq!(b.at(Signal::DbConnections, at, at - 20_000), Some(5.0));
+        assert_eq!(b.at(Signal::WsStalenessSeconds, at, at), Some(7.0));
+        assert_eq!(b.at(Signal::WsStalenessSeconds, at, at - 10_000), None);
+        assert_eq!(b.at(Signal::WsStalenessSeconds, at, at - 20_000), Some(5.0));
     }
 
     #[test]
@@ -298,14 +342,49 @@ mod tests {
             // A promotion relabelled the fleet: the release reports as baseline.
             live.push(Signal::ApiLatencyP95Seconds, Role::Baseline, at_s - 60 + i * 10, 0.3);
         }
-        let (snapshot, ambiguous) = compose(&live, Some(&go()), (at_s - 60) * 1000, at_s * 1000);
-        assert!(ambiguous.is_empty());
+        let c = compose(&live, Some(&go()), (at_s - 60) * 1000, at_s * 1000);
+        assert!(c.ambiguous.is_empty());
+        assert_eq!(c.roles[&Signal::ApiLatencyP95Seconds], "baseline");
+        let snapshot = c.snapshot;
         let metrics = Metrics::from_snapshot(&snapshot).unwrap();
         let canary = metrics.series(Signal::ApiLatencyP95Seconds, Role::Canary);
         assert_eq!(canary.v, vec![0.3; 7]);
         let baseline = metrics.series(Signal::ApiLatencyP95Seconds, Role::Baseline);
         assert_eq!(baseline.v, vec![2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0]);
         assert_eq!(baseline.t, canary.t, "the GO-time values sit on the live grid");
+    }
+
+    #[test]
+    fn a_canary_series_that_stopped_at_the_promotion_does_not_stand_for_the_release() {
+        let mut live = Snapshot::new(10);
+        // The canary deployment was removed at 1_000_030; the stable one
+        // runs the release from then on.
+        for t in (1_000_000..=1_000_030).step_by(10) {
+            live.push(Signal::HttpRequestsPerSecond, Role::Canary, t, 5.0);
+        }
+        for t in (1_000_000..=1_000_120).step_by(10) {
+            live.push(Signal::HttpRequestsPerSecond, Role::Baseline, t, 50.0);
+        }
+        let c = compose(&live, None, 1_000_000_000, 1_000_120_000);
+        assert_eq!(c.roles[&Signal::HttpRequestsPerSecond], "baseline");
+        let metrics = Metrics::from_snapshot(&c.snapshot).unwrap();
+        assert_eq!(metrics.series(Signal::HttpRequestsPerSecond, Role::Canary).v.last(), Some(&50.0));
+        // While both report, the canary wins the tie.
+        let c = compose(&live, None, 1_000_000_000, 1_000_030_000);
+        assert_eq!(c.roles[&Signal::HttpRequestsPerSecond], "canary");
+    }
+
+    #[test]
+    fn counters_and_trends_are_compared_with_their_go_time_median_not_repeated() {
+        let mut s = Snapshot::new(10);
+        for (i, v) in [5.0, 6.0, 7.0].into_iter().enumerate() {
+            s.push(Signal::DecimalPrecisionErrorsTotal, Role::Baseline, 1_000 + 10 * i64::try_from(i).unwrap(), v);
+        }
+        let b = GoBaseline::from_snapshot(&s, "test").unwrap();
+        let at = 9_000_000;
+        let values: Vec<Option<f64>> =
+            (0..6).map(|k| b.at(Signal::DecimalPrecisionErrorsTotal, at, at - k * 10_000)).collect();
+        assert!(values.iter().all(|v| *v == Some(6.0)), "{values:?}: a repeated counter would drop from 7 to 5");
     }
 
     #[test]
@@ -322,9 +401,9 @@ mod tests {
                 .collect(),
         };
         live.signals.insert(Signal::DbConnections.name().to_owned(), matrix);
-        let (snapshot, ambiguous) = compose(&live, None, 990_000, 1_000_000);
-        assert_eq!(ambiguous, vec![Signal::DbConnections]);
-        assert!(snapshot.signals.is_empty());
+        let c = compose(&live, None, 990_000, 1_000_000);
+        assert_eq!(c.ambiguous, vec![Signal::DbConnections]);
+        assert!(c.snapshot.signals.is_empty());
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub enum JournalLine {
     Start(WatchStart),
     /// One interval's evaluation.
     Interval(IntervalRecord),
+    /// A rollback is about to run (journaled before its first action).
+    RollbackStarted(RollbackStarted),
     /// The watch ended.
     End(WatchSummary),
 }
@@ -57,6 +59,10 @@ pub struct WatchStart {
     pub slo_objective: f64,
     /// The GO-time baseline, if one was given.
     pub baseline: Option<BaselineRef>,
+    /// The median of each signal at GO time (signals without GO-time data
+    /// are absent), shown beside each interval's values.
+    #[serde(default)]
+    pub baseline_medians: BTreeMap<String, f64>,
 }
 
 /// One interval: what was measured, what fired, what was done.
@@ -77,6 +83,10 @@ pub struct IntervalRecord {
     /// The release's latest value of each signal in the interval; `null`
     /// when it had none.
     pub values: BTreeMap<String, Option<f64>>,
+    /// Which series stood for the release, per signal: `canary`,
+    /// `baseline` or `unlabelled`.
+    #[serde(default)]
+    pub roles: BTreeMap<String, String>,
     /// The error-budget burn rate over the last hour (the 5xx ratio over
     /// what the SLO allows).
     pub burn_1h: Option<f64>,
@@ -84,6 +94,8 @@ pub struct IntervalRecord {
     pub burn_6h: Option<f64>,
     /// Requests the release served in the interval (Σ rate × step).
     pub requests: f64,
+    /// Of which those whose 5xx ratio was known: what the budget judges.
+    pub judged: f64,
     /// Of which failed (5xx).
     pub failed: f64,
     /// The share of the watch's error budget left after this interval: 1
@@ -134,11 +146,42 @@ pub struct Sent {
 /// A rollback started by the watch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RollbackRef {
-    /// Its evidence bundle directory.
+    /// Its evidence bundle directory (empty when none was written).
     pub bundle: String,
     /// Whether every action succeeded.
     pub succeeded: bool,
     /// The trigger that started it.
+    pub trigger: String,
+    /// Why its outcome is not known: its evidence could not be written, or
+    /// the watch stopped while it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl RollbackRef {
+    /// A rollback that started and was never journaled as done.
+    pub(crate) fn in_doubt(trigger: &str) -> RollbackRef {
+        RollbackRef {
+            bundle: String::new(),
+            succeeded: false,
+            trigger: trigger.to_owned(),
+            error: Some(
+                "the watch stopped while this rollback ran: whether its actions completed is unknown; look for a \
+                 rollback_* bundle in the evidence directory and check the deployment"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+/// The line journaled just before a rollback's first action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackStarted {
+    /// The interval that decided it.
+    pub n: u32,
+    /// Its instant, RFC 3339.
+    pub at: String,
+    /// The trigger.
     pub trigger: String,
 }
 
@@ -163,18 +206,21 @@ impl Journal {
     /// line.
     pub(crate) fn open(path: &Path) -> Result<Journal, RollbackError> {
         let io = |source| RollbackError::Io { path: path.to_owned(), source };
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        // Bytes, not a string: a line torn inside a multi-byte character
+        // must be cut off like any other torn line.
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(io(e)),
         };
         let mut lines = Vec::new();
         let mut offset = 0;
-        let mut parts = text.split_inclusive('\n').peekable();
+        let mut parts = bytes.split_inclusive(|b| *b == b'\n').peekable();
         while let Some(raw) = parts.next() {
             let number = lines.len() + 1;
-            let torn = parts.peek().is_none() && !raw.ends_with('\n');
-            match serde_json::from_str::<JournalLine>(raw.trim_end()) {
+            let torn = parts.peek().is_none() && !raw.ends_with(b"\n");
+            let text = raw.strip_suffix(b"\n").unwrap_or(raw);
+            match serde_json::from_slice::<JournalLine>(text) {
                 Ok(line) if !torn => lines.push(line),
                 // Written whole but the newline was lost: keep the line.
                 Ok(line) => {
@@ -226,13 +272,6 @@ impl Journal {
             Some(JournalLine::Start(s)) => Some(s),
             _ => None,
         }
-    }
-
-    pub(crate) fn intervals(&self) -> impl Iterator<Item = &IntervalRecord> {
-        self.lines.iter().filter_map(|l| match l {
-            JournalLine::Interval(r) => Some(r),
-            _ => None,
-        })
     }
 
     pub(crate) fn end(&self) -> Option<&WatchSummary> {

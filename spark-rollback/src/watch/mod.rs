@@ -13,11 +13,14 @@ use spark_evidence::{EvidenceDir, Redactor};
 
 pub use self::baseline::{BaselineRef, GoBaseline};
 use self::journal::Journal;
-pub use self::journal::{FileRef, Firing, IntervalRecord, JOURNAL_FORMAT, JournalLine, RollbackRef, Sent, WatchStart};
-use crate::engine::{Engine, SOURCE_ERRORS_BEFORE_HOLD, rfc3339};
+pub use self::journal::{
+    FileRef, Firing, IntervalRecord, JOURNAL_FORMAT, JournalLine, RollbackRef, RollbackStarted, Sent, WatchStart,
+};
+use crate::engine::{Engine, rfc3339};
 use crate::error::{RollbackError, chain};
 use crate::live::lookback;
 use crate::notify::{self, Notification, NotifyOutcome};
+use crate::plan::Plan;
 use crate::rollback::{RollbackEnv, RollbackRequest};
 use crate::scope::{Scope, ms};
 use crate::signal::{Role, Signal};
@@ -72,6 +75,28 @@ pub trait QuickChecks: Send + Sync {
     async fn run(&self) -> Vec<CheckResult>;
 }
 
+/// What a watch reads from and writes to: the engine (plan and triggers),
+/// the metric source, the quick checks, the environment (clock, secrets,
+/// HTTP client, Slack retries, the rollback's metrics and signing key) and
+/// the evidence directory.
+#[derive(Clone, Copy)]
+pub struct WatchContext<'a> {
+    /// The engine whose triggers judge the release.
+    pub engine: &'a Engine,
+    /// Where the release's metrics come from.
+    pub source: &'a dyn MetricSource,
+    /// The quick checks run at every live interval.
+    pub checks: Option<&'a dyn QuickChecks>,
+    /// Clock, environment, HTTP client.
+    pub env: &'a RollbackEnv,
+    /// Where the journal, the report, snapshots and rollbacks go.
+    pub evidence: &'a EvidenceDir,
+}
+
+/// The longest watch: a month (a longer one is a monitoring system, and
+/// the instants stay far from overflowing).
+pub const MAX_DURATION: Duration = Duration::from_secs(31 * 24 * 3600);
+
 /// What to watch, how long, how often, and what to do when a trigger fires.
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
@@ -86,8 +111,8 @@ pub struct WatchOptions {
 
 impl WatchOptions {
     /// Watch `release` for `duration`, evaluating every `interval`; the
-    /// query step is 15 s (or the interval, when shorter), no baseline, no
-    /// Slack, no rollback.
+    /// query step is the largest divisor of the interval up to 15 s, no
+    /// baseline, no Slack, no rollback.
     ///
     /// ```
     /// use std::time::Duration;
@@ -103,7 +128,7 @@ impl WatchOptions {
     /// # Errors
     /// [`RollbackError::Watch`] for a release that cannot name a file, an
     /// interval under one second or not a whole number of seconds, or a
-    /// duration shorter than the interval.
+    /// duration shorter than the interval or longer than [`MAX_DURATION`].
     pub fn new(
         release: impl Into<String>,
         duration: Duration,
@@ -121,6 +146,13 @@ impl WatchOptions {
                 humantime::format_duration(interval)
             )));
         }
+        if duration > MAX_DURATION {
+            return Err(RollbackError::Watch(format!(
+                "the duration {} is longer than a watch may be ({})",
+                humantime::format_duration(duration),
+                humantime::format_duration(MAX_DURATION)
+            )));
+        }
         if duration < interval || duration.subsec_nanos() != 0 {
             return Err(RollbackError::Watch(format!(
                 "the duration {} is shorter than the interval {} or not whole seconds",
@@ -128,18 +160,20 @@ impl WatchOptions {
                 humantime::format_duration(interval)
             )));
         }
-        let step_seconds = u32::try_from(interval.as_secs().min(15)).unwrap_or(15);
+        // The largest step up to 15 s that divides the interval, so every
+        // interval covers whole steps.
+        let step_seconds = (1..=15u32).rev().find(|d| interval.as_secs().is_multiple_of(u64::from(*d))).unwrap_or(1);
         Ok(WatchOptions { release, duration, interval, step_seconds, baseline: None, slack_env: None, rollback: false })
     }
 
-    /// The query resolution (at least 1 s, at most the interval).
+    /// The query resolution: at least 1 s, and a divisor of the interval.
     ///
     /// # Errors
-    /// [`RollbackError::Watch`] outside those bounds.
+    /// [`RollbackError::Watch`] otherwise.
     pub fn step_seconds(mut self, step_seconds: u32) -> Result<WatchOptions, RollbackError> {
-        if step_seconds == 0 || u64::from(step_seconds) > self.interval.as_secs() {
+        if step_seconds == 0 || !self.interval.as_secs().is_multiple_of(u64::from(step_seconds)) {
             return Err(RollbackError::Watch(format!(
-                "the step {step_seconds}s must be between 1s and the interval ({}s)",
+                "the step {step_seconds}s must divide the interval ({}s), so each interval covers whole steps",
                 self.interval.as_secs()
             )));
         }
@@ -293,7 +327,7 @@ pub struct WatchSummary {
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::time::Duration;
 /// use spark_evidence::EvidenceDir;
-/// use spark_rollback::{Engine, GoBaseline, Plan, PrometheusSource, RollbackEnv, WatchOptions, watch};
+/// use spark_rollback::{Engine, GoBaseline, Plan, PrometheusSource, RollbackEnv, WatchContext, WatchOptions, watch};
 ///
 /// let engine = Engine::new(Plan::default())?;
 /// let source = PrometheusSource::new("http://127.0.0.1:9090")?;
@@ -301,74 +335,94 @@ pub struct WatchSummary {
 ///     .baseline(GoBaseline::load("evidence/baseline_metrics_v1.4.2.txt".as_ref())?)
 ///     .slack_env("SLACK_WEBHOOK_URL");
 /// let env = RollbackEnv::new(spark_db::system_clock())?;
-/// let summary = watch(&engine, &source, None, &options, &env, &EvidenceDir::create("evidence".as_ref())?, |_| {}).await?;
-/// println!("{}: {}", summary.release, summary.verdict.name());
+/// let evidence = EvidenceDir::create("evidence".as_ref())?;
+/// let cx = WatchContext { engine: &engine, source: &source, checks: None, env: &env, evidence: &evidence };
+/// let stop = async { tokio::signal::ctrl_c().await.ok(); };
+/// if let Some(summary) = watch(cx, &options, |_| {}, stop).await? {
+///     println!("{}: {}", summary.release, summary.verdict.name());
+/// }
 /// # Ok(()) }
 /// ```
 ///
 /// `on_interval` sees each interval's record as it is journaled (a CLI
-/// prints progress with it).
+/// prints progress with it). `stop` (Ctrl-C in the CLI) is looked at only
+/// between intervals, so an evaluation, its Slack post and its rollback are
+/// never cut off half-way; the watch then returns `None` and resumes from
+/// its journal when run again.
 ///
 /// # Errors
 /// [`RollbackError::Watch`] for a damaged journal or one started with
 /// another baseline; [`RollbackError::Io`] when the journal or report
 /// cannot be written; [`RollbackError::Evidence`] when a snapshot cannot be
 /// kept. A metric source that fails is recorded per interval, never an
-/// error; after [`SOURCE_ERRORS_BEFORE_HOLD`] in a row Slack is told the
-/// watch is blind.
+/// error; after two failures in a row, or 15 minutes without a reading,
+/// Slack is told the watch is blind. A rollback that fails is recorded in
+/// its interval, never an error.
 pub async fn watch(
-    engine: &Engine,
-    source: &dyn MetricSource,
-    checks: Option<&dyn QuickChecks>,
+    cx: WatchContext<'_>,
     options: &WatchOptions,
-    env: &RollbackEnv,
-    evidence: &EvidenceDir,
     mut on_interval: impl FnMut(&IntervalRecord) + Send,
-) -> Result<WatchSummary, RollbackError> {
-    let mut journal = Journal::open(&evidence.path().join(options.journal_name()))?;
-    let report_path = evidence.path().join(options.report_name());
+    stop: impl Future<Output = ()> + Send,
+) -> Result<Option<WatchSummary>, RollbackError> {
+    let mut stop = std::pin::pin!(stop);
+    let (engine, env) = (cx.engine, cx.env);
+    let run_started = env.clock.now_ms();
+    let mut journal = Journal::open(&cx.evidence.path().join(options.journal_name()))?;
+    let report_path = cx.evidence.path().join(options.report_name());
     let start = match journal.start() {
         Some(start) => resumed(start, options)?,
         None => {
-            let now = env.clock.now_ms();
             let start = WatchStart {
                 format: JOURNAL_FORMAT.to_owned(),
                 release: options.release.clone(),
-                started_at: rfc3339(now),
-                started_at_ms: now,
+                started_at: rfc3339(run_started),
+                started_at_ms: run_started,
                 duration_seconds: options.duration.as_secs(),
                 interval_seconds: options.interval.as_secs(),
                 step_seconds: options.step_seconds,
                 slo_objective: engine.plan().slo.objective,
                 baseline: options.baseline.as_ref().map(|b| b.reference().clone()),
+                baseline_medians: options
+                    .baseline
+                    .as_ref()
+                    .map(|b| Signal::ALL.iter().filter_map(|s| Some((s.name().to_owned(), b.median(*s)?))).collect())
+                    .unwrap_or_default(),
             };
             journal.append(JournalLine::Start(start.clone()))?;
-            tracing::info!(release = %start.release, until = %rfc3339(now + ms(options.duration)), "the watch started");
+            tracing::info!(release = %start.release, until = %rfc3339(run_started + ms(options.duration)), "the watch started");
             start
         }
     };
     report::write(&report_path, &journal.lines, engine.plan())?;
     if let Some(end) = journal.end() {
-        return Ok(end.clone());
+        return Ok(Some(end.clone()));
     }
     let mut state = State::from(&journal);
-    let interval_ms = i64::try_from(start.interval_seconds).unwrap_or(i64::MAX / 4).saturating_mul(1000);
-    let end_ms =
-        start.started_at_ms + i64::try_from(start.duration_seconds).unwrap_or(i64::MAX / 4).saturating_mul(1000);
-    let mut rolled_back = state.rolled_back;
-    while !rolled_back && state.last_at_ms < end_ms {
+    // Both are bounded by WatchOptions::new (at most MAX_DURATION).
+    let interval_ms = i64::try_from(start.interval_seconds).unwrap_or(1).saturating_mul(1000);
+    let end_ms = start
+        .started_at_ms
+        .saturating_add(i64::try_from(start.duration_seconds.min(MAX_DURATION.as_secs())).unwrap_or(0) * 1000);
+    while state.rollback.is_none() && state.last_at_ms < end_ms {
         let n = state.last_n + 1;
-        let due = (start.started_at_ms + i64::from(n) * interval_ms).min(end_ms);
-        let now = env.clock.now_ms();
-        if due > now {
-            tokio::time::sleep(Duration::from_millis(u64::try_from(due - now).unwrap_or(0))).await;
+        let due = start.started_at_ms.saturating_add(i64::from(n).saturating_mul(interval_ms)).min(end_ms);
+        let wait = u64::try_from(due - env.clock.now_ms()).unwrap_or(0);
+        // Stop is looked at only here, between intervals: an evaluation, its
+        // Slack post and its rollback always finish and are journaled.
+        tokio::select! {
+            biased;
+            () = &mut stop => {
+                tracing::warn!(release = %start.release, next = n, "the watch was stopped; run it again to resume");
+                return Ok(None);
+            }
+            () = tokio::time::sleep(Duration::from_millis(wait)) => {}
         }
-        let caught_up = env.clock.now_ms() - due >= interval_ms;
-        let cx = Interval { n, at: due, since: state.last_at_ms, caught_up };
-        let record = evaluate(engine, source, checks, options, env, evidence, &start, &cx, &mut state).await?;
+        // Missed while no watch was running: judged from history only.
+        let caught_up = due < run_started;
+        let interval = Interval { n, at: due, since: state.last_at_ms, caught_up };
+        let record = evaluate(cx, options, &start, &interval, &mut state, &mut journal).await?;
         state.last_n = n;
         state.last_at_ms = due;
-        rolled_back = record.rollback.is_some();
         journal.append(JournalLine::Interval(record.clone()))?;
         report::write(&report_path, &journal.lines, engine.plan())?;
         log(&record);
@@ -377,7 +431,7 @@ pub async fn watch(
     let summary = summarize(&journal, &start, options, env.clock.now_ms());
     journal.append(JournalLine::End(summary.clone()))?;
     report::write(&report_path, &journal.lines, engine.plan())?;
-    Ok(summary)
+    Ok(Some(summary))
 }
 
 /// The journal's start, checked against how the watch was started again.
@@ -408,38 +462,71 @@ fn resumed(start: &WatchStart, options: &WatchOptions) -> Result<WatchStart, Rol
     Ok(start.clone())
 }
 
+/// How long the metrics may be unreadable before Slack is told the watch is
+/// blind (or two evaluations in a row, whichever comes first).
+const BLIND_AFTER: Duration = Duration::from_secs(15 * 60);
+
 /// What the intervals so far leave for the next one.
 #[derive(Debug, Default)]
 struct State {
     last_n: u32,
     /// The last interval's instant (the watch's start before the first).
     last_at_ms: i64,
+    /// The triggers firing at the last interval that read the metrics: an
+    /// unreadable interval neither ends nor restarts an incident.
     firing: BTreeSet<String>,
     source_errors_in_a_row: u32,
+    /// The last instant the metrics were read (the start before any).
+    last_read_at_ms: i64,
+    blind_told: bool,
     requests: f64,
+    judged: f64,
     failed: f64,
-    rolled_back: bool,
+    /// A rollback the watch started (completed or not): no second one.
+    rollback: Option<RollbackRef>,
 }
 
 impl State {
     fn from(journal: &Journal) -> State {
-        let mut state = State { last_at_ms: journal.start().map_or(0, |s| s.started_at_ms), ..State::default() };
-        for r in journal.intervals() {
-            state.last_n = r.n;
-            state.last_at_ms = r.at_ms;
-            state.firing = r.firing.iter().map(|f| f.trigger.clone()).collect();
-            state.source_errors_in_a_row = if r.source_error.is_some() { state.source_errors_in_a_row + 1 } else { 0 };
-            state.requests += r.requests;
-            state.failed += r.failed;
-            state.rolled_back |= r.rollback.is_some();
+        let start = journal.start().map_or(0, |s| s.started_at_ms);
+        let mut state = State { last_at_ms: start, last_read_at_ms: start, ..State::default() };
+        for line in &journal.lines {
+            match line {
+                JournalLine::Interval(r) => {
+                    state.last_n = r.n;
+                    state.last_at_ms = r.at_ms;
+                    if r.source_error.is_some() {
+                        state.source_errors_in_a_row += 1;
+                        state.blind_told |= r.notifications.iter().any(|s| s.about == "blind");
+                    } else {
+                        state.firing = r.firing.iter().map(|f| f.trigger.clone()).collect();
+                        state.source_errors_in_a_row = 0;
+                        state.last_read_at_ms = r.at_ms;
+                        state.blind_told = false;
+                    }
+                    state.requests += r.requests;
+                    state.judged += r.judged;
+                    state.failed += r.failed;
+                    if let Some(rb) = &r.rollback {
+                        state.rollback = Some(rb.clone());
+                    }
+                }
+                // Started and never journaled as done: the watch stopped
+                // while it ran. Never start another.
+                JournalLine::RollbackStarted(s) if state.rollback.is_none() => {
+                    state.rollback = Some(RollbackRef::in_doubt(&s.trigger));
+                }
+                _ => {}
+            }
         }
         state
     }
 
-    /// The share of the budget left: 1 − failed ÷ (allowed ratio × requests).
+    /// The share of the budget left: 1 − failed ÷ (allowed ratio × the
+    /// requests whose 5xx ratio was known).
     fn budget_left(&self, objective: f64) -> Option<f64> {
-        let allowed = (1.0 - objective) * self.requests;
-        (self.requests > 0.0 && allowed > 0.0).then(|| 1.0 - self.failed / allowed)
+        let allowed = (1.0 - objective) * self.judged;
+        (self.judged > 0.0 && allowed > 0.0).then(|| 1.0 - self.failed / allowed)
     }
 }
 
@@ -452,31 +539,29 @@ struct Interval {
     caught_up: bool,
 }
 
-#[allow(clippy::too_many_arguments, reason = "the watch's parts, passed down once")]
 #[allow(clippy::too_many_lines, reason = "one interval, step by step: measure, check, notify, roll back")]
 async fn evaluate(
-    engine: &Engine,
-    source: &dyn MetricSource,
-    checks: Option<&dyn QuickChecks>,
+    cx: WatchContext<'_>,
     options: &WatchOptions,
-    env: &RollbackEnv,
-    evidence: &EvidenceDir,
     start: &WatchStart,
-    cx: &Interval,
+    interval: &Interval,
     state: &mut State,
+    journal: &mut Journal,
 ) -> Result<IntervalRecord, RollbackError> {
-    let plan = engine.plan();
-    let at = cx.at;
+    let plan = cx.engine.plan();
+    let at = interval.at;
     let mut record = IntervalRecord {
-        n: cx.n,
+        n: interval.n,
         at: rfc3339(at),
         at_ms: at,
-        caught_up: cx.caught_up,
+        caught_up: interval.caught_up,
         source_error: None,
         values: BTreeMap::new(),
+        roles: BTreeMap::new(),
         burn_1h: None,
         burn_6h: None,
         requests: 0.0,
+        judged: 0.0,
         failed: 0.0,
         budget_left: None,
         triggers: BTreeMap::new(),
@@ -488,28 +573,30 @@ async fn evaluate(
         snapshot: None,
     };
     let step_ms = i64::from(start.step_seconds) * 1000;
-    let back = ms(lookback(plan));
-    // The last sample before the watch started is the base of its counters.
-    let range = Range {
-        start_ms: start.started_at_ms.min(at.saturating_sub(back)) - step_ms,
-        end_ms: at,
-        step_seconds: start.step_seconds,
-    };
+    // On the watch's step grid (the interval is a multiple of the step), one
+    // step before the start at the latest: the base of its counters.
+    let earliest = start.started_at_ms.min(at.saturating_sub(ms(lookback(plan))));
+    let steps_back = (start.started_at_ms - earliest + step_ms - 1) / step_ms + 1;
+    let range =
+        Range { start_ms: start.started_at_ms - steps_back * step_ms, end_ms: at, step_seconds: start.step_seconds };
     let mut evaluation = None;
     let mut composed = None;
-    match source.fetch_any_role(plan, range).await {
+    match cx.source.fetch_any_role(plan, range).await {
         Err(e) => {
             record.source_error = Some(chain(&e));
             state.source_errors_in_a_row += 1;
         }
         Ok(live) => {
             state.source_errors_in_a_row = 0;
-            let (snapshot, ambiguous) = baseline::compose(&live, options.baseline.as_ref(), range.start_ms, at);
-            record.ambiguous = ambiguous.iter().map(|s| s.name().to_owned()).collect();
-            let metrics = Metrics::from_snapshot(&snapshot)?;
+            state.last_read_at_ms = at;
+            state.blind_told = false;
+            let composition = baseline::compose(&live, options.baseline.as_ref(), range.start_ms, at);
+            record.ambiguous = composition.ambiguous.iter().map(|s| s.name().to_owned()).collect();
+            record.roles = composition.roles.iter().map(|(s, r)| (s.name().to_owned(), r.clone())).collect();
+            let metrics = Metrics::from_snapshot(&composition.snapshot)?;
             let stage = plan.stages.last().ok_or_else(|| RollbackError::Watch("the plan has no stage".to_owned()))?;
-            let e = engine.evaluate(&metrics, stage, start.started_at_ms, at)?;
-            measure(&mut record, &metrics, engine, start, cx);
+            let e = cx.engine.evaluate(&metrics, stage, start.started_at_ms, at)?;
+            measure(&mut record, &metrics, plan, start, interval);
             for t in &e.triggers {
                 record.triggers.insert(t.id.id().to_owned(), t.status);
                 if t.status == TriggerStatus::Firing {
@@ -521,78 +608,98 @@ async fn evaluate(
                 }
             }
             evaluation = Some(e);
-            composed = Some(snapshot);
+            composed = Some(composition.snapshot);
         }
     }
     state.requests += record.requests;
+    state.judged += record.judged;
     state.failed += record.failed;
     record.budget_left = state.budget_left(start.slo_objective);
-    if !cx.caught_up
-        && let Some(checks) = checks
+    if !interval.caught_up
+        && let Some(checks) = cx.checks
     {
         record.checks = checks.run().await;
     }
 
-    // Slack at once for each trigger that starts firing, and when the watch
-    // goes blind.
-    let firing: BTreeSet<String> = record.firing.iter().map(|f| f.trigger.clone()).collect();
-    let new: Vec<&Firing> = record.firing.iter().filter(|f| !state.firing.contains(&f.trigger)).collect();
-    let will_roll_back = options.rollback && !cx.caught_up && !firing.is_empty();
-    if !new.is_empty() {
-        let text = fired_text(options, &record, &new, will_roll_back);
-        record.notifications.push(slack(options, env, "fired", text).await);
-    }
-    if record.source_error.is_some() && state.source_errors_in_a_row == SOURCE_ERRORS_BEFORE_HOLD {
+    // Slack at once for each trigger that starts firing, when a rollback
+    // starts, and when the watch goes blind.
+    let will_roll_back = options.rollback && !interval.caught_up && !record.firing.is_empty();
+    if record.source_error.is_none() {
+        let new: Vec<&Firing> = record.firing.iter().filter(|f| !state.firing.contains(&f.trigger)).collect();
+        if !new.is_empty() || will_roll_back {
+            let text = fired_text(options, &record, &new, will_roll_back);
+            record.notifications.push(slack(options, cx.env, "fired", text).await);
+        }
+        state.firing = record.firing.iter().map(|f| f.trigger.clone()).collect();
+    } else if !state.blind_told && (state.source_errors_in_a_row >= 2 || at - state.last_read_at_ms >= ms(BLIND_AFTER))
+    {
         let text = format!(
-            ":warning: spark watch of {} is blind: {} evaluations in a row could not read the metrics (the last at {}: {}). Nothing is being judged.",
+            ":warning: spark watch of {} is blind: the metrics could not be read at {} evaluation(s) in a row, the last at {} ({}); nothing has been judged since {}.",
             options.release,
-            SOURCE_ERRORS_BEFORE_HOLD,
+            state.source_errors_in_a_row,
             record.at,
-            record.source_error.as_deref().unwrap_or_default()
+            record.source_error.as_deref().unwrap_or_default(),
+            rfc3339(state.last_read_at_ms)
         );
-        record.notifications.push(slack(options, env, "blind", text).await);
+        record.notifications.push(slack(options, cx.env, "blind", text).await);
+        state.blind_told = true;
     }
-    state.firing = firing;
 
     if let Some(snapshot) = composed.filter(|_| !record.firing.is_empty()) {
-        let file = keep(evidence, &format!("first_night_{}_{}", options.release, cx.n), snapshot.to_json().as_bytes())?;
-        record.snapshot = Some(file);
+        let stem = format!("first_night_{}_{}", options.release, interval.n);
+        record.snapshot = Some(keep(cx.evidence, &stem, snapshot.to_json().as_bytes())?);
     }
     if will_roll_back && let Some(evaluation) = evaluation {
-        let first = &record.firing[0];
+        let trigger = record.firing[0].trigger.clone();
+        // Journaled before any action runs: a watch stopped during the
+        // rollback never starts a second one when it resumes.
+        journal.append(JournalLine::RollbackStarted(RollbackStarted {
+            n: interval.n,
+            at: record.at.clone(),
+            trigger: trigger.clone(),
+        }))?;
         let stage = plan.stages.last().map(|s| s.weight.to_string()).unwrap_or_default();
-        let reason = format!("first-night watch of {}: {} fired ({})", options.release, first.trigger, first.detail);
-        let request = RollbackRequest::new(reason, stage, at).trigger(first.trigger.clone()).evaluation(evaluation);
-        let rollback = crate::rollback::execute(plan, &request, env, evidence).await?;
-        record.rollback = Some(RollbackRef {
-            bundle: rollback.bundle.display().to_string(),
-            succeeded: rollback.succeeded(),
-            trigger: first.trigger.clone(),
-        });
-        state.rolled_back = true;
+        let reason = format!("first-night watch of {}: {trigger} fired ({})", options.release, record.firing[0].detail);
+        let request = RollbackRequest::new(reason, stage, at).trigger(trigger.clone()).evaluation(evaluation);
+        let outcome = match crate::rollback::execute(plan, &request, cx.env, cx.evidence).await {
+            Ok(rollback) => RollbackRef {
+                bundle: rollback.bundle.display().to_string(),
+                succeeded: rollback.succeeded(),
+                trigger,
+                error: None,
+            },
+            // The actions may have run: recorded, and the watch ends as
+            // rolled back rather than trying again.
+            Err(e) => RollbackRef { bundle: String::new(), succeeded: false, trigger, error: Some(chain(&e)) },
+        };
+        state.rollback = Some(outcome.clone());
+        record.rollback = Some(outcome);
     }
     Ok(record)
 }
 
 /// The values, burn rates and requests of the interval `(since, at]`.
-fn measure(record: &mut IntervalRecord, metrics: &Metrics, engine: &Engine, start: &WatchStart, cx: &Interval) {
-    let plan = engine.plan();
-    let scope = Scope { metrics, plan, since: start.started_at_ms, at: cx.at };
+fn measure(record: &mut IntervalRecord, metrics: &Metrics, plan: &Plan, start: &WatchStart, interval: &Interval) {
+    let scope = Scope { metrics, plan, since: start.started_at_ms, at: interval.at };
     for signal in Signal::ALL {
-        let last = metrics.series(signal, Role::Canary).window(cx.since, cx.at).last().map(|(_, v)| v);
+        let last = metrics.series(signal, Role::Canary).window(interval.since, interval.at).last().map(|(_, v)| v);
         record.values.insert(signal.name().to_owned(), last.filter(|v| v.is_finite()));
     }
     let budget = 1.0 - start.slo_objective;
     let burn = |hours: i64| {
         // Only the watch's own data: the burn of the release at 100 %.
-        let window = (hours * 3_600_000).min(cx.at - start.started_at_ms);
+        let window = (hours * 3_600_000).min(interval.at - start.started_at_ms);
         scope.error_ratio(Role::Canary, window).map(|(ratio, _)| ratio / budget)
     };
     record.burn_1h = burn(1);
     record.burn_6h = burn(6);
-    if let Some((ratio, requests)) = scope.error_ratio(Role::Canary, cx.at - cx.since) {
-        record.requests = requests;
-        record.failed = ratio * requests;
+    let d = interval.at - interval.since;
+    // Every request served counts; only those whose 5xx ratio is known are
+    // judged against the budget (a missing ratio is never zero failures).
+    record.requests = scope.requests(Role::Canary, d);
+    if let Some((ratio, judged)) = scope.error_ratio(Role::Canary, d) {
+        record.judged = judged;
+        record.failed = ratio * judged;
     }
 }
 
@@ -608,18 +715,23 @@ fn keep(evidence: &EvidenceDir, stem: &str, bytes: &[u8]) -> Result<FileRef, Rol
 }
 
 fn fired_text(options: &WatchOptions, record: &IntervalRecord, new: &[&Firing], rollback: bool) -> String {
-    let triggers: Vec<String> = new.iter().map(|f| format!("*{}*: {}", f.trigger, f.detail)).collect();
+    let firing: Vec<String> = if new.is_empty() {
+        record.firing.iter().map(|f| format!("*{}* still firing: {}", f.trigger, f.detail)).collect()
+    } else {
+        new.iter().map(|f| format!("*{}*: {}", f.trigger, f.detail)).collect()
+    };
     let budget = record.budget_left.map_or_else(|| "unknown".to_owned(), |b| format!("{:.1} %", b * 100.0));
-    let late = if record.caught_up { " (found on resuming, from Prometheus's history)" } else { "" };
     let next = if rollback {
         "Rolling back now."
+    } else if record.caught_up {
+        "Found from Prometheus's history on resuming; a rollback is only ever started at a live interval."
     } else {
         "No automatic rollback is configured: decide now (spark rollback)."
     };
     format!(
-        ":rotating_light: spark watch of {}: {} at {}{late}. Error budget left {budget}. {next}",
+        ":rotating_light: spark watch of {}: {} at {}. Error budget left {budget}. {next}",
         options.release,
-        triggers.join("; "),
+        firing.join("; "),
         record.at
     )
 }
@@ -667,16 +779,29 @@ fn log(r: &IntervalRecord) {
 fn summarize(journal: &Journal, start: &WatchStart, options: &WatchOptions, now: i64) -> WatchSummary {
     let mut incidents: Vec<Incident> = Vec::new();
     let mut open: BTreeMap<String, usize> = BTreeMap::new();
-    let (mut requests, mut failed, mut check_failures, mut source_errors, mut intervals) = (0.0, 0.0, 0, 0, 0);
+    let (mut requests, mut judged, mut failed) = (0.0, 0.0, 0.0);
+    let (mut check_failures, mut source_errors, mut intervals) = (0, 0, 0);
+    let mut rollback_started: Option<&RollbackStarted> = None;
     let mut rolled_back = false;
-    let mut any_traffic = false;
-    for r in journal.intervals() {
+    for line in &journal.lines {
+        let r = match line {
+            JournalLine::Interval(r) => r,
+            JournalLine::RollbackStarted(s) => {
+                rollback_started = Some(s);
+                continue;
+            }
+            _ => continue,
+        };
         intervals += 1;
         requests += r.requests;
+        judged += r.judged;
         failed += r.failed;
-        any_traffic |= r.requests > 0.0;
         check_failures += u32::from(r.checks.iter().any(|c| c.status == CheckStatus::Fail));
-        source_errors += u32::from(r.source_error.is_some());
+        if r.source_error.is_some() {
+            // Unreadable: an incident neither ends nor starts here.
+            source_errors += 1;
+            continue;
+        }
         let notified = r.notifications.iter().find(|s| s.about == "fired").map(|s| s.outcome.clone());
         let mut still = BTreeMap::new();
         for f in &r.firing {
@@ -704,14 +829,34 @@ fn summarize(journal: &Journal, start: &WatchStart, options: &WatchOptions, now:
             still.insert(f.trigger.clone(), i);
         }
         open = still;
-        rolled_back |= r.rollback.is_some();
+        if r.rollback.is_some() {
+            rolled_back = true;
+            rollback_started = None;
+        }
     }
-    let allowed = (1.0 - start.slo_objective) * requests;
+    // A rollback started and never journaled as done: the watch stopped
+    // while it ran.
+    if let Some(s) = rollback_started {
+        rolled_back = true;
+        let in_doubt = RollbackRef::in_doubt(&s.trigger);
+        match incidents.iter_mut().rev().find(|i| i.trigger == s.trigger) {
+            Some(incident) => incident.rollback = Some(in_doubt),
+            None => incidents.push(Incident {
+                trigger: s.trigger.clone(),
+                first_at: s.at.clone(),
+                last_at: s.at.clone(),
+                intervals: 1,
+                notified: "unknown".to_owned(),
+                rollback: Some(in_doubt),
+            }),
+        }
+    }
+    let allowed = (1.0 - start.slo_objective) * judged;
     let verdict = if rolled_back {
         Verdict::RolledBack
     } else if !incidents.is_empty() {
         Verdict::Incident
-    } else if check_failures > 0 || source_errors > 0 || !any_traffic {
+    } else if check_failures > 0 || source_errors > 0 || requests <= 0.0 {
         Verdict::Degraded
     } else {
         Verdict::Clean
@@ -723,7 +868,7 @@ fn summarize(journal: &Journal, start: &WatchStart, options: &WatchOptions, now:
         intervals,
         requests,
         failed,
-        budget_consumed: (requests > 0.0 && allowed > 0.0).then(|| failed / allowed),
+        budget_consumed: (judged > 0.0 && allowed > 0.0).then(|| failed / allowed),
         incidents,
         check_failures,
         source_errors,

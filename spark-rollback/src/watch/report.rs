@@ -27,12 +27,19 @@ pub(crate) fn write(path: &Path, lines: &[JournalLine], plan: &Plan) -> Result<(
 pub(crate) fn render(lines: &[JournalLine], plan: &Plan) -> String {
     let mut out = String::new();
     let mut previous: Option<&IntervalRecord> = None;
+    let mut go = None;
     for line in lines {
         match line {
-            JournalLine::Start(start) => header(&mut out, start, plan),
+            JournalLine::Start(start) => {
+                header(&mut out, start, plan);
+                go = Some(&start.baseline_medians);
+            }
             JournalLine::Interval(record) => {
-                section(&mut out, record, previous);
+                section(&mut out, record, previous, go);
                 previous = Some(record);
+            }
+            JournalLine::RollbackStarted(r) => {
+                let _ = writeln!(out, "A rollback on {} started at {} (interval {}).\n", r.trigger, r.at, r.n);
             }
             JournalLine::End(summary) => end(&mut out, summary),
         }
@@ -65,11 +72,21 @@ fn header(out: &mut String, s: &WatchStart, plan: &Plan) {
             let _ = writeln!(out, "- GO-time baseline: none given; triggers judge the release alone");
         }
     }
+    let _ = writeln!(
+        out,
+        "- burn rates in this report read the watch's own data (at most the last 1 h and 6 h since it started); \
+         the slo_burn triggers read their full windows"
+    );
     let enabled = crate::trigger::TriggerId::ALL.iter().filter(|t| crate::trigger::enabled(plan, **t)).count();
     let _ = writeln!(out, "- triggers: {enabled} of {} enabled in the plan\n", crate::trigger::TriggerId::ALL.len());
 }
 
-fn section(out: &mut String, r: &IntervalRecord, previous: Option<&IntervalRecord>) {
+fn section(
+    out: &mut String,
+    r: &IntervalRecord,
+    previous: Option<&IntervalRecord>,
+    go: Option<&std::collections::BTreeMap<String, f64>>,
+) {
     let late = if r.caught_up { " (caught up from Prometheus's history after a restart)" } else { "" };
     let _ = writeln!(out, "## Interval {}: {}{late}\n", r.n, r.at);
     if let Some(e) = &r.source_error {
@@ -107,7 +124,7 @@ fn section(out: &mut String, r: &IntervalRecord, previous: Option<&IntervalRecor
         let _ = writeln!(out, "Quick checks: not run (they measure the present).\n");
     }
     if !r.values.is_empty() {
-        let _ = writeln!(out, "| signal | now | since the last interval |\n|---|---|---|");
+        let _ = writeln!(out, "| signal | now | since the last interval | GO time (median) |\n|---|---|---|---|");
         for signal in Signal::ALL {
             let now = r.values.get(signal.name()).copied().flatten();
             let before = previous.and_then(|p| p.values.get(signal.name()).copied().flatten());
@@ -118,8 +135,9 @@ fn section(out: &mut String, r: &IntervalRecord, previous: Option<&IntervalRecor
                 (Some(_), None) => "went missing".to_owned(),
                 _ => String::new(),
             };
-            let _ =
-                writeln!(out, "| {} | {} | {change} |", signal.name(), now.map_or_else(|| "missing".to_owned(), value));
+            let at_go = go.and_then(|m| m.get(signal.name())).map_or_else(|| "missing".to_owned(), |v| value(*v));
+            let now = now.map_or_else(|| "missing".to_owned(), value);
+            let _ = writeln!(out, "| {} | {now} | {change} | {at_go} |", signal.name());
         }
         out.push('\n');
     }
@@ -134,7 +152,14 @@ fn section(out: &mut String, r: &IntervalRecord, previous: Option<&IntervalRecor
     }
     if let Some(rb) = &r.rollback {
         let how = if rb.succeeded { "every action succeeded" } else { "an action FAILED" };
-        let _ = writeln!(out, "**Rolled back** on {}: {how}; evidence in `{}`.\n", rb.trigger, rb.bundle);
+        match &rb.error {
+            Some(e) => {
+                let _ = writeln!(out, "**Rolled back** on {}, outcome UNKNOWN: {e}.\n", rb.trigger);
+            }
+            None => {
+                let _ = writeln!(out, "**Rolled back** on {}: {how}; evidence in `{}`.\n", rb.trigger, rb.bundle);
+            }
+        }
     }
     if let Some(file) = &r.snapshot {
         let _ = writeln!(
@@ -210,12 +235,13 @@ fn end(out: &mut String, s: &WatchSummary) {
     } else {
         let _ = writeln!(out, "- incidents:");
         for i in &s.incidents {
-            let rollback = i.rollback.as_ref().map_or_else(String::new, |rb| {
-                format!(
+            let rollback = i.rollback.as_ref().map_or_else(String::new, |rb| match &rb.error {
+                Some(e) => format!("; rolled back, outcome UNKNOWN ({e})"),
+                None => format!(
                     "; rolled back ({}), evidence `{}`",
                     if rb.succeeded { "succeeded" } else { "an action FAILED" },
                     rb.bundle
-                )
+                ),
             });
             let _ = writeln!(
                 out,
