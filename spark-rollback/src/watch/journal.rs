@@ -194,6 +194,21 @@ pub struct FileRef {
     pub sha256: String,
 }
 
+/// Takes the exclusive lock of the journal at `path` (creating it empty when
+/// missing), held until the returned file is dropped.
+pub(crate) fn lock(path: &Path, release: &str) -> Result<std::fs::File, RollbackError> {
+    let io = |source| RollbackError::Io { path: path.to_owned(), source };
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(RollbackError::Watch(format!(
+            "another watch of {release} is running on {}: one watch per journal (stop the other first)",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
+}
+
 /// The journal file and the lines it holds.
 #[derive(Debug)]
 pub(crate) struct Journal {

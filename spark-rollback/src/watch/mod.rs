@@ -351,8 +351,8 @@ pub struct WatchSummary {
 /// its journal when run again.
 ///
 /// # Errors
-/// [`RollbackError::Watch`] for a damaged journal or one started with
-/// another baseline; [`RollbackError::Io`] when the journal or report
+/// [`RollbackError::Watch`] for a damaged journal, one started with
+/// another baseline, or one another watch is running on; [`RollbackError::Io`] when the journal or report
 /// cannot be written; [`RollbackError::Evidence`] when a snapshot cannot be
 /// kept. A metric source that fails is recorded per interval, never an
 /// error; after two failures in a row, or 15 minutes without a reading,
@@ -367,7 +367,11 @@ pub async fn watch(
     let mut stop = std::pin::pin!(stop);
     let (engine, env) = (cx.engine, cx.env);
     let run_started = env.clock.now_ms();
-    let mut journal = Journal::open(&cx.evidence.path().join(options.journal_name()))?;
+    let journal_path = cx.evidence.path().join(options.journal_name());
+    // One watch per journal: two would page twice and roll back twice. The
+    // lock is the kernel's (flock), so a crashed watch leaves none behind.
+    let _lock = journal::lock(&journal_path, &options.release)?;
+    let mut journal = Journal::open(&journal_path)?;
     let report_path = cx.evidence.path().join(options.report_name());
     let start = match journal.start() {
         Some(start) => resumed(start, options)?,

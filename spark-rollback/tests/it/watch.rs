@@ -325,8 +325,9 @@ async fn a_watch_that_cannot_read_its_metrics_says_it_is_blind_and_is_never_clea
     assert!(report.contains("**The metrics could not be read**: cannot reach"), "{report}");
 }
 
-/// A Slack incoming webhook on loopback: the first post fails with 500.
-async fn slack() -> (String, Arc<Mutex<Vec<String>>>) {
+/// A Slack incoming webhook on loopback; the first post fails with 500
+/// when `fail_first`. The URL and the posts.
+async fn slack(fail_first: bool) -> (String, Arc<Mutex<Vec<String>>>) {
     let posts: Arc<Mutex<Vec<String>>> = Arc::default();
     let seen = posts.clone();
     let router = axum::Router::new().route(
@@ -336,7 +337,7 @@ async fn slack() -> (String, Arc<Mutex<Vec<String>>>) {
             async move {
                 let mut seen = seen.lock().unwrap();
                 seen.push(String::from_utf8_lossy(&body).into_owned());
-                if seen.len() == 1 { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK }
+                if fail_first && seen.len() == 1 { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK }
             }
         }),
     );
@@ -354,7 +355,7 @@ fn now_s() -> i64 {
 async fn a_live_night_that_fires_tells_slack_at_once_and_rolls_back() {
     let dir = tempfile::tempdir().unwrap();
     let evidence = EvidenceDir::create(dir.path()).unwrap();
-    let (url, posts) = slack().await;
+    let (url, posts) = slack(true).await;
     let marker = dir.path().join("rolled-back");
     let action = format!(
         "[[rollback.actions]]\nkind = \"command\"\ncommand = [\"touch\", {:?}]\n",
@@ -419,27 +420,6 @@ async fn quick_checks_run_at_every_live_interval_and_a_failing_one_degrades_the_
     assert!(report.contains("backup FAIL (last backup 30 h ago)"), "{report}");
 }
 
-/// A Slack receiver on loopback that always answers 200; the URL and the
-/// posts.
-async fn slack_ok() -> (String, Arc<Mutex<Vec<String>>>) {
-    let posts: Arc<Mutex<Vec<String>>> = Arc::default();
-    let seen = posts.clone();
-    let router = axum::Router::new().route(
-        "/services/T000/B000/SECRETTOKEN",
-        post(move |body: Bytes| {
-            let seen = seen.clone();
-            async move {
-                seen.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
-                StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/services/T000/B000/SECRETTOKEN", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (url, posts)
-}
-
 fn env_with_slack(now: i64, url: String) -> RollbackEnv {
     let clock: SharedClock = Arc::new(ManualClock::new(now));
     RollbackEnv::new(clock)
@@ -459,7 +439,7 @@ async fn a_stopped_watch_resumed_while_a_trigger_fires_pages_once_and_the_night_
     let evidence = EvidenceDir::create(dir.path()).unwrap();
     // A 45 s night at 10 s: +10, +20, +30, +40 and a short last one at +45.
     crashed_at_start_of(dir.path(), "v9", None, 45);
-    let (url, posts) = slack_ok().await;
+    let (url, posts) = slack(false).await;
     let engine = Engine::new(plan("10s", "")).unwrap();
     let source = jumping();
     let opts = options("v9", None).slack_env("SLACK_WEBHOOK_URL");
@@ -530,4 +510,33 @@ async fn a_rollback_the_watch_was_stopped_during_is_never_started_again() {
     assert_eq!(summary.verdict, Verdict::RolledBack);
     let rollback = summary.incidents[0].rollback.as_ref().unwrap();
     assert!(rollback.error.as_deref().unwrap().contains("unknown"), "{rollback:?}");
+}
+
+#[tokio::test]
+async fn a_second_watch_on_the_same_journal_is_refused_while_the_first_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let evidence = EvidenceDir::create(dir.path()).unwrap();
+    crashed_at_start(dir.path(), "v9", None);
+    let engine = Engine::new(plan("10s", "")).unwrap();
+    let source = jumping();
+    let opts = options("v9", None);
+    // The first waits for its first interval (its clock stands at the start).
+    let env = env_at(T0);
+    let cx = WatchContext { engine: &engine, source: &source, checks: None, env: &env, evidence: &evidence };
+    let (release, stop) = tokio::sync::oneshot::channel::<()>();
+    let first = watch(cx, &opts, |_| {}, async move {
+        let _ = stop.await;
+    });
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let err = run(&engine, &source, None, &opts, &env_at(T0 + 100_000), &evidence, |_| {}).await.unwrap_err();
+        release.send(()).unwrap();
+        err.to_string()
+    };
+    let (first, err) = tokio::join!(first, second);
+    assert!(first.unwrap().is_none(), "the first was stopped, not finished");
+    assert!(err.contains("another watch of v9 is running"), "{err}");
+    // Stopped, it let go: the next run goes on.
+    let summary = run(&engine, &source, None, &opts, &env_at(T0 + 100_000), &evidence, |_| {}).await.unwrap();
+    assert_eq!(summary.intervals, 6);
 }
