@@ -35,7 +35,8 @@ pub(crate) struct WatchArgs {
     /// How often to evaluate.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     interval: Duration,
-    /// The query resolution [default: 15s, or the interval when shorter].
+    /// The query resolution; it must divide the interval [default: the
+    /// largest divisor of the interval up to 15s].
     #[arg(long, value_parser = parse_step)]
     step: Option<u32>,
     /// The GO-time baseline: the ritual's `baseline_metrics_<release>.txt` or
@@ -99,6 +100,7 @@ impl QuickChecks for Checks {
 /// check or unreadable metrics), 3 when interrupted (run it again to
 /// resume), 2 for bad input.
 pub(crate) async fn run(args: WatchArgs, out: &Output) -> CmdResult {
+    let command_started = spark_db::Clock::now_ms(&spark_db::SystemClock);
     let plan = match &args.plan {
         Some(path) => Plan::load(path)?,
         None => Plan::default(),
@@ -161,9 +163,17 @@ pub(crate) async fn run(args: WatchArgs, out: &Output) -> CmdResult {
     // a Ctrl-C during the first evaluation is not the default exit. The watch
     // looks at it only between intervals.
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let journal = args.evidence_dir.join(options.journal_name());
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("stopping after this interval (Ctrl-C again to stop now)");
             let _ = tx.send(());
+        }
+        // A second Ctrl-C stops at once: a rollback cut off is journaled as
+        // started, so the watch resumed never runs it twice.
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("stopped; run the same command to resume from {}", journal.display());
+            std::process::exit(3);
         }
     });
     let stop = async move {
@@ -179,7 +189,8 @@ pub(crate) async fn run(args: WatchArgs, out: &Output) -> CmdResult {
         );
         return Err(Failure::Hold);
     };
-    if evaluated == 0 {
+    let ended = chrono::DateTime::parse_from_rfc3339(&summary.ended_at).map(|t| t.timestamp_millis());
+    if evaluated == 0 && ended.is_ok_and(|t| t < command_started) {
         eprintln!(
             "the watch of {} already ended at {}; this is its summary (move {} away to watch again)",
             summary.release,
@@ -211,12 +222,13 @@ fn text(s: &WatchSummary, dir: &std::path::Path) -> String {
         t.push_str("\nincidents: none");
     }
     for i in &s.incidents {
-        let rollback = i.rollback.as_ref().map_or_else(String::new, |rb| {
-            format!(
+        let rollback = i.rollback.as_ref().map_or_else(String::new, |rb| match &rb.error {
+            Some(e) => format!("; rolled back, outcome UNKNOWN: {e}"),
+            None => format!(
                 "; rolled back ({}), evidence {}",
                 if rb.succeeded { "succeeded" } else { "an action FAILED" },
                 rb.bundle
-            )
+            ),
         });
         t.push_str(&format!(
             "\nincident: {} fired from {} to {} ({} intervals); Slack {}{rollback}",

@@ -160,7 +160,7 @@ async fn an_accelerated_night_resumes_after_ctrl_c_and_fires_on_the_driven_fault
     let stopped = tokio::task::spawn_blocking(move || first.wait_with_output().unwrap()).await.unwrap();
     let said = String::from_utf8_lossy(&stopped.stderr);
     assert_eq!(stopped.status.code(), Some(3), "{said}");
-    assert!(said.contains("run the same command to resume"), "{said}");
+    assert!(said.contains("stopping after this interval") && said.contains("run the same command to resume"), "{said}");
     assert!(intervals(&journal).iter().all(|r| r["firing"].as_array().unwrap().is_empty()));
     // The fault, while the watch is down; then it comes back.
     driven.lock().unwrap().p95 = 0.9;
@@ -224,4 +224,68 @@ fn bad_watch_input_exits_2_with_one_line() {
         assert!(run.stderr.contains(expected), "{args:?}: {}", run.stderr);
     }
     assert!(!dir.path().join("evidence").exists(), "a refused watch writes nothing");
+}
+
+/// A journal whose rollback started and was never journaled as done (the
+/// watch was killed while it ran): the resumed watch runs nothing, and its
+/// text says the outcome is unknown, never that an action failed.
+#[test]
+fn a_rollback_in_doubt_is_reported_as_unknown_and_never_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let evidence = dir.path().join("evidence");
+    std::fs::create_dir_all(&evidence).unwrap();
+    let t0 = 1_795_712_400_000;
+    let start = spark_rollback::JournalLine::Start(spark_rollback::WatchStart {
+        format: spark_rollback::JOURNAL_FORMAT.to_owned(),
+        release: "v9".to_owned(),
+        started_at: spark_rollback::rfc3339(t0),
+        started_at_ms: t0,
+        duration_seconds: 60,
+        interval_seconds: 10,
+        step_seconds: 5,
+        slo_objective: 0.999,
+        baseline: None,
+        baseline_medians: std::collections::BTreeMap::new(),
+    });
+    let started = spark_rollback::JournalLine::RollbackStarted(spark_rollback::RollbackStarted {
+        n: 1,
+        at: spark_rollback::rfc3339(t0 + 10_000),
+        trigger: "api_p95".to_owned(),
+    });
+    let journal = format!("{}\n{}\n", serde_json::to_string(&start).unwrap(), serde_json::to_string(&started).unwrap());
+    std::fs::write(evidence.join("first_night_v9.jsonl"), journal).unwrap();
+    let marker = dir.path().join("ran-again");
+    std::fs::write(
+        dir.path().join("plan.toml"),
+        format!(
+            "[[rollback.actions]]\nkind = \"command\"\ncommand = [\"touch\", {:?}]\n",
+            marker.display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = crate::spark_with(
+        &[
+            "watch",
+            "--release",
+            "v9",
+            "--prometheus",
+            "http://127.0.0.1:9",
+            "--interval",
+            "10s",
+            "--duration",
+            "60s",
+            "--step",
+            "5s",
+            "--plan",
+            "plan.toml",
+            "--rollback",
+        ],
+        Some(dir.path()),
+        &[],
+    );
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.starts_with("first night of v9: rolled_back"), "{}", run.stdout);
+    assert!(run.stdout.contains("rolled back, outcome UNKNOWN"), "{}", run.stdout);
+    assert!(!run.stdout.contains("an action FAILED"), "{}", run.stdout);
+    assert!(!marker.exists(), "the rollback ran again");
 }

@@ -46,6 +46,8 @@ pub struct GoBaseline {
     /// The span the snapshot covers, first and last sample time.
     first_ms: i64,
     last_ms: i64,
+    /// Each signal's median, computed once.
+    medians: BTreeMap<Signal, f64>,
 }
 
 /// Signals whose GO-time reference is their median, not the repeated
@@ -139,7 +141,15 @@ impl GoBaseline {
             from: crate::engine::rfc3339(first_ms),
             to: crate::engine::rfc3339(last_ms),
         };
-        Ok(GoBaseline { reference, step_ms: i64::from(snapshot.step_seconds.max(1)) * 1000, series, first_ms, last_ms })
+        let medians = series.iter().filter_map(|(s, (_, v))| Some((*s, median(&mut v.clone())?))).collect();
+        Ok(GoBaseline {
+            reference,
+            step_ms: i64::from(snapshot.step_seconds.max(1)) * 1000,
+            series,
+            first_ms,
+            last_ms,
+            medians,
+        })
     }
 
     /// Where it came from.
@@ -151,8 +161,7 @@ impl GoBaseline {
     /// The median of a signal's GO-time values; `None` when it has none.
     #[must_use]
     pub fn median(&self, signal: Signal) -> Option<f64> {
-        let mut values = self.series.get(&signal)?.1.clone();
-        median(&mut values)
+        self.medians.get(&signal).copied()
     }
 
     /// The GO-time value standing for instant `t` of an evaluation at `at`:

@@ -95,6 +95,7 @@ pub struct IntervalRecord {
     /// Requests the release served in the interval (Σ rate × step).
     pub requests: f64,
     /// Of which those whose 5xx ratio was known: what the budget judges.
+    #[serde(default)]
     pub judged: f64,
     /// Of which failed (5xx).
     pub failed: f64,
@@ -194,40 +195,38 @@ pub struct FileRef {
     pub sha256: String,
 }
 
-/// Takes the exclusive lock of the journal at `path` (creating it empty when
-/// missing), held until the returned file is dropped.
-pub(crate) fn lock(path: &Path, release: &str) -> Result<std::fs::File, RollbackError> {
-    let io = |source| RollbackError::Io { path: path.to_owned(), source };
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(RollbackError::Watch(format!(
-            "another watch of {release} is running on {}: one watch per journal (stop the other first)",
-            path.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
-    }
-}
-
 /// The journal file and the lines it holds.
 #[derive(Debug)]
 pub(crate) struct Journal {
     path: PathBuf,
+    /// Opened once, locked, and written through: the lock and the writes
+    /// are on the same file even if the path is moved.
+    file: std::fs::File,
     pub(crate) lines: Vec<JournalLine>,
 }
 
 impl Journal {
-    /// Opens (or starts) the journal at `path`, cutting off a torn last
-    /// line.
-    pub(crate) fn open(path: &Path) -> Result<Journal, RollbackError> {
+    /// Opens (or starts) the journal at `path` and takes its exclusive lock
+    /// (one watch per journal: two would page twice and roll back twice;
+    /// the kernel's `flock`, so a crashed watch leaves none behind), then
+    /// reads it, cutting off a torn last line.
+    pub(crate) fn open(path: &Path, release: &str) -> Result<Journal, RollbackError> {
         let io = |source| RollbackError::Io { path: path.to_owned(), source };
+        let mut file = std::fs::OpenOptions::new().create(true).read(true).append(true).open(path).map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(RollbackError::Watch(format!(
+                    "another watch of {release} is running on {}: one watch per journal (stop the other first)",
+                    path.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
         // Bytes, not a string: a line torn inside a multi-byte character
         // must be cut off like any other torn line.
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(io(e)),
-        };
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(io)?;
         let mut lines = Vec::new();
         let mut offset = 0;
         let mut parts = bytes.split_inclusive(|b| *b == b'\n').peekable();
@@ -239,13 +238,11 @@ impl Journal {
                 Ok(line) if !torn => lines.push(line),
                 // Written whole but the newline was lost: keep the line.
                 Ok(line) => {
-                    let mut file = std::fs::OpenOptions::new().append(true).open(path).map_err(io)?;
                     file.write_all(b"\n").and_then(|()| file.sync_data()).map_err(io)?;
                     lines.push(line);
                 }
                 Err(_) if torn => {
                     tracing::warn!(path = %path.display(), line = number, "cutting off the journal's torn last line");
-                    let file = std::fs::OpenOptions::new().write(true).open(path).map_err(io)?;
                     file.set_len(u64::try_from(offset).unwrap_or(u64::MAX))
                         .and_then(|()| file.sync_data())
                         .map_err(io)?;
@@ -267,7 +264,7 @@ impl Journal {
                 path.display()
             )));
         }
-        Ok(Journal { path: path.to_owned(), lines })
+        Ok(Journal { path: path.to_owned(), file, lines })
     }
 
     /// Appends `line` and syncs it to disk.
@@ -276,8 +273,7 @@ impl Journal {
         let mut text = serde_json::to_string(&line)
             .map_err(|e| RollbackError::Watch(format!("cannot encode a journal line: {e}")))?;
         text.push('\n');
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(io)?;
-        file.write_all(text.as_bytes()).and_then(|()| file.sync_data()).map_err(io)?;
+        self.file.write_all(text.as_bytes()).and_then(|()| self.file.sync_data()).map_err(io)?;
         self.lines.push(line);
         Ok(())
     }

@@ -367,11 +367,7 @@ pub async fn watch(
     let mut stop = std::pin::pin!(stop);
     let (engine, env) = (cx.engine, cx.env);
     let run_started = env.clock.now_ms();
-    let journal_path = cx.evidence.path().join(options.journal_name());
-    // One watch per journal: two would page twice and roll back twice. The
-    // lock is the kernel's (flock), so a crashed watch leaves none behind.
-    let _lock = journal::lock(&journal_path, &options.release)?;
-    let mut journal = Journal::open(&journal_path)?;
+    let mut journal = Journal::open(&cx.evidence.path().join(options.journal_name()), &options.release)?;
     let report_path = cx.evidence.path().join(options.report_name());
     let start = match journal.start() {
         Some(start) => resumed(start, options)?,
@@ -421,8 +417,11 @@ pub async fn watch(
             }
             () = tokio::time::sleep(Duration::from_millis(wait)) => {}
         }
-        // Missed while no watch was running: judged from history only.
-        let caught_up = due < run_started;
+        // Missed while no watch was running, and not the newest such
+        // interval: judged from history only. The newest missed one is live
+        // (its checks run, it may roll back), so a restart never delays a
+        // rollback by a whole interval.
+        let caught_up = due.saturating_add(interval_ms) <= run_started;
         let interval = Interval { n, at: due, since: state.last_at_ms, caught_up };
         let record = evaluate(cx, options, &start, &interval, &mut state, &mut journal).await?;
         state.last_n = n;
@@ -591,6 +590,8 @@ async fn evaluate(
             state.source_errors_in_a_row += 1;
         }
         Ok(live) => {
+            // Requests served while the metrics were unreadable count now.
+            let last_read = state.last_read_at_ms;
             state.source_errors_in_a_row = 0;
             state.last_read_at_ms = at;
             state.blind_told = false;
@@ -600,7 +601,7 @@ async fn evaluate(
             let metrics = Metrics::from_snapshot(&composition.snapshot)?;
             let stage = plan.stages.last().ok_or_else(|| RollbackError::Watch("the plan has no stage".to_owned()))?;
             let e = cx.engine.evaluate(&metrics, stage, start.started_at_ms, at)?;
-            measure(&mut record, &metrics, plan, start, interval);
+            measure(&mut record, &metrics, plan, start, interval, last_read);
             for t in &e.triggers {
                 record.triggers.insert(t.id.id().to_owned(), t.status);
                 if t.status == TriggerStatus::Firing {
@@ -682,8 +683,17 @@ async fn evaluate(
     Ok(record)
 }
 
-/// The values, burn rates and requests of the interval `(since, at]`.
-fn measure(record: &mut IntervalRecord, metrics: &Metrics, plan: &Plan, start: &WatchStart, interval: &Interval) {
+/// The values of the interval `(since, at]`, the burn rates, and the
+/// requests since the last reading (`(last_read, at]`: an unreadable
+/// interval's traffic counts at the next reading).
+fn measure(
+    record: &mut IntervalRecord,
+    metrics: &Metrics,
+    plan: &Plan,
+    start: &WatchStart,
+    interval: &Interval,
+    last_read: i64,
+) {
     let scope = Scope { metrics, plan, since: start.started_at_ms, at: interval.at };
     for signal in Signal::ALL {
         let last = metrics.series(signal, Role::Canary).window(interval.since, interval.at).last().map(|(_, v)| v);
@@ -697,7 +707,7 @@ fn measure(record: &mut IntervalRecord, metrics: &Metrics, plan: &Plan, start: &
     };
     record.burn_1h = burn(1);
     record.burn_6h = burn(6);
-    let d = interval.at - interval.since;
+    let d = interval.at - last_read;
     // Every request served counts; only those whose 5xx ratio is known are
     // judged against the budget (a missing ratio is never zero failures).
     record.requests = scope.requests(Role::Canary, d);
@@ -727,8 +737,10 @@ fn fired_text(options: &WatchOptions, record: &IntervalRecord, new: &[&Firing], 
     let budget = record.budget_left.map_or_else(|| "unknown".to_owned(), |b| format!("{:.1} %", b * 100.0));
     let next = if rollback {
         "Rolling back now."
+    } else if record.caught_up && options.rollback {
+        "Found from Prometheus's history on resuming; if it still fires at the first live interval, the watch rolls back then."
     } else if record.caught_up {
-        "Found from Prometheus's history on resuming; a rollback is only ever started at a live interval."
+        "Found from Prometheus's history on resuming. No automatic rollback is configured: decide now (spark rollback)."
     } else {
         "No automatic rollback is configured: decide now (spark rollback)."
     };
@@ -843,7 +855,7 @@ fn summarize(journal: &Journal, start: &WatchStart, options: &WatchOptions, now:
     if let Some(s) = rollback_started {
         rolled_back = true;
         let in_doubt = RollbackRef::in_doubt(&s.trigger);
-        match incidents.iter_mut().rev().find(|i| i.trigger == s.trigger) {
+        match open.get(&s.trigger).and_then(|&i| incidents.get_mut(i)) {
             Some(incident) => incident.rollback = Some(in_doubt),
             None => incidents.push(Incident {
                 trigger: s.trigger.clone(),

@@ -28,6 +28,15 @@ pub(crate) fn render(lines: &[JournalLine], plan: &Plan) -> String {
     let mut out = String::new();
     let mut previous: Option<&IntervalRecord> = None;
     let mut go = None;
+    // Rollbacks whose interval was journaled: their start line says nothing
+    // more. One that never was is in doubt, and said so where it stands.
+    let done: Vec<u32> = lines
+        .iter()
+        .filter_map(|l| match l {
+            JournalLine::Interval(r) if r.rollback.is_some() => Some(r.n),
+            _ => None,
+        })
+        .collect();
     for line in lines {
         match line {
             JournalLine::Start(start) => {
@@ -36,11 +45,20 @@ pub(crate) fn render(lines: &[JournalLine], plan: &Plan) -> String {
             }
             JournalLine::Interval(record) => {
                 section(&mut out, record, previous, go);
-                previous = Some(record);
+                // Changes are told against the last interval that could be
+                // read, as incidents are counted.
+                if record.source_error.is_none() {
+                    previous = Some(record);
+                }
             }
-            JournalLine::RollbackStarted(r) => {
-                let _ = writeln!(out, "A rollback on {} started at {} (interval {}).\n", r.trigger, r.at, r.n);
+            JournalLine::RollbackStarted(r) if !done.contains(&r.n) => {
+                let _ = writeln!(
+                    out,
+                    "**A rollback on {} started at {} (interval {}) and was never journaled as done**: the watch stopped while it ran, so its outcome is UNKNOWN.\n",
+                    r.trigger, r.at, r.n
+                );
             }
+            JournalLine::RollbackStarted(_) => {}
             JournalLine::End(summary) => end(&mut out, summary),
         }
     }

@@ -447,7 +447,17 @@ async fn a_stopped_watch_resumed_while_a_trigger_fires_pages_once_and_the_night_
     // which fires and pages; stopped while it waits for the fifth.
     let env = env_with_slack(T0 + 40_000, url.clone());
     let cx = WatchContext { engine: &engine, source: &source, checks: None, env: &env, evidence: &evidence };
-    let stopped = watch(cx, &opts, |_| {}, tokio::time::sleep(Duration::from_millis(300))).await.unwrap();
+    let (tell, told) = tokio::sync::oneshot::channel::<()>();
+    let mut tell = Some(tell);
+    let on_interval = |r: &IntervalRecord| {
+        if r.n == 4 {
+            let _ = tell.take().map(|t| t.send(()));
+        }
+    };
+    let stop = async move {
+        let _ = told.await;
+    };
+    let stopped = watch(cx, &opts, on_interval, stop).await.unwrap();
     assert!(stopped.is_none(), "stopped, not finished");
     assert_eq!(posts.lock().unwrap().len(), 1);
 
@@ -500,8 +510,9 @@ async fn a_rollback_the_watch_was_stopped_during_is_never_started_again() {
         marker.display().to_string()
     );
     let engine = Engine::new(plan("10s", &action)).unwrap();
-    let clock: SharedClock = Arc::new(SystemClock);
-    let env = RollbackEnv::new(clock).unwrap().env(|_| None);
+    // At +45 s the fourth interval (+40 s, firing) is the newest missed one:
+    // live, so it would roll back if the journal's rollback were forgotten.
+    let env = env_at(T0 + 45_000);
     let opts = options("v9", None).rollback(true);
     let summary = run(&engine, &jumping(), None, &opts, &env, &evidence, |_| panic!("no interval after a rollback"))
         .await
@@ -539,4 +550,27 @@ async fn a_second_watch_on_the_same_journal_is_refused_while_the_first_runs() {
     // Stopped, it let go: the next run goes on.
     let summary = run(&engine, &source, None, &opts, &env_at(T0 + 100_000), &evidence, |_| {}).await.unwrap();
     assert_eq!(summary.intervals, 6);
+}
+
+#[tokio::test]
+async fn the_newest_interval_missed_while_down_is_live_and_rolls_back_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let evidence = EvidenceDir::create(dir.path()).unwrap();
+    crashed_at_start(dir.path(), "v9", None);
+    let marker = dir.path().join("rolled-back");
+    let action = format!(
+        "[[rollback.actions]]\nkind = \"command\"\ncommand = [\"touch\", {:?}]\n",
+        marker.display().to_string()
+    );
+    let engine = Engine::new(plan("10s", &action)).unwrap();
+    let opts = options("v9", None).rollback(true);
+    // Restarted 5 s after the fourth interval (+40 s, firing) was due.
+    let mut seen = Vec::new();
+    let summary =
+        run(&engine, &jumping(), None, &opts, &env_at(T0 + 45_000), &evidence, |r| seen.push((r.n, r.caught_up)))
+            .await
+            .unwrap();
+    assert_eq!(seen, vec![(1, true), (2, true), (3, true), (4, false)]);
+    assert!(marker.exists(), "the restart did not delay the rollback by an interval");
+    assert_eq!(summary.verdict, Verdict::RolledBack);
 }
