@@ -576,12 +576,15 @@ async fn evaluate(
         snapshot: None,
     };
     let step_ms = i64::from(start.step_seconds) * 1000;
-    // On the watch's step grid (the interval is a multiple of the step), one
-    // step before the start at the latest: the base of its counters.
-    let earliest = start.started_at_ms.min(at.saturating_sub(ms(lookback(plan))));
-    let steps_back = (start.started_at_ms - earliest + step_ms - 1) / step_ms + 1;
-    let range =
-        Range { start_ms: start.started_at_ms - steps_back * step_ms, end_ms: at, step_seconds: start.step_seconds };
+    // What the evaluation reads: the triggers' lookback, and back to the last
+    // reading (its requests count now) — which before the first reading is
+    // the watch's start, whose preceding sample is its counters' base. Not
+    // the whole night: a day at a 1 s step would be 86,400 points per signal
+    // at every interval. The range starts on the watch's step grid (the
+    // interval is a multiple of the step), one step before that instant.
+    let earliest = at.saturating_sub(ms(lookback(plan))).min(state.last_read_at_ms);
+    let k = (earliest - start.started_at_ms).div_euclid(step_ms) - 1;
+    let range = Range { start_ms: start.started_at_ms + k * step_ms, end_ms: at, step_seconds: start.step_seconds };
     let mut evaluation = None;
     let mut composed = None;
     match cx.source.fetch_any_role(plan, range).await {

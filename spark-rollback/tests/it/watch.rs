@@ -574,3 +574,60 @@ async fn the_newest_interval_missed_while_down_is_live_and_rolls_back_at_once() 
     assert!(marker.exists(), "the restart did not delay the rollback by an interval");
     assert_eq!(summary.verdict, Verdict::RolledBack);
 }
+
+/// Records the ranges it is asked for.
+struct Recording(MemorySource, Mutex<Vec<Range>>);
+
+#[async_trait]
+impl MetricSource for Recording {
+    async fn fetch(&self, plan: &Plan, range: Range) -> Result<spark_rollback::Snapshot, SourceError> {
+        self.1.lock().unwrap().push(range);
+        self.0.fetch(plan, range).await
+    }
+
+    fn describe(&self) -> String {
+        "recording".to_owned()
+    }
+}
+
+#[tokio::test]
+async fn a_long_night_reads_the_triggers_lookback_not_the_whole_night_on_the_watch_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let evidence = EvidenceDir::create(dir.path()).unwrap();
+    // Eight hours, hourly, at a 60 s step; the default plan looks back 6 h
+    // (the slow burn) and two of its intervals.
+    let start = JournalLine::Start(WatchStart {
+        format: JOURNAL_FORMAT.to_owned(),
+        release: "v9".to_owned(),
+        started_at: spark_rollback::rfc3339(T0),
+        started_at_ms: T0,
+        duration_seconds: 8 * 3600,
+        interval_seconds: 3600,
+        step_seconds: 60,
+        slo_objective: 0.999,
+        baseline: None,
+        baseline_medians: std::collections::BTreeMap::new(),
+    });
+    std::fs::write(dir.path().join("first_night_v9.jsonl"), serde_json::to_string(&start).unwrap() + "\n").unwrap();
+    let source =
+        Recording(MemorySource::new(release(T0 / 1000 - 600, T0 / 1000 + 9 * 3600, 60, |_| 0.1)), Mutex::default());
+    let engine = Engine::new(Plan::default()).unwrap();
+    let opts = WatchOptions::new("v9", Duration::from_secs(8 * 3600), Duration::from_secs(3600))
+        .unwrap()
+        .step_seconds(60)
+        .unwrap();
+    let summary = run(&engine, &source, None, &opts, &env_at(T0 + 10 * 3600 * 1000), &evidence, |_| {}).await.unwrap();
+    assert_eq!(summary.intervals, 8);
+    let ranges = source.1.lock().unwrap().clone();
+    let lookback = 6 * 3600 * 1000 + 2 * 30_000;
+    for (i, r) in ranges.iter().enumerate() {
+        let at = T0 + i64::try_from(i + 1).unwrap() * 3_600_000;
+        assert_eq!(r.end_ms, at);
+        assert_eq!((r.start_ms - T0).rem_euclid(60_000), 0, "on the watch's grid: {r:?}");
+        let earliest = (at - lookback).min(if i == 0 { T0 } else { at - 3_600_000 });
+        assert!(r.start_ms < earliest && r.start_ms >= earliest - 60_000, "interval {}: {r:?}", i + 1);
+    }
+    // Every request of the night was counted once, the first hour's with its
+    // base before the start: 50 a second for 8 hours.
+    assert!((summary.requests - 50.0 * 8.0 * 3600.0).abs() < 1e-6, "{}", summary.requests);
+}
