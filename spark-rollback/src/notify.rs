@@ -6,8 +6,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use spark_evidence::Redactor;
+
 use crate::error::chain;
 use crate::error::{RollbackError, plan_error};
+use crate::rollback::RollbackEnv;
 
 /// `[rollback.slack]`: where the incoming-webhook URL is. The URL is a
 /// secret (anyone holding it can post), so a plan names only the
@@ -162,4 +165,26 @@ pub(crate) async fn slack(client: &reqwest::Client, url: &str, text: String, ret
         text,
         duration_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
     }
+}
+
+/// Posts `text` to the incoming webhook whose URL is in the environment
+/// variable `variable` (read through `env`), with `env`'s retries. A
+/// variable that is not set is a failed notification. The detail never holds
+/// the URL nor anything `redactor` knows, and a failure is logged.
+pub(crate) async fn slack_from_env(
+    env: &RollbackEnv,
+    variable: &str,
+    text: String,
+    redactor: &Redactor,
+) -> Notification {
+    let Some(url) = (env.env)(variable).filter(|u| !u.trim().is_empty()) else {
+        tracing::error!(%variable, "the Slack webhook variable is not set; not notified");
+        return Notification::skipped(NotifyOutcome::Failed, format!("${variable} is not set; not notified"), text);
+    };
+    let mut n = slack(&env.client, &url, text, env.slack_retry).await;
+    n.detail = redactor.redact(&Redactor::new([url]).redact(&n.detail));
+    if n.outcome == NotifyOutcome::Failed {
+        tracing::error!(detail = %n.detail, "the Slack notification failed");
+    }
+    n
 }

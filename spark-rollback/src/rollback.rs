@@ -392,16 +392,7 @@ async fn notify(
             text,
         );
     }
-    let Some(url) = (env.env)(variable).filter(|u| !u.trim().is_empty()) else {
-        tracing::error!(%variable, "the Slack webhook variable is not set; not notified");
-        return Notification::skipped(NotifyOutcome::Failed, format!("${variable} is not set; not notified"), text);
-    };
-    let mut notification = notify::slack(&env.client, &url, text, env.slack_retry).await;
-    notification.detail = redactor.redact(&notification.detail);
-    if notification.outcome == NotifyOutcome::Failed {
-        tracing::error!(detail = %notification.detail, "the Slack notification failed; the rollback goes on");
-    }
-    notification
+    notify::slack_from_env(env, variable, text, redactor).await
 }
 
 fn slack_text(rollback: &RollbackPlan, request: &RollbackRequest, actions: &[ActionRecord]) -> String {

@@ -423,9 +423,8 @@ pub async fn watch(
         // rollback by a whole interval.
         let caught_up = due.saturating_add(interval_ms) <= run_started;
         let interval = Interval { n, at: due, since: state.last_at_ms, caught_up };
-        let record = evaluate(cx, options, &start, &interval, &mut state, &mut journal).await?;
-        state.last_n = n;
-        state.last_at_ms = due;
+        let record = evaluate(cx, options, &start, &interval, &state, &mut journal).await?;
+        state.apply(&record);
         journal.append(JournalLine::Interval(record.clone()))?;
         report::write(&report_path, &journal.lines, engine.plan())?;
         log(&record);
@@ -482,7 +481,6 @@ struct State {
     /// The last instant the metrics were read (the start before any).
     last_read_at_ms: i64,
     blind_told: bool,
-    requests: f64,
     judged: f64,
     failed: f64,
     /// A rollback the watch started (completed or not): no second one.
@@ -490,30 +488,13 @@ struct State {
 }
 
 impl State {
+    /// The state the journal leaves: what a resumed watch goes on from.
     fn from(journal: &Journal) -> State {
         let start = journal.start().map_or(0, |s| s.started_at_ms);
         let mut state = State { last_at_ms: start, last_read_at_ms: start, ..State::default() };
         for line in &journal.lines {
             match line {
-                JournalLine::Interval(r) => {
-                    state.last_n = r.n;
-                    state.last_at_ms = r.at_ms;
-                    if r.source_error.is_some() {
-                        state.source_errors_in_a_row += 1;
-                        state.blind_told |= r.notifications.iter().any(|s| s.about == "blind");
-                    } else {
-                        state.firing = r.firing.iter().map(|f| f.trigger.clone()).collect();
-                        state.source_errors_in_a_row = 0;
-                        state.last_read_at_ms = r.at_ms;
-                        state.blind_told = false;
-                    }
-                    state.requests += r.requests;
-                    state.judged += r.judged;
-                    state.failed += r.failed;
-                    if let Some(rb) = &r.rollback {
-                        state.rollback = Some(rb.clone());
-                    }
-                }
+                JournalLine::Interval(r) => state.apply(r),
                 // Started and never journaled as done: the watch stopped
                 // while it ran. Never start another.
                 JournalLine::RollbackStarted(s) if state.rollback.is_none() => {
@@ -525,12 +506,33 @@ impl State {
         state
     }
 
-    /// The share of the budget left: 1 − failed ÷ (allowed ratio × the
-    /// requests whose 5xx ratio was known).
-    fn budget_left(&self, objective: f64) -> Option<f64> {
-        let allowed = (1.0 - objective) * self.judged;
-        (self.judged > 0.0 && allowed > 0.0).then(|| 1.0 - self.failed / allowed)
+    /// Takes in one interval's record: the one way state moves, live and
+    /// when resuming.
+    fn apply(&mut self, r: &IntervalRecord) {
+        self.last_n = r.n;
+        self.last_at_ms = r.at_ms;
+        if r.source_error.is_some() {
+            self.source_errors_in_a_row += 1;
+            self.blind_told |= r.notifications.iter().any(|s| s.about == "blind");
+        } else {
+            self.firing = r.firing.iter().map(|f| f.trigger.clone()).collect();
+            self.source_errors_in_a_row = 0;
+            self.last_read_at_ms = r.at_ms;
+            self.blind_told = false;
+        }
+        self.judged += r.judged;
+        self.failed += r.failed;
+        if let Some(rb) = &r.rollback {
+            self.rollback = Some(rb.clone());
+        }
     }
+}
+
+/// The share of the budget left: 1 − failed ÷ (allowed ratio × the
+/// requests whose 5xx ratio was known); `None` before any.
+fn budget_left(objective: f64, judged: f64, failed: f64) -> Option<f64> {
+    let allowed = (1.0 - objective) * judged;
+    (judged > 0.0 && allowed > 0.0).then(|| 1.0 - failed / allowed)
 }
 
 /// One interval to evaluate.
@@ -548,7 +550,7 @@ async fn evaluate(
     options: &WatchOptions,
     start: &WatchStart,
     interval: &Interval,
-    state: &mut State,
+    state: &State,
     journal: &mut Journal,
 ) -> Result<IntervalRecord, RollbackError> {
     let plan = cx.engine.plan();
@@ -590,14 +592,10 @@ async fn evaluate(
     match cx.source.fetch_any_role(plan, range).await {
         Err(e) => {
             record.source_error = Some(chain(&e));
-            state.source_errors_in_a_row += 1;
         }
         Ok(live) => {
             // Requests served while the metrics were unreadable count now.
             let last_read = state.last_read_at_ms;
-            state.source_errors_in_a_row = 0;
-            state.last_read_at_ms = at;
-            state.blind_told = false;
             let composition = baseline::compose(&live, options.baseline.as_ref(), range.start_ms, at);
             record.ambiguous = composition.ambiguous.iter().map(|s| s.name().to_owned()).collect();
             record.roles = composition.roles.iter().map(|(s, r)| (s.name().to_owned(), r.clone())).collect();
@@ -619,10 +617,7 @@ async fn evaluate(
             composed = Some(composition.snapshot);
         }
     }
-    state.requests += record.requests;
-    state.judged += record.judged;
-    state.failed += record.failed;
-    record.budget_left = state.budget_left(start.slo_objective);
+    record.budget_left = budget_left(start.slo_objective, state.judged + record.judged, state.failed + record.failed);
     if !interval.caught_up
         && let Some(checks) = cx.checks
     {
@@ -638,19 +633,19 @@ async fn evaluate(
             let text = fired_text(options, &record, &new, will_roll_back);
             record.notifications.push(slack(options, cx.env, "fired", text).await);
         }
-        state.firing = record.firing.iter().map(|f| f.trigger.clone()).collect();
-    } else if !state.blind_told && (state.source_errors_in_a_row >= 2 || at - state.last_read_at_ms >= ms(BLIND_AFTER))
+    } else if let errors = state.source_errors_in_a_row + 1
+        && !state.blind_told
+        && (errors >= 2 || at - state.last_read_at_ms >= ms(BLIND_AFTER))
     {
         let text = format!(
             ":warning: spark watch of {} is blind: the metrics could not be read at {} evaluation(s) in a row, the last at {} ({}); nothing has been judged since {}.",
             options.release,
-            state.source_errors_in_a_row,
+            errors,
             record.at,
             record.source_error.as_deref().unwrap_or_default(),
             rfc3339(state.last_read_at_ms)
         );
         record.notifications.push(slack(options, cx.env, "blind", text).await);
-        state.blind_told = true;
     }
 
     if let Some(snapshot) = composed.filter(|_| !record.firing.is_empty()) {
@@ -680,7 +675,6 @@ async fn evaluate(
             // rolled back rather than trying again.
             Err(e) => RollbackRef { bundle: String::new(), succeeded: false, trigger, error: Some(chain(&e)) },
         };
-        state.rollback = Some(outcome.clone());
         record.rollback = Some(outcome);
     }
     Ok(record)
@@ -767,20 +761,7 @@ async fn slack(options: &WatchOptions, env: &RollbackEnv, about: &str, text: Str
     let Some(variable) = &options.slack_env else {
         return sent(Notification::skipped(NotifyOutcome::NotConfigured, "no --slack-env", text));
     };
-    let Some(url) = (env.env)(variable).filter(|u| !u.trim().is_empty()) else {
-        tracing::error!(%variable, "the Slack webhook variable is not set; not notified");
-        return sent(Notification::skipped(
-            NotifyOutcome::Failed,
-            format!("${variable} is not set; not notified"),
-            text,
-        ));
-    };
-    let mut n = notify::slack(&env.client, &url, text, env.slack_retry).await;
-    n.detail = Redactor::new([url]).redact(&n.detail);
-    if n.outcome == NotifyOutcome::Failed {
-        tracing::error!(detail = %n.detail, "the Slack notification failed");
-    }
-    sent(n)
+    sent(notify::slack_from_env(env, variable, text, &Redactor::default()).await)
 }
 
 fn log(r: &IntervalRecord) {
