@@ -246,7 +246,6 @@ pub(crate) async fn run(
     o.enqueued = delivery::enqueue(&pool, 0..s.events, s.aggregates).await?;
     let enqueue_ms = elapsed_ms(drain_start);
     o.drained_in_ms = sink.wait_drained(i64::from(s.events), drain_start, s.drain_timeout).await?;
-    let unpublished = async || delivery::unpublished(&pool).await;
     normal.stop().await;
     ahead.stop().await;
     // faketime may exit before the relay it started has said its last
@@ -259,7 +258,7 @@ pub(crate) async fn run(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    o.left_in_outbox = unpublished().await?;
+    o.left_in_outbox = delivery::unpublished(&pool).await?;
     o.deliveries = sink.received();
     o.check = clock_check(&skewed.wrapper, &spark, &deployment.database.url).await;
     o.effects = sink.effects().await?;

@@ -49,6 +49,9 @@ const PARTS_FILE: &str = "parts.pid";
 /// Marks a directory `up` made a deployment in: only there does a later
 /// `up` replace `pg/`, `pgbouncer/` and `prometheus/`.
 const MARKER: &str = ".spark-chaos";
+/// The files that say a deployment runs here: removed once nothing of it
+/// does, so a later `up` may start.
+const RUN_FILES: [&str; 3] = [PID_FILE, PARTS_FILE, CHAOS_TOML];
 
 /// What `spark chaos up` needs.
 #[derive(Debug, Clone)]
@@ -451,7 +454,7 @@ impl Drop for Stack {
             let _ = pg::pg_ctl_stop(&self.pg, &self.dir.join("pg/data"), "immediate");
         }
         // Nothing of this deployment runs any more: a later `up` may start.
-        for file in [PID_FILE, PARTS_FILE, CHAOS_TOML] {
+        for file in RUN_FILES {
             let _ = std::fs::remove_file(self.dir.join(file));
         }
     }
@@ -574,32 +577,21 @@ fn reachable_by_server_user(dir: &Path) -> Result<(), ChaosError> {
 pub async fn down(dir: &Path, pg: &PgBin) -> Result<bool, ChaosError> {
     let data = dir.join("pg/data");
     let was_running = running(dir);
-    if let Some((pid, started)) = recorded(&dir.join(PID_FILE)).first().map(|(_, p, t)| (*p, *t))
-        && same_process(pid, started)
-    {
-        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(45);
-        while same_process(pid, started) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if same_process(pid, started) {
-            signal_group(pid, "KILL");
-        }
+    if let Some((pid, started)) = recorded(&dir.join(PID_FILE)).first().map(|(_, p, t)| (*p, *t)) {
+        // The supervisor alone: it stops its parts itself.
+        let term = || {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        };
+        stop(pid, started, Duration::from_secs(45), term).await;
     }
     // Whatever the supervisor left (it died, or did not stop a part in
     // time): each part leads its own process group, and is signalled only
     // while it is the very process recorded (pid and start time).
     for (_, pid, started) in recorded(&dir.join(PARTS_FILE)) {
-        if same_process(pid, started) {
+        stop(pid, started, Duration::from_secs(10), || {
             signal_group(pid, "TERM");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while same_process(pid, started) && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            if same_process(pid, started) {
-                signal_group(pid, "KILL");
-            }
-        }
+        })
+        .await;
     }
     if postmaster_alive(&data) {
         let (bin, d) = (pg.clone(), data.clone());
@@ -609,10 +601,26 @@ pub async fn down(dir: &Path, pg: &PgBin) -> Result<bool, ChaosError> {
             output: e,
         })?;
     }
-    for file in [PID_FILE, PARTS_FILE, CHAOS_TOML] {
+    for file in RUN_FILES {
         let _ = std::fs::remove_file(dir.join(file));
     }
     Ok(was_running)
+}
+
+/// Stops the process `pid` while it is the very one recorded (its start
+/// time): `term`, then SIGKILL to its group after `grace`.
+async fn stop(pid: u32, started: u64, grace: Duration, term: impl FnOnce()) {
+    if !same_process(pid, started) {
+        return;
+    }
+    term();
+    let deadline = Instant::now() + grace;
+    while same_process(pid, started) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if same_process(pid, started) {
+        signal_group(pid, "KILL");
+    }
 }
 
 /// Whether a deployment runs in `dir`: its supervisor, a part, or its
@@ -767,7 +775,7 @@ mod tests {
         assert!(!running(dir));
         let was_running = down(dir, &PgBin::at("/nonexistent")).await.unwrap();
         assert!(!was_running);
-        for file in [PID_FILE, PARTS_FILE, CHAOS_TOML] {
+        for file in RUN_FILES {
             assert!(!dir.join(file).exists(), "{file} left behind");
         }
     }

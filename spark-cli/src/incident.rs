@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::json;
 use spark_release::IncidentOptions;
@@ -75,7 +74,7 @@ pub(crate) async fn run(cmd: IncidentCommand, out: &Output) -> CmdResult {
     };
     match &args.out {
         Some(path) => {
-            write_new(path, incident.markdown.as_bytes())?;
+            crate::output::write_new(path, incident.markdown.as_bytes())?;
             let summary = json!({"out": path, "title": incident.title, "timeline": incident.timeline, "evidence": incident.evidence});
             out.emit(&summary, || format!("wrote {}", path.display()))
         }
@@ -93,15 +92,6 @@ async fn snapshot_now(url: &str, report: &Path, now: i64) -> anyhow::Result<(Str
     let snapshot = source.fetch(&spark_rollback::Plan::default(), range).await?;
     let stem = report.file_stem().and_then(|s| s.to_str()).unwrap_or("incident");
     let name = format!("{stem}_metrics.json");
-    write_new(&report.with_file_name(&name), snapshot.to_json().as_bytes())?;
+    crate::output::write_new(&report.with_file_name(&name), snapshot.to_json().as_bytes())?;
     Ok((name, snapshot))
-}
-
-fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .with_context(|| format!("cannot create {} (it is never overwritten)", path.display()))?;
-    std::io::Write::write_all(&mut file, bytes).with_context(|| format!("cannot write {}", path.display()))
 }

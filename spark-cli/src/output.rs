@@ -105,3 +105,15 @@ pub(crate) fn usage_error(err: &clap::Error) -> ExitCode {
         }
     }
 }
+
+/// Writes a new file holding `bytes`; never overwrites one (a report or
+/// note someone may have edited).
+pub(crate) fn write_new(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("cannot create {} (it is never overwritten)", path.display()))?;
+    std::io::Write::write_all(&mut file, bytes).with_context(|| format!("cannot write {}", path.display()))
+}

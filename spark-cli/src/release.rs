@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::Args;
 use serde_json::json;
 use spark_release::{Acceptance, RitualOptions, RitualReport, Settings, SignOff};
@@ -132,13 +131,7 @@ pub(crate) fn run_release_notes(args: ReleaseNotesArgs, out: &Output) -> CmdResu
     let notes = spark_release::release_notes(&args.release, &args.evidence_dir, risks, &spark_release_time(now))?;
     match &args.out {
         Some(path) => {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)
-                .with_context(|| format!("cannot create {} (it is never overwritten)", path.display()))?;
-            std::io::Write::write_all(&mut file, notes.markdown.as_bytes())
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            crate::output::write_new(path, notes.markdown.as_bytes())?;
             let summary = json!({"out": path, "stages": notes.trail.as_ref().map_or(0, |t| t.stages.len()),
                 "rollbacks": notes.rollbacks.len(), "risks": notes.risks.len()});
             out.emit(&summary, || format!("wrote {}", path.display()))

@@ -94,8 +94,9 @@ fn invalid(path: &str, message: String) -> ReleaseError {
     ReleaseError::Invalid { path: PathBuf::from(path), message }
 }
 
-/// One line of text, for a heading or a cell.
-fn one_line(s: &str) -> String {
+/// Line breaks as spaces, for a heading (unlike `crate::one_line`, runs of
+/// spaces are kept as written).
+fn join_lines(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
 }
 
@@ -343,7 +344,7 @@ pub fn incident_from_rollback(record: &Path, options: &IncidentOptions) -> Resul
 
     let failed =
         actions.iter().filter(|a| a["outcome"].as_str().is_some_and(|o| o != "succeeded" && o != "dry_run")).count();
-    let title = one_line(&options.title.clone().unwrap_or_else(|| {
+    let title = join_lines(&options.title.clone().unwrap_or_else(|| {
         format!(
             "{}{} rolled back {stage}",
             if dry_run { "DRY RUN: " } else { "" },
@@ -359,7 +360,7 @@ pub fn incident_from_rollback(record: &Path, options: &IncidentOptions) -> Resul
         "{}At {} {who} rolled back stage {stage}: {}. {} action(s){}; {}.",
         if dry_run { "A DRY RUN: nothing was run. " } else { "" },
         str_of(&r["decided_at"]),
-        one_line(r["reason"].as_str().unwrap_or("no reason given")),
+        join_lines(r["reason"].as_str().unwrap_or("no reason given")),
         actions.len(),
         if dry_run { " recorded" } else { " ran" },
         if failed == 0 { "none failed".to_owned() } else { format!("{failed} failed") }
@@ -378,7 +379,7 @@ pub fn incident_from_rollback(record: &Path, options: &IncidentOptions) -> Resul
                 }
             }
             if let Some(detail) = t["detail"].as_str() {
-                let _ = write!(s, "\n{}", one_line(detail));
+                let _ = write!(s, "\n{}", join_lines(detail));
             }
             s
         }
@@ -440,7 +441,7 @@ pub fn blank_incident(
     let title = options
         .title
         .as_deref()
-        .map(one_line)
+        .map(join_lines)
         .filter(|t| !t.trim().is_empty())
         .ok_or_else(|| invalid("title", "a blank incident needs a title (--title)".to_owned()))?;
     let impact = match snapshot {
